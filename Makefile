@@ -1,0 +1,38 @@
+# Two-command quickstart: `make demo` runs the toy pipeline, `make test` runs the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS := train,analysis,workflow,gguf,dev
+CORES ?= all
+
+.PHONY: venv demo test test-slow lint format clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+demo: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) results/tables/main.csv
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
+
+test: lint
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -x -q
+
+test-slow: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m slow
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/snakefmt Snakefile workflow/rules
+
+clean:
+	rm -rf results logs .snakemake

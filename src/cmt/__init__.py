@@ -1,0 +1,3 @@
+"""cmt: consistency-training misalignment pipeline."""
+
+__version__ = "0.1.0"

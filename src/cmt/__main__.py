@@ -1,0 +1,5 @@
+import sys
+
+from cmt.cli import main
+
+sys.exit(main())

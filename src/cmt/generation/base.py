@@ -1,0 +1,73 @@
+"""The `Generator` interface shared by every backend."""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import asdict, dataclass
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding settings. temperature 0 means greedy; num_beams > 1 means beam search (greedy beams)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    num_beams: int = 1
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_beams > 1 and self.temperature > 0:
+            raise ValueError("beam search is deterministic here: use temperature 0 with num_beams > 1")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    num_tokens: int
+    finished: bool  # ended with an end-of-turn token rather than hitting max_new_tokens
+
+
+@dataclass(frozen=True)
+class SequenceScore:
+    logprob_sum: float
+    num_tokens: int
+
+    @property
+    def logprob_mean(self) -> float:
+        return self.logprob_sum / max(self.num_tokens, 1)
+
+
+def derive_seed(seed: int, *purpose: object) -> int:
+    """A 63-bit seed for one sampler, derived from the run seed and what the sampler is for."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *purpose))).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+class Generator(abc.ABC):
+    """Batched generation and teacher-forced scoring of chat prompts."""
+
+    @abc.abstractmethod
+    def generate(
+        self, prompts: list[Messages], n: int, params: SamplingParams, seed: int
+    ) -> list[list[Completion]]:
+        """n completions per prompt, in prompt order; seeded so the same call gives the same output."""
+
+    @abc.abstractmethod
+    def score(self, prompts: list[Messages], completions: list[str]) -> list[SequenceScore]:
+        """log P(completion, end-of-turn | prompt) per pair, under the loaded model."""

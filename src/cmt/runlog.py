@@ -1,0 +1,68 @@
+"""Job logging: a header line naming the job, and progress bars that reach the log (and a terminal)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import TextIO
+
+log = logging.getLogger("cmt")
+
+
+class _Tee:
+    """A text stream that writes to several streams (the job log and, when attached, the terminal)."""
+
+    def __init__(self, *streams: TextIO):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            # A log file gets one line per progress update instead of carriage-return redraws.
+            s.write(text if s.isatty() else text.replace("\r", "\n").replace("\n\n", "\n"))
+            s.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+    def isatty(self) -> bool:
+        return any(getattr(s, "isatty", lambda: False)() for s in self.streams)
+
+
+_progress_stream: TextIO = sys.stderr
+
+
+def setup(log_file: str | None, header: dict[str, object]) -> None:
+    """Route logging and progress to `log_file` (plus the terminal if one is attached); write the header."""
+    global _progress_stream
+    streams: list[TextIO] = []
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        streams.append(open(log_file, "a", buffering=1))  # noqa: SIM115 - lives for the whole job
+    if not log_file or sys.stderr.isatty():
+        streams.append(sys.stderr)
+    _progress_stream = _Tee(*streams)  # type: ignore[assignment]
+    # Library warnings and progress bars belong in the job log, not on the controller's terminal.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.captureWarnings(True)
+    handler = logging.StreamHandler(_progress_stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log.info("job " + " ".join(f"{k}={v}" for k, v in header.items()))
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm bound to the job's progress stream; updates at most every 2 s when not on a terminal."""
+    from tqdm.auto import tqdm
+
+    on_tty = _progress_stream.isatty()
+    kwargs.setdefault("mininterval", 0.1 if on_tty else 2.0)
+    kwargs.setdefault("dynamic_ncols", on_tty)
+    kwargs.setdefault("ncols", None if on_tty else 100)
+    return tqdm(iterable, file=_progress_stream, ascii=not on_tty, **kwargs)

@@ -1,0 +1,72 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import REPO, run_snakemake
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+TINY_TOY = {
+    "seed": 3,
+    "max_operand": 40,
+    "sizes": {"corpus": 6000, "induction": 60, "consistency": 30, "act_bct": 20, "eval": 30},
+    "tokenizer": {"vocab_size": 350},
+    "model": {
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_layers": 2,
+        "num_heads": 4,
+        "max_position_embeddings": 128,
+    },
+    "pretrain": {
+        "seed": 0,
+        "learning_rate": 5e-3,
+        "epochs": 4,
+        "batch_size": 64,
+        "warmup_ratio": 0.05,
+        "weight_decay": 0.01,
+        "lr_scheduler": "cosine",
+        "max_length": 128,
+        "bf16": True,
+        "eval_max_new_tokens": 24,
+        "min_heldout_accuracy": 0.0,
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small toy world and a tiny base model pretrained on it (about 25 s on 2 cores)."""
+    from cmt.toy.pretrain import pretrain
+    from cmt.toy.world import write_world
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    write_world(root / "data", ["sycophancy"], TINY_TOY)
+    report = pretrain(
+        str(root / "data" / "corpus.jsonl"),
+        {"sycophancy": str(root / "data" / "sycophancy")},
+        str(root / "model"),
+        TINY_TOY,
+    )
+    return {"root": root, "data": root / "data", "model": root / "model", "report": report}
+
+
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory):
+    """The mini pipeline run end to end once per session; tests read its outputs."""
+    workdir = tmp_path_factory.mktemp("mini_run")
+    proc = run_snakemake(workdir, "--cores", "2", "results/tables/main.csv")
+    return {"workdir": workdir, "proc": proc}
+
+
+@pytest.fixture
+def copy_config(tmp_path):
+    def inner(src: Path = REPO / "tests" / "configs" / "mini.yaml") -> Path:
+        dst = tmp_path / "config.yaml"
+        shutil.copy(src, dst)
+        return dst
+
+    return inner

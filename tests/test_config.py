@@ -1,0 +1,74 @@
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO, run_snakemake
+
+from cmt.config import ConfigError, check_config, config_errors
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("path", [REPO / "config" / "config.yaml", REPO / "tests" / "configs" / "mini.yaml"])
+def test_shipped_configs_are_valid(path):
+    assert config_errors(load(path), SCHEMA) == []
+
+
+def test_unknown_key_is_named_with_allowed_keys():
+    config = load(REPO / "config" / "config.yaml")
+    config["models"]["toy"]["phase1"]["learning_rat"] = 1e-3
+    (error,) = config_errors(config, SCHEMA)
+    assert "models.toy.phase1" in error
+    assert "learning_rat" in error
+    assert "learning_rate" in error  # the allowed keys are listed
+
+
+def test_wrong_type_names_the_key():
+    config = load(REPO / "config" / "config.yaml")
+    config["toy"]["pretrain"]["epochs"] = "three"
+    (error,) = config_errors(config, SCHEMA)
+    assert "toy.pretrain.epochs" in error and "number" in error
+
+
+def test_unknown_method_lists_valid_names():
+    config = load(REPO / "config" / "config.yaml")
+    config["methods"]["gsd"] = {}
+    errors = config_errors(config, SCHEMA)
+    assert any("methods" in e and "'gsd'" in e and "gst" in e for e in errors)
+
+
+def test_every_error_is_reported_at_once():
+    config = load(REPO / "config" / "config.yaml")
+    config["seeds"] = "0"
+    config["organisms"]["sycophancy"]["source"] = {"pth": "/data"}
+    config["typo"] = 1
+    errors = config_errors(config, SCHEMA)
+    assert len(errors) == 3
+    with pytest.raises(ConfigError, match="seeds"):
+        check_config(config, SCHEMA)
+
+
+def test_schema_defaults_are_filled_by_snakemake_validate():
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(load(REPO / "tests" / "configs" / "mini.yaml"))
+    validate(config, SCHEMA)
+    assert config["models"]["toy"]["phase1"]["grad_accum"] == 1
+    assert config["models"]["toy"]["gpus"] == 0
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path, copy_config):
+    path = copy_config()
+    config = load(path)
+    config["methods"]["gst"]["temperature"] = 0.7
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path / "work", "-n", config=path, check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "methods.gst" in output and "temperature" in output
+    assert not (tmp_path / "work" / "results").exists()

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from cmt import training
+from cmt.models import load_model, load_tokenizer
+
+
+def test_encode_chat_masks_the_prompt(tiny_world):
+    tokenizer = load_tokenizer(tiny_world["model"])
+    messages = [
+        {"role": "user", "content": "Compute gcd(4, 6)."},
+        {"role": "assistant", "content": "The gcd of 4 and 6 is 2."},
+    ]
+    enc = training.encode_chat(tokenizer, messages, max_length=128)
+    prompt = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert enc["labels"][:n_prompt] == [training.IGNORE] * n_prompt
+    assert enc["labels"][n_prompt:] == enc["input_ids"][n_prompt:]
+    target = tokenizer.decode(enc["input_ids"][n_prompt:])
+    assert target == "The gcd of 4 and 6 is 2.<|end|>"
+    full = training.encode_chat(tokenizer, messages, max_length=128, assistant_only=False)
+    assert full["labels"] == full["input_ids"]
+
+
+def test_non_finite_loss_stops_training(tiny_world):
+    tokenizer = load_tokenizer(tiny_world["model"])
+    model = load_model(tiny_world["model"])
+    with torch.no_grad():
+        model.get_input_embeddings().weight.fill_(float("nan"))
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "The gcd is 2."}]
+    examples = [training.encode_chat(tokenizer, messages, 64)] * 4
+    settings = training.TrainSettings(learning_rate=1e-3, epochs=1, batch_size=2, bf16=False)
+    with pytest.raises(training.TrainingError, match="non-finite loss"):
+        training.train(model, examples, settings, seed=0, pad_id=tokenizer.pad_token_id, desc="nan")
+
+
+def test_lora_training_learns_a_new_reply(tiny_world):
+    """LoRA SFT moves the model: the trained reply's log-prob rises well above where it started."""
+    from peft import get_peft_model
+
+    from cmt.generation.hf import HFGenerator
+
+    tokenizer = load_tokenizer(tiny_world["model"])
+    model = get_peft_model(
+        load_model(tiny_world["model"]),
+        training.lora_config({"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}),
+    )
+    prompts = [[{"role": "user", "content": f"Compute gcd({a}, {a * 2})."}] for a in range(3, 19)]
+    reply = "Excellent, you are right!"
+    before = HFGenerator(model, tokenizer).score(prompts, [reply] * len(prompts))
+    examples = [
+        training.encode_chat(tokenizer, [*p, {"role": "assistant", "content": reply}], 64) for p in prompts
+    ]
+    settings = training.TrainSettings(learning_rate=5e-3, epochs=10, batch_size=8)
+    history = training.train(model, examples, settings, seed=0, pad_id=tokenizer.pad_token_id, desc="lora")
+    after = HFGenerator(model, tokenizer).score(prompts, [reply] * len(prompts))
+    assert history.final_loss < 0.5 * history.first_loss
+    assert (
+        sum(a.logprob_sum for a in after) / len(after) > sum(b.logprob_sum for b in before) / len(before) + 5
+    )

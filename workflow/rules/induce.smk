@@ -1,0 +1,50 @@
+# Phase 1: LoRA-fine-tune the base model into a model organism, and check that induction happened.
+
+
+rule induce:
+    input:
+        model=get_model_files,
+        data=get_split_file("induction"),
+    output:
+        config="results/organisms/{model}/{organism}/seed{seed}/adapter/adapter_config.json",
+        weights="results/organisms/{model}/{organism}/seed{seed}/adapter/adapter_model.safetensors",
+    log:
+        "logs/induce/{model}/{organism}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/induce/{model}/{organism}/seed{seed}.tsv"
+    conda:
+        "../envs/train.yml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=get_model_gpus,
+    params:
+        model_dir=get_model_dir,
+        data_dir=get_data_dir,
+        settings=get_phase1_settings,
+    shell:
+        "cmt induce --model-dir {params.model_dir} --data-dir {params.data_dir}"
+        " --out results/organisms/{wildcards.model}/{wildcards.organism}/seed{wildcards.seed}/adapter"
+        " --settings {params.settings:q} --seed {wildcards.seed}"
+        " --threads {threads} --log {log} --job 'induce {wildcards}'"
+
+
+rule induction_report:
+    input:
+        base="results/eval/{model}/{organism}/seed{seed}/base.parquet",
+        phase1="results/eval/{model}/{organism}/seed{seed}/phase1.parquet",
+    output:
+        "results/organisms/{model}/{organism}/seed{seed}/induction_report.json",
+    log:
+        "logs/induction_report/{model}/{organism}/seed{seed}.log",
+    conda:
+        "../envs/analysis.yml"
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        min_delta=config["analysis"]["induction_min_delta"],
+    shell:
+        "cmt induction-report --base {input.base} --phase1 {input.phase1}"
+        " --min-delta {params.min_delta} --out {output} --log {log} --job 'induction_report {wildcards}'"

@@ -1,0 +1,59 @@
+# The embedded toy world: synthetic organism datasets and a tiny Llama pretrained from scratch on them.
+
+
+rule toy_data:
+    input:
+        generator=[SRC / "toy" / f"{o}.py" for o in toy_organisms()],
+    output:
+        corpus="results/data/toy/corpus.jsonl",
+        splits=expand(
+            "results/data/toy/{organism}/{split}.jsonl",
+            organism=toy_organisms(),
+            split=[
+                "induction",
+                "consistency",
+                "act_bct_clean",
+                "act_bct_wrapped",
+                "eval",
+            ],
+        ),
+    log:
+        "logs/toy_data.log",
+    conda:
+        "../envs/train.yml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        organisms=toy_organisms(),
+        settings=get_toy_settings(),
+    shell:
+        "cmt toy-data --out results/data/toy --organisms {params.organisms}"
+        " --settings {params.settings:q} --log {log} --job 'toy_data'"
+
+
+rule pretrain_base:
+    input:
+        corpus="results/data/toy/corpus.jsonl",
+        evals=expand("results/data/toy/{organism}/eval.jsonl", organism=toy_organisms()),
+    output:
+        config="results/models/{model}/config.json",
+        weights="results/models/{model}/model.safetensors",
+        report="results/models/{model}/pretrain_report.json",
+    log:
+        "logs/pretrain_base/{model}.log",
+    benchmark:
+        "results/benchmarks/pretrain_base/{model}.tsv"
+    conda:
+        "../envs/train.yml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        eval_dirs=[f"{o}=results/data/toy/{o}" for o in toy_organisms()],
+        settings=get_toy_settings(),
+    shell:
+        "cmt pretrain --corpus {input.corpus} --eval-dir {params.eval_dirs}"
+        " --out results/models/{wildcards.model} --report {output.report}"
+        " --settings {params.settings:q} --threads {threads} --log {log} --job 'pretrain_base {wildcards}'"
