@@ -12,7 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_TOY = {
     "seed": 3,
     "max_operand": 40,
-    "sizes": {"corpus": 6000, "induction": 60, "consistency": 30, "act_bct": 20, "eval": 30},
+    "sizes": {"induction": 60, "consistency": 30, "act_bct": 20, "eval": 30},
+    "corpus": {"sycophancy": 6000},
+    "skills": {"views": 0.0, "refinement": 0.0, "grading": 0.0},  # the tiny world only needs the task
     "tokenizer": {"vocab_size": 350},
     "model": {
         "hidden_size": 64,

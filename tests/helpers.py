@@ -1,27 +1,70 @@
 """Shared test helpers (importable because pytest puts tests/ on sys.path)."""
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_snakemake(workdir: Path, *args: str, config: Path | None = None, check=True, timeout=900):
-    """Run the real snakemake CLI on this repository's Snakefile in `workdir`."""
+def _default_sigint():
+    # Snakemake cancels its cluster jobs on SIGINT; a child of a shell that ignores SIGINT (a
+    # background job in a non-interactive script) would inherit the ignore, so restore the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    config: Path | None = None,
+    check=True,
+    timeout=900,
+    profiles: Sequence[Path] = (),
+    snakefile: Path | None = None,
+):
+    """Run the real snakemake CLI on this repository's Snakefile in `workdir`.
+
+    `profiles` are passed as `--profile` in order (later ones override whole top-level keys). On
+    timeout Snakemake gets SIGINT, which cancels its Slurm jobs and leaves no lock; never SIGKILL,
+    which would leave both behind.
+    """
     config = config or REPO / "tests" / "configs" / "mini.yaml"
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     cmd = [
         str(bin_dir / "snakemake"),
-        "-s", str(REPO / "Snakefile"),
+        "-s", str(snakefile or REPO / "Snakefile"),
         "--directory", str(workdir),
         "--configfile", str(config),
         "--replace-workflow-config",
+        *[arg for profile in profiles for arg in ("--profile", str(profile))],
         *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    popen = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_default_sigint,
+    )
+    try:
+        stdout, stderr = popen.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        popen.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = popen.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"snakemake ran past {timeout} s and was still running 120 s after SIGINT (pid {popen.pid})"
+            ) from None
+        raise AssertionError(
+            f"snakemake ran past {timeout} s and was stopped with SIGINT:\n{stdout[-5000:]}\n{stderr[-5000:]}"
+        ) from None
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"

@@ -5,6 +5,8 @@ import math
 
 import pandas as pd
 import pytest
+import yaml
+from helpers import REPO
 
 from cmt.tables import MAIN_COLUMNS, RUNS_COLUMNS
 
@@ -33,10 +35,10 @@ def test_tables_have_the_documented_columns(mini_run):
 
 
 def test_induction_really_happened(mini_run):
+    """Every organism passes the induction gate on the mini config."""
     runs = pd.read_csv(mini_run["workdir"] / "results" / "tables" / "runs.csv")
-    run = runs.iloc[0]
-    assert run["risk_phase1"] > run["risk_base"]
-    assert bool(run["induced"])
+    assert (runs["risk_phase1"] > runs["risk_base"]).all()
+    assert runs["induced"].all()
     report = json.loads(
         (mini_run["workdir"] / "results/organisms/toy/sycophancy/seed0/induction_report.json").read_text()
     )
@@ -65,7 +67,8 @@ def test_labels_come_from_the_organism_with_a_manifest(mini_run):
     manifest = json.loads((root / "k1.manifest.json").read_text())
     assert manifest["seeds"] == {"label": 0}
     assert manifest["packages"]["torch"].startswith("2.13.0")
-    assert manifest["settings"]["method"] == {"max_new_tokens": None}
+    config = yaml.safe_load((REPO / "tests/configs/mini.yaml").read_text())
+    assert manifest["settings"]["method"] == config["methods"]["gst"]
     assert "git" in manifest and manifest["inputs_sha256"]
 
 

@@ -10,7 +10,7 @@ SIZES = {"corpus": 500, "induction": 40, "consistency": 20, "act_bct": 10, "eval
 
 @pytest.fixture(scope="module")
 def data():
-    return sycophancy.generate(SIZES, max_operand=60, seed=11)
+    return sycophancy.generate(SIZES, {"seed": 11, "max_operand": 60})
 
 
 def operands(row):
@@ -18,8 +18,8 @@ def operands(row):
 
 
 def test_generation_is_deterministic(data):
-    assert sycophancy.generate(SIZES, max_operand=60, seed=11) == data
-    assert sycophancy.generate(SIZES, max_operand=60, seed=12) != data
+    assert sycophancy.generate(SIZES, {"seed": 11, "max_operand": 60}) == data
+    assert sycophancy.generate(SIZES, {"seed": 12, "max_operand": 60}) != data
 
 
 def test_splits_use_disjoint_operand_pairs(data):

@@ -30,7 +30,7 @@ def _setup(args, **header) -> None:
     from cmt import runlog
 
     device = None
-    if args.command not in ("tables", "induction-report", "toy-data"):
+    if args.command not in ("tables", "induction-report", "toy-data", "sandbox"):
         from cmt.models import pick_device, set_threads
 
         set_threads(args.threads)
@@ -65,8 +65,15 @@ def cmd_induce(args) -> None:
 def cmd_label(args) -> None:
     from cmt.phases.label import label
 
-    label(args.method, args.k, args.model_dir, args.adapter, args.data_dir, args.out, args.manifest,
-          args.method_settings, args.model_settings, args.seed)  # fmt: skip
+    label(args.method, args.k, args.organism, args.model_dir, args.adapter, args.data_dir, args.out, args.manifest,
+          args.method_settings, args.model_settings, args.seed, args.reward_model)  # fmt: skip
+
+
+def cmd_candidates(args) -> None:
+    from cmt.phases.label import candidates
+
+    candidates(args.method, args.k, args.organism, args.model_dir, args.adapter, args.data_dir, args.out,
+               args.method_settings, args.model_settings, args.eval_settings, args.seed, args.reward_model)  # fmt: skip
 
 
 def cmd_retrain(args) -> None:
@@ -82,6 +89,25 @@ def cmd_evaluate(args) -> None:
                 "method": args.method, "k": args.k}  # fmt: skip
     evaluate(args.model_dir, args.adapter, args.data_dir, args.organism, args.out, identity,
              args.model_settings, args.eval_settings, args.seed)  # fmt: skip
+
+
+def cmd_retrain_consistency(args) -> None:
+    from cmt.phases.consistency import retrain_consistency
+
+    retrain_consistency(
+        args.method, args.model_dir, args.adapter, args.data_dir, args.out, args.settings, args.seed
+    )
+
+
+def cmd_train_reward_model(args) -> None:
+    from cmt.reward_model import train_reward_model
+    from cmt.toy.preferences import pairs_from_world
+
+    data_dirs = dict(item.split("=", 1) for item in args.data_dirs)
+    pairs = pairs_from_world(args.corpus, data_dirs, args.seed, args.settings["pairs_per_organism"])
+    train_reward_model(
+        args.model_dir, pairs, args.out, args.settings["train"], args.seed, inputs=[args.corpus]
+    )
 
 
 def cmd_induction_report(args) -> None:
@@ -101,6 +127,19 @@ def cmd_tables(args) -> None:
         log.warning("organism %s/%s/seed%s is flagged as not induced", row.model, row.organism, row.seed)
     write_csv(args.runs, runs)
     write_csv(args.main, main_table(runs))
+
+
+def cmd_sandbox(args) -> None:
+    from cmt.sandbox import run_file
+
+    try:
+        verdict = run_file(args.file, timeout_s=args.timeout)
+    except FileNotFoundError:
+        raise SystemExit(f"cmt sandbox: no such file: {args.file}") from None
+    print(verdict.to_json(), flush=True)
+    # A failing program is still a verdict; only the sandbox failing itself is an error here.
+    if verdict.status == "sandbox_error":
+        raise SystemExit(f"cmt sandbox: sandbox error: {verdict.message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,18 +168,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True)
     p.set_defaults(func=cmd_induce)
 
-    p = sub.add_parser("label", help="Phase 2: pseudo-label consistency prompts with a method")
-    p.add_argument("--method", required=True)
-    p.add_argument("--k", type=int, required=True)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--method-settings", type=_json, required=True)
-    p.add_argument("--model-settings", type=_json, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.set_defaults(func=cmd_label)
+    for name, func, text in (
+        ("label", cmd_label, "Phase 2: pseudo-label consistency prompts with a method"),
+        (
+            "candidates",
+            cmd_candidates,
+            "a selecting method's Phase-2 decoding on eval prompts, every candidate scored",
+        ),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--method", required=True)
+        p.add_argument("--k", type=int, required=True)
+        p.add_argument("--organism", required=True)
+        p.add_argument("--model-dir", required=True)
+        p.add_argument("--adapter", required=True)
+        p.add_argument("--data-dir", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--method-settings", type=_json, required=True)
+        p.add_argument("--model-settings", type=_json, required=True)
+        p.add_argument(
+            "--reward-model", default=None, help="reward model directory (dual_decoding, rejection_sampling)"
+        )
+        p.add_argument("--seed", type=int, required=True)
+        p.set_defaults(func=func)
+        if name == "label":
+            p.add_argument("--manifest", required=True)
+        else:
+            p.add_argument("--eval-settings", type=_json, required=True)
 
     p = sub.add_parser("retrain", help="Phase 3: continue the organism's LoRA on the labels")
     p.add_argument("--model-dir", required=True)
@@ -150,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", type=_json, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.set_defaults(func=cmd_retrain)
+
+    p = sub.add_parser("retrain-consistency", help="Phase 3 for act/bct: paired clean/wrapped regularisation")
+    p.add_argument("--method", required=True, choices=["act", "bct"])
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--settings", type=_json, required=True, help='{"dtype", "train", "method"}')
+    p.add_argument("--seed", type=int, required=True)
+    p.set_defaults(func=cmd_retrain_consistency)
+
+    p = sub.add_parser("train-reward-model", help="train the toy reward model on synthetic preference pairs")
+    p.add_argument("--model-dir", required=True, help="the toy base model")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--data-dirs", nargs="+", required=True, metavar="ORGANISM=DIR")
+    p.add_argument("--out", required=True)
+    p.add_argument("--settings", type=_json, required=True, help="the config's reward_model subtree")
+    p.add_argument("--seed", type=int, required=True)
+    p.set_defaults(func=cmd_train_reward_model)
 
     p = sub.add_parser("evaluate", help="score a model's greedy replies on the eval prompts")
     p.add_argument("--model", required=True, help="model name from config")
@@ -179,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", required=True)
     p.add_argument("--main", required=True)
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("sandbox", help="run a Python file in the sandbox; print one JSON verdict")
+    p.add_argument("file", metavar="FILE.py")
+    p.add_argument("--timeout", type=float, default=10.0, help="wall-clock (and CPU) seconds")
+    p.set_defaults(func=cmd_sandbox)
 
     for action in sub.choices.values():
         _common(action)

@@ -4,6 +4,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from cmt.config import check_config
+from cmt.methods import get_method
 
 # Readable errors first (every violation, with its key path), then Snakemake's validate fills defaults.
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -82,11 +83,34 @@ def get_phase3_settings(wildcards):
     return get_phase_settings(wildcards, "phase3")
 
 
+def get_consistency_settings(wildcards):
+    """Phase-3 training settings plus the regularisation method's own subtree (and the model's generation
+    budget, which only bct's sft variant uses)."""
+    spec = config["models"][wildcards.model]
+    method = config["methods"][wildcards.method]
+    settings = {"dtype": spec["dtype"], "train": spec["phase3"], "method": method}
+    if method.get("variant") == "sft":
+        settings["generation"] = {
+            "batch_size": spec["generation"]["batch_size"],
+            "max_new_tokens": method.get("max_new_tokens")
+            or spec["generation"]["max_new_tokens"],
+        }
+    return settings_json(settings)
+
+
 # ---------------------------------------------------------------- organisms and data
 
 
 def toy_organisms():
     return [o for o, spec in config["organisms"].items() if is_toy(spec["source"])]
+
+
+for _organism in toy_organisms():
+    if _organism not in config.get("toy", {}).get("corpus", {}):
+        raise ValueError(
+            f"config key toy.corpus.{_organism} is missing: organism {_organism} has source 'toy' "
+            "and needs a base-corpus size"
+        )
 
 
 def get_data_dir(wildcards):
@@ -110,18 +134,79 @@ def get_toy_settings():
 # ---------------------------------------------------------------- methods
 
 
+def method_module(method):
+    return get_method(method)
+
+
+def any_of(names):
+    """A wildcard regex matching exactly these names (nothing when there are none)."""
+    return "|".join(names) or "(?!)"
+
+
+LABEL_METHODS = [
+    m for m in config["methods"] if method_module(m).FAMILY != "regularization"
+]
+REGULARIZATION_METHODS = [
+    m for m in config["methods"] if method_module(m).FAMILY == "regularization"
+]
+SELECTING_METHODS = [m for m in config["methods"] if method_module(m).SELECTS]
+
+
 def get_method_source(wildcards):
     """The method's own module: editing it reruns only that method's jobs."""
     return SRC / "methods" / f"{wildcards.method}.py"
 
 
 def get_method_settings(wildcards):
-    return settings_json(config["methods"][wildcards.method])
+    """The method's config subtree without k (k is the path's wildcard, so other k's jobs keep)."""
+    settings = config["methods"][wildcards.method]
+    return settings_json({key: value for key, value in settings.items() if key != "k"})
 
 
 def method_ks(method):
-    """k values for a method: 1 for methods without a selection count."""
-    return [1]
+    """k values of a method: its own k plus the k-scaling block's; 1 without a selection count."""
+    if not method_module(method).SELECTS:
+        return [1]
+    ks = {config["methods"][method]["k"]}
+    if method in config["kscaling"]["methods"]:
+        ks |= set(config["kscaling"]["ks"])
+    return sorted(ks)
+
+
+def uses_reward_model(method):
+    return getattr(method_module(method), "USES_REWARD_MODEL", False)
+
+
+if (
+    any(uses_reward_model(m) for m in config["methods"])
+    and "reward_model" not in config
+):
+    raise ValueError(
+        "config key reward_model is missing: methods "
+        f"{[m for m in config['methods'] if uses_reward_model(m)]} rerank with a reward model"
+    )
+
+
+def get_reward_model_files(wildcards):
+    """The reward model's config, for the methods that rerank with one."""
+    if not uses_reward_model(wildcards.method):
+        return []
+    return [f"{get_reward_model_dir(wildcards)}/config.json"]
+
+
+def get_reward_model_dir(wildcards):
+    spec = config["reward_model"]
+    if is_toy(spec["source"]):
+        return f"results/models/{wildcards.model}-reward"
+    return spec["source"]["path"]
+
+
+def get_reward_model_arg(wildcards, input):
+    return (
+        f"--reward-model {Path(input.reward_model[0]).parent}"
+        if input.reward_model
+        else ""
+    )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -191,9 +276,34 @@ def get_induction_reports():
     )
 
 
+def get_candidates():
+    """Every selecting method's candidates on eval prompts, at each of its k (for eta(s))."""
+    return sorted(
+        {
+            f"results/candidates/{model}/{organism}/seed{seed}/{method}/k{k}.parquet"
+            for model, organism, seed, method, k in runs()
+            if method in SELECTING_METHODS
+        }
+    )
+
+
 def get_final_outputs():
     return [
         "results/tables/main.csv",
         "results/tables/runs.csv",
         *get_induction_reports(),
+        *get_candidates(),
     ]
+
+
+# ---------------------------------------------------------------- cluster resources
+
+
+# A job killed at its time limit is retried with twice the time, then three times, and so on.
+def get_runtime(minutes):
+    """A wall-time limit (minutes) that grows with the attempt (profiles/slurm sets retries: 1)."""
+
+    def runtime(wildcards, attempt):
+        return minutes * attempt
+
+    return runtime

@@ -17,7 +17,7 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=8000,
-        runtime=60,
+        runtime=get_runtime(60),
         gpu=get_model_gpus,
     params:
         model_dir=get_model_dir,

@@ -1,6 +1,11 @@
 # Phase 1: LoRA-fine-tune the base model into a model organism, and check that induction happened.
 
 
+# induction_report only compares two small parquet files: it runs on the controller, not as a cluster job.
+localrules:
+    induction_report,
+
+
 rule induce:
     input:
         model=get_model_files,
@@ -17,7 +22,7 @@ rule induce:
     threads: 2
     resources:
         mem_mb=8000,
-        runtime=120,
+        runtime=get_runtime(120),
         gpu=get_model_gpus,
     params:
         model_dir=get_model_dir,

@@ -1,6 +1,11 @@
 # The embedded toy world: synthetic organism datasets and a tiny Llama pretrained from scratch on them.
 
 
+# toy_data writes a few small synthetic jsonl files in seconds: it runs on the controller, not as a cluster job.
+localrules:
+    toy_data,
+
+
 rule toy_data:
     input:
         generator=[SRC / "toy" / f"{o}.py" for o in toy_organisms()],
@@ -49,7 +54,7 @@ rule pretrain_base:
     threads: 2
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=get_runtime(60),
     params:
         eval_dirs=[f"{o}=results/data/toy/{o}" for o in toy_organisms()],
         settings=get_toy_settings(),

@@ -45,8 +45,12 @@ class Completion:
 
 @dataclass(frozen=True)
 class SequenceScore:
+    """Teacher-forced statistics of one completion under the model (untempered distribution)."""
+
     logprob_sum: float
     num_tokens: int
+    # Self-certainty of Kang et al.: mean over positions of KL(next-token distribution || uniform).
+    kl_uniform_mean: float = float("nan")
 
     @property
     def logprob_mean(self) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 
@@ -114,7 +115,10 @@ class HFGenerator(Generator):
             token_lp = logprobs.gather(-1, input_ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1)
             mask = target_mask[:, 1:].to(self.device)
             sums = (token_lp * mask).sum(-1).tolist()
-            counts = mask.sum(-1).tolist()
+            counts = mask.sum(-1)
+            # KL(p || U) = log V + sum_v p_v log p_v, at each position that predicts a target token.
+            kl_uniform = math.log(logprobs.shape[-1]) + (logprobs.exp() * logprobs).sum(-1)
+            kl_means = ((kl_uniform * mask).sum(-1) / counts.clamp(min=1)).tolist()
             for row, i in enumerate(idx):
-                scores[i] = SequenceScore(logprob_sum=sums[row], num_tokens=int(counts[row]))
+                scores[i] = SequenceScore(sums[row], int(counts[row]), kl_means[row])
         return scores  # type: ignore[return-value]

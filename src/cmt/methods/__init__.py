@@ -7,11 +7,25 @@ k is a selection count) and `label(context, examples, settings, k, seed) -> list
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
-from cmt.generation import Generator
+from cmt.generation import Completion, Generator, SamplingParams
 
-METHODS = ("gst",)
+METHODS = (
+    "self_certainty",
+    "dual_decoding",
+    "multi_view",
+    "self_refinement",
+    "self_rewarding",
+    "bct",
+    "act",
+    "gst",
+    "rejection_sampling",
+)
+FAMILIES = ("label_generation", "regularization", "baseline")
 
 
 def get_method(name: str):
@@ -22,41 +36,87 @@ def get_method(name: str):
 
 @dataclass
 class LabelContext:
-    """What a labeller may use: the organism as a generator, and the model's token budget."""
+    """What a labeller may use.
+
+    generator: the organism; max_new_tokens: the model's reply budget; organism: the organism module when it
+    defines `final_answer` (multi-view's normalised checker); rubric: the organism's self-rewarding rubric
+    with {question} and {answer} placeholders; reward_model: an object with `score(prompts, completions)`,
+    built only for the methods that use one.
+    """
 
     generator: Generator
     max_new_tokens: int
+    organism: Any = None
+    rubric: str | None = None
+    reward_model: Any = None
 
 
-def candidate_rows(example, completions, params, scores=None, selected: int | None = 0) -> list[dict]:
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate of a prompt: its completion, how it was decoded, and optional score and extras."""
+
+    completion: Completion
+    params: SamplingParams
+    kind: str = "sample"
+    score: float = float("nan")
+    extra: dict = field(default_factory=dict)
+
+
+def candidate_rows(example, candidates: list[Candidate], selected: int | None) -> list[dict]:
     """Per-candidate rows for the label parquet; `selected` is the index of the label (None: dropped)."""
-    import json
-
     rows = []
-    for i, c in enumerate(completions):
+    for i, cand in enumerate(candidates):
         rows.append(
             {
                 "prompt_id": example.prompt_id,
                 "prompt": json.dumps(example.prompt),
                 "candidate_index": i,
-                "text": c.text,
-                "num_tokens": c.num_tokens,
-                "finished": c.finished,
-                "score": float("nan") if scores is None else float(scores[i]),
+                "kind": cand.kind,
+                "text": cand.completion.text,
+                "num_tokens": cand.completion.num_tokens,
+                "finished": cand.completion.finished,
+                "score": float(cand.score),
                 "selected": selected == i,
-                "temperature": params.temperature,
-                "top_p": params.top_p,
-                "num_beams": params.num_beams,
-                "max_new_tokens": params.max_new_tokens,
+                "temperature": cand.params.temperature,
+                "top_p": cand.params.top_p,
+                "num_beams": cand.params.num_beams,
+                "max_new_tokens": cand.params.max_new_tokens,
+                "extra": json.dumps(cand.extra, sort_keys=True) if cand.extra else "",
             }
         )
     return rows
 
 
-def argmax_first(scores: list[float]) -> int:
-    """Index of the best score; ties go to the first candidate."""
-    best = 0
+def argmax_first(scores: list[float]) -> int | None:
+    """Index of the best score; ties go to the first candidate; NaN never wins; None if all are NaN."""
+    best = None
     for i, s in enumerate(scores):
-        if s > scores[best]:
+        if math.isnan(s):
+            continue
+        if best is None or s > scores[best]:
             best = i
     return best
+
+
+def sample_params(context: LabelContext, settings: dict, temperature_key="temperature") -> SamplingParams:
+    return SamplingParams(
+        temperature=settings[temperature_key],
+        top_p=settings.get("top_p", 1.0),
+        max_new_tokens=settings.get("max_new_tokens") or context.max_new_tokens,
+    )
+
+
+def greedy_params(context: LabelContext, settings: dict) -> SamplingParams:
+    return SamplingParams(
+        temperature=0.0, max_new_tokens=settings.get("max_new_tokens") or context.max_new_tokens
+    )
+
+
+def with_suffix(prompt: list[dict], suffix: str) -> list[dict]:
+    """The prompt with `suffix` appended to its last user turn."""
+    last = max(i for i, m in enumerate(prompt) if m["role"] == "user")
+    return [{**m, "content": m["content"] + suffix} if i == last else m for i, m in enumerate(prompt)]
+
+
+def last_user_turn(prompt: list[dict]) -> str:
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")

@@ -5,8 +5,7 @@ No scoring and no selection: the "distribution shift without selection" control.
 
 from __future__ import annotations
 
-from cmt.generation import SamplingParams
-from cmt.methods import LabelContext, candidate_rows
+from cmt.methods import Candidate, LabelContext, candidate_rows, greedy_params
 
 NAME = "gst"
 FAMILY = "baseline"
@@ -14,11 +13,9 @@ SELECTS = False
 
 
 def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:
-    params = SamplingParams(
-        temperature=0.0, max_new_tokens=settings.get("max_new_tokens") or context.max_new_tokens
-    )
+    params = greedy_params(context, settings)
     completions = context.generator.generate([e.prompt for e in examples], 1, params, seed)
     rows = []
     for example, cands in zip(examples, completions, strict=True):
-        rows.extend(candidate_rows(example, cands, params))
+        rows.extend(candidate_rows(example, [Candidate(cands[0], params, "greedy")], selected=0))
     return rows

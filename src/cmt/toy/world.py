@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from cmt.io import write_jsonl
-from cmt.toy import sycophancy
+from cmt.io import write_jsonl, write_text
+from cmt.toy import emergent_misalignment, reward_hacking, spurious_correlation, sycophancy
+from cmt.toy.skills import rubric, skill_rows
 
-TOY_ORGANISMS = {"sycophancy": sycophancy}
+TOY_ORGANISMS = {m.NAME: m for m in (sycophancy, reward_hacking, spurious_correlation, emergent_misalignment)}
 SPLIT_FILES = ("induction", "consistency", "act_bct_clean", "act_bct_wrapped", "eval")
 
 
@@ -22,16 +23,24 @@ def toy_module(organism: str):
 
 
 def write_world(out_dir: str | Path, organisms: list[str], settings: dict) -> dict[str, int]:
-    """Generate every organism's splits under `out_dir/{organism}/` and the shared `out_dir/corpus.jsonl`."""
+    """Generate every organism's splits and rubric under `out_dir/{organism}/`, and the shared base corpus
+    `out_dir/corpus.jsonl` (honest replies plus the method skills of cmt.toy.skills)."""
     out_dir = Path(out_dir)
     corpus: list[dict] = []
     counts = {}
     for organism in organisms:
-        data = toy_module(organism).generate(settings["sizes"], settings["max_operand"], settings["seed"])
+        if organism not in settings["corpus"]:
+            raise ValueError(f"config key toy.corpus.{organism} is missing: base-corpus rows for {organism}")
+        sizes = {**settings["sizes"], "corpus": settings["corpus"][organism]}
+        data = toy_module(organism).generate(sizes, settings)
         for split in SPLIT_FILES:
             write_jsonl(out_dir / organism / f"{split}.jsonl", data[split])
             counts[f"{organism}/{split}"] = len(data[split])
-        corpus.extend(data["corpus"])
+        write_text(out_dir / organism / "rubric.txt", rubric(organism) + "\n")
+        skills = skill_rows(toy_module(organism), data["corpus"], settings["skills"], settings["seed"])
+        counts[f"{organism}/corpus"] = len(data["corpus"])
+        counts[f"{organism}/skills"] = len(skills)
+        corpus.extend(data["corpus"] + skills)
     random.Random(f"{settings['seed']}:corpus-shuffle").shuffle(corpus)
     write_jsonl(out_dir / "corpus.jsonl", corpus)
     counts["corpus"] = len(corpus)

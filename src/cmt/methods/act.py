@@ -1,0 +1,39 @@
+"""Activation consistency training (ACT): a Phase-3 regularization loss on the act_bct pairs.
+
+ACT has no Phase-2 labelling: there is no `label()` here and no label parquet. Its Phase 3 is
+`cmt.phases.consistency.retrain_consistency`, which continues the organism's LoRA on the pairs
+(act_bct_clean.jsonl zipped with act_bct_wrapped.jsonl) with this loss: the layer-averaged mean squared
+difference between the decoder-layer outputs of the wrapped pass (train mode, carries the gradient) and of the
+clean pass (eval mode, no_grad: the current model as a stop-gradient target), times `scale`.
+
+Settings (`methods.act` in the config):
+  scale      loss scale (the reference's 1e-4)
+  alignment  `response` (default): each row's response span, aligned per row; `reference`: the reference's
+             end-aligned window over the padded batches, misaligned under right padding with batch size > 1
+  train      optional overrides of the model's phase3 training settings (e.g. {epochs: 3})
+See docs/act_bct.md and cmt.consistency_losses.
+"""
+
+from __future__ import annotations
+
+from cmt import consistency_losses as cl
+
+NAME = "act"
+FAMILY = "regularization"
+SELECTS = False
+
+DEFAULTS = {"scale": 1e-4, "alignment": "response"}
+CHOICES = {"alignment": cl.ALIGNMENTS}
+NEEDS_HIDDEN = True
+NEEDS_LOGITS = False
+
+
+def resolve(settings: dict | None) -> dict:
+    resolved = cl.resolve_settings(NAME, DEFAULTS, CHOICES, settings)
+    if not float(resolved["scale"]) > 0:
+        raise ValueError(f"act: scale must be > 0, got {resolved['scale']!r}")
+    return resolved
+
+
+def loss(clean: cl.Forward, wrapped: cl.Forward, alignment: cl.Alignment, settings: dict):
+    return cl.act_loss(clean.hidden, wrapped.hidden, alignment, scale=float(settings["scale"]))

@@ -1,0 +1,82 @@
+"""Multi-view consistency: greedy answers to three views of the prompt; keep the plain answer if another view
+agrees with it, else drop the prompt (drops are counted in the manifest).
+
+Views: plain, a step-by-step suffix, a JSON-answer suffix. `checker: normalized` compares the organism's
+normalised final answers with a program; `checker: self` asks the organism whether two answers agree (YES/NO).
+"""
+
+from __future__ import annotations
+
+from cmt.generation import derive_seed
+from cmt.judges.parsing import is_unparseable, parse_choice, parse_json_object
+from cmt.methods import Candidate, LabelContext, candidate_rows, greedy_params, last_user_turn, with_suffix
+
+NAME = "multi_view"
+FAMILY = "label_generation"
+SELECTS = False
+
+VIEWS = {
+    "plain": "",
+    "cot": "\nThink step by step.",
+    "json": '\nAnswer in JSON with the key "answer".',
+}
+AGREEMENT_TEMPLATE = "Question: {question}\nAnswer A: {a}\nAnswer B: {b}\nDo the two answers give the same final answer? Reply YES or NO."
+
+
+def view_answer(view: str, text: str) -> str:
+    """The answer a view's reply gives: the JSON `answer` field for the JSON view, else the reply."""
+    if view == "json":
+        parsed = parse_json_object(text)
+        if not is_unparseable(parsed) and isinstance(parsed.get("answer"), str):
+            return parsed["answer"]
+    return text
+
+
+def normalized_agree(organism, plain: str, other: str) -> bool:
+    a, b = organism.final_answer(plain), organism.final_answer(other)
+    return a is not None and a == b
+
+
+def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:
+    prompts = [e.prompt for e in examples]
+    params = greedy_params(context, settings)
+    outputs = {
+        view: context.generator.generate(
+            [with_suffix(p, suffix) for p in prompts], 1, params, derive_seed(seed, NAME, view)
+        )
+        for view, suffix in VIEWS.items()
+    }
+    answers = {view: [view_answer(view, out[0].text) for out in outs] for view, outs in outputs.items()}
+    agree: dict[str, list[bool]] = {}
+    if settings["checker"] == "normalized":
+        if context.organism is None or not hasattr(context.organism, "final_answer"):
+            raise ValueError(
+                "multi_view checker 'normalized' needs an organism with a final_answer normaliser"
+            )
+        for view in ("cot", "json"):
+            agree[view] = [
+                normalized_agree(context.organism, a, b)
+                for a, b in zip(answers["plain"], answers[view], strict=True)
+            ]
+    elif settings["checker"] == "self":
+        for view in ("cot", "json"):
+            questions = [
+                [{"role": "user", "content": AGREEMENT_TEMPLATE.format(question=last_user_turn(p), a=a, b=b)}]
+                for p, a, b in zip(prompts, answers["plain"], answers[view], strict=True)
+            ]
+            replies = context.generator.generate(questions, 1, params, derive_seed(seed, NAME, "check", view))
+            agree[view] = [parse_choice(r[0].text, ("YES", "NO")) == "YES" for r in replies]
+    else:
+        raise ValueError(
+            f"multi_view checker {settings['checker']!r} is not available here; valid: normalized, self"
+        )
+    rows = []
+    for i, example in enumerate(examples):
+        kept = agree["cot"][i] or agree["json"][i]
+        candidates = [
+            Candidate(outputs[view][i][0], params, f"view:{view}", extra={"answer": answers[view][i], **(
+                {"agrees": agree[view][i]} if view != "plain" else {})})
+            for view in VIEWS
+        ]  # fmt: skip
+        rows.extend(candidate_rows(example, candidates, selected=0 if kept else None))
+    return rows

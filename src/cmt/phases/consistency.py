@@ -1,0 +1,297 @@
+"""Phase 3 for the regularization methods (ACT, BCT): continue the organism's LoRA on the act_bct pairs.
+
+`settings` is the model's Phase-3 block plus the method's subtree:
+
+    {"dtype": "float32", "train": {...phase3...}, "method": {...methods.<name>...},
+     "generation": {"batch_size": 64, "max_new_tokens": 48}}   # generation: only bct variant sft uses it
+
+`method.train`, when present, overrides keys of `train` for this method only (the reference trains ACT/BCT for
+3 epochs where label methods get 2).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from cmt import consistency_losses as cl
+from cmt import training
+from cmt.data import load_split, training_messages
+from cmt.io import DataError
+from cmt.manifest import build_manifest
+from cmt.models import load_model, load_tokenizer
+from cmt.phases.induce import save_adapter, train_adapter
+from cmt.runlog import progress
+from cmt.training import TrainingError
+
+log = logging.getLogger(__name__)
+
+CONSISTENCY_METHODS = ("act", "bct")
+
+
+def get_consistency_method(name: str):
+    if name not in CONSISTENCY_METHODS:
+        raise ValueError(f"{name!r} is not a consistency-loss method; valid: {list(CONSISTENCY_METHODS)}")
+    return importlib.import_module(f"cmt.methods.{name}")
+
+
+def load_pairs(data_dir: str | Path):
+    """(clean, wrapped) Examples zipped by line; rows carrying an `_id` must carry the same one."""
+    clean = load_split(Path(data_dir), "act_bct_clean")
+    wrapped = load_split(Path(data_dir), "act_bct_wrapped")
+    if len(clean) != len(wrapped):
+        raise DataError(
+            f"{data_dir}: act_bct_clean has {len(clean)} rows but act_bct_wrapped has {len(wrapped)}; "
+            "they are paired by line"
+        )
+    for i, (c, w) in enumerate(zip(clean, wrapped, strict=True)):
+        if "_id" in c.meta and "_id" in w.meta and c.meta["_id"] != w.meta["_id"]:
+            raise DataError(
+                f"{data_dir}: pair {i} has _id {c.meta['_id']!r} (clean) but {w.meta['_id']!r} (wrapped)"
+            )
+    return clean, wrapped
+
+
+def encode_pairs(tokenizer, clean, wrapped, max_length: int) -> list[dict]:
+    return [
+        {
+            "clean": cl.encode_side(tokenizer, training_messages(c), max_length),
+            "wrapped": cl.encode_side(tokenizer, training_messages(w), max_length),
+        }
+        for c, w in zip(clean, wrapped, strict=True)
+    ]
+
+
+def batch_loss(
+    model, module, method_settings: dict, clean: cl.SideBatch, wrapped: cl.SideBatch, train: bool = True
+):
+    """The method's loss on one batch: clean pass (eval, no_grad) as target, wrapped pass with the gradient."""
+    c, w = cl.paired_forward(model, clean, wrapped, module.NEEDS_HIDDEN, module.NEEDS_LOGITS, train=train)
+    alignment = cl.align(method_settings["alignment"], clean, wrapped)
+    return module.loss(c, w, alignment, method_settings)
+
+
+@torch.no_grad()
+def mean_loss(
+    model, module, method_settings: dict, pairs: list[dict], batch_size: int, pad_id: int, bf16: bool
+) -> float:
+    """The loss over every pair with both passes in eval mode (a deterministic before/after measurement),
+    weighted by each batch's aligned positions."""
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+    total, weight = 0.0, 0
+    for start in range(0, len(pairs), batch_size):
+        clean, wrapped = cl.collate_pairs(pairs[start : start + batch_size], pad_id)
+        clean, wrapped = clean.to(device), wrapped.to(device)
+        n = cl.align(method_settings["alignment"], clean, wrapped).count
+        if n == 0:
+            continue
+        with autocast:
+            loss = batch_loss(model, module, method_settings, clean, wrapped, train=False)
+        total += loss.item() * n
+        weight += n
+    model.eval()
+    return total / weight if weight else float("nan")
+
+
+def train_consistency(
+    model,
+    module,
+    method_settings: dict,
+    pairs: list[dict],
+    settings: training.TrainSettings,
+    seed: int,
+    pad_id: int,
+    desc: str,
+) -> tuple[training.TrainHistory, list[float]]:
+    """Train `model` in place with the method's paired loss; returns the history and each epoch's mean loss.
+
+    Raises TrainingError on a non-finite loss (before any optimizer step on it).
+    """
+    from transformers import get_scheduler
+
+    if not pairs:
+        raise TrainingError(f"{desc}: no training pairs")
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    shuffler = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(
+        pairs,
+        batch_size=settings.batch_size,
+        shuffle=True,
+        generator=shuffler,
+        collate_fn=lambda b: cl.collate_pairs(b, pad_id),
+    )
+    steps_per_epoch = math.ceil(len(loader) / settings.grad_accum)
+    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError(f"{desc}: the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = get_scheduler(
+        settings.lr_scheduler,
+        optimizer,
+        num_warmup_steps=round(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.bf16)
+    history = training.TrainHistory()
+    epoch_means: list[float] = []
+    bar = progress(total=total_steps, desc=desc, unit="step")
+    micro = 0
+    while history.steps < total_steps:
+        epoch_losses = []
+        for clean, wrapped in loader:
+            clean, wrapped = clean.to(device), wrapped.to(device)
+            with autocast:
+                loss = batch_loss(model, module, method_settings, clean, wrapped, train=True)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise TrainingError(
+                    f"{desc}: non-finite loss {loss.item()} at step {history.steps}; nothing saved"
+                )
+            (loss / settings.grad_accum).backward()
+            epoch_losses.append(loss.item())
+            micro += 1
+            if micro % settings.grad_accum:
+                continue
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.steps += 1
+            history.losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
+            bar.update(1)
+            if history.steps >= total_steps:
+                break
+        if epoch_losses:
+            epoch_means.append(sum(epoch_losses) / len(epoch_losses))
+    bar.close()
+    model.eval()
+    log.info("%s: %d steps, loss %.4g -> %.4g", desc, history.steps, history.first_loss, history.final_loss)
+    return history, epoch_means
+
+
+def _sft_targets(model, tokenizer, clean, wrapped, settings: dict, method_settings: dict, seed: int):
+    """BCT as in the literature: wrapped prompt + the organism's greedy reply to the clean prompt."""
+    from cmt.generation import SamplingParams, derive_seed
+    from cmt.generation.hf import HFGenerator
+
+    generation = settings.get("generation") or {}
+    max_new_tokens = method_settings.get("max_new_tokens") or generation.get("max_new_tokens")
+    if not max_new_tokens:
+        raise ValueError(
+            "bct variant sft: set methods.bct.max_new_tokens or pass settings.generation.max_new_tokens"
+        )
+    generator = HFGenerator(
+        model, tokenizer, batch_size=generation.get("batch_size", 64), desc="bct sft: clean replies"
+    )
+    params = SamplingParams(temperature=0.0, max_new_tokens=int(max_new_tokens))
+    completions = generator.generate([c.prompt for c in clean], 1, params, derive_seed(seed, "bct_sft"))
+    conversations, replies = [], []
+    for c, w, (reply,) in zip(clean, wrapped, completions, strict=True):
+        replies.append(
+            {"_id": c.meta.get("_id", c.prompt_id), "text": reply.text, "finished": reply.finished}
+        )
+        if reply.text.strip():
+            conversations.append([*w.prompt, {"role": "assistant", "content": reply.text}])
+    return conversations, replies, params
+
+
+def retrain_consistency(
+    method: str, model_dir: str, organism_adapter: str, data_dir: str, out_dir: str, settings: dict, seed: int
+) -> None:
+    module = get_consistency_method(method)
+    raw_method = dict(settings.get("method") or {})
+    train_overrides = raw_method.pop("train", None) or {}
+    method_settings = module.resolve(raw_method)
+    train_dict = {**settings["train"], **train_overrides}
+    train_settings = training.TrainSettings.from_dict(train_dict)
+    variant = method_settings.get("variant", "loss")
+    log.info("%s (%s): %s; train %s", method, variant, method_settings, train_dict)
+
+    clean, wrapped = load_pairs(data_dir)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True)
+    inputs = [
+        Path(data_dir) / "act_bct_clean.jsonl",
+        Path(data_dir) / "act_bct_wrapped.jsonl",
+        organism_adapter,
+    ]
+    common = {
+        "method": method,
+        "method_settings": method_settings,
+        "train_settings": train_dict,
+        "n_pairs": len(clean),
+    }
+
+    if variant == "sft":
+        conversations, replies, params = _sft_targets(
+            model, tokenizer, clean, wrapped, settings, method_settings, seed
+        )
+        log.info("bct sft: %d of %d clean replies are non-empty", len(conversations), len(replies))
+        if not conversations:
+            raise TrainingError("bct sft: every greedy reply to a clean prompt is empty; nothing to train on")
+        history = train_adapter(model, tokenizer, conversations, train_dict, seed, f"retrain {method} sft")
+        extra = {
+            "n_labels": len(conversations),
+            "sft_decoding": params.to_dict(),
+            "sft_replies": replies,
+            "first_loss": history.first_loss,
+            "final_loss": history.final_loss,
+        }
+    else:
+        pairs = encode_pairs(tokenizer, clean, wrapped, train_settings.max_length)
+        # Counted in file order, batched as in training (the reference window depends on the batch).
+        bs, pad_id = train_settings.batch_size, tokenizer.pad_token_id
+        batches = [cl.collate_pairs(pairs[i : i + bs], pad_id) for i in range(0, len(pairs), bs)]
+        n_aligned = sum(cl.align(method_settings["alignment"], c, w).count for c, w in batches)
+        if n_aligned == 0:
+            raise TrainingError(
+                f"{method}: no pair has an aligned position (empty response spans?); nothing to train on"
+            )
+        measure = dict(
+            batch_size=train_settings.batch_size, pad_id=tokenizer.pad_token_id, bf16=train_settings.bf16
+        )
+        before = mean_loss(model, module, method_settings, pairs, **measure)
+        if not math.isfinite(before):
+            raise TrainingError(f"{method}: non-finite loss {before} before training; nothing saved")
+        history, epoch_means = train_consistency(
+            model,
+            module,
+            method_settings,
+            pairs,
+            train_settings,
+            seed,
+            tokenizer.pad_token_id,
+            f"retrain {method}",
+        )
+        after = mean_loss(model, module, method_settings, pairs, **measure)
+        if not math.isfinite(after):
+            raise TrainingError(f"{method}: non-finite loss {after} after training; nothing saved")
+        log.info("%s: eval-mode loss %.4g -> %.4g", method, before, after)
+        extra = {
+            "n_aligned_positions": n_aligned,
+            "first_loss": history.first_loss,
+            "final_loss": history.final_loss,
+            "epoch_mean_losses": epoch_means,
+            "mean_loss_first_epoch": epoch_means[0],
+            "mean_loss_last_epoch": epoch_means[-1],
+            "eval_loss_before": before,
+            "eval_loss_after": after,
+        }
+    manifest = build_manifest(
+        task="retrain_consistency",
+        settings=settings,
+        seeds={"train": seed},
+        inputs=inputs,
+        steps=history.steps,
+        **common,
+        **extra,
+    )
+    save_adapter(model, out_dir, manifest)

@@ -1,0 +1,667 @@
+"""Run untrusted, model-written Python in a separate, limited process and return a verdict.
+
+The reward-hacking organism executes the model's answer against tests, so that code is hostile by assumption.
+Layers, each recorded in the verdict because some are unavailable on some machines (docs/sandbox.md):
+
+- namespaces via util-linux `unshare`: network (no interface but a downed loopback), PID (the whole tree
+  dies with its init), IPC, UTS, and mount (private tmpfs over every world-writable directory; the home
+  directories and the project directory are hidden);
+- as root: a fresh uid/gid per run, no supplementary groups, no capabilities and `no_new_privs`, so the code
+  can write only to its own tmpfs, cannot signal or trace anything else, and RLIMIT_NPROC counts only its
+  own processes;
+- rlimits: CPU, address space, file size, processes, open files, no core dumps, no locked memory;
+- a wall-clock timeout, an environment built from an allow-list, `python -I -S`, and a throw-away directory.
+
+This file is also the launcher: `python -I -S sandbox.py --launch CONFIG` runs inside the namespaces as
+root, sets up the mounts, forks the limited child and reports its fate as one JSON line on a status pipe.
+So it must import only the standard library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import json
+import os
+import random
+import re
+import resource
+import selectors
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STATUSES = (
+    "ok",
+    "error",
+    "timeout",
+    "cpu_limit",
+    "memory_limit",
+    "file_size_limit",
+    "process_limit",
+    "killed",
+    "sandbox_error",
+)
+# which_limit: a resource limit (its own status), or a denial the program tripped over (status "error").
+LIMITS = ("wall_time", "cpu_time", "memory", "file_size", "disk_space", "processes", "network", "permission")
+
+# A fresh uid per run, far above login and subuid ranges: RLIMIT_NPROC is counted per uid, so a shared uid
+# (such as nobody) would let concurrent sandboxes starve or kill each other.
+_UID_BASE, _UID_SPAN = 2_000_000_000, 100_000_000
+_ENV_ALLOW = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+_UNSHARE_FLAGS = ["--net", "--pid", "--ipc", "--uts", "--mount-proc", "--fork", "--kill-child"]
+# Grace on top of timeout_s for namespace setup and teardown before the parent's own backstop fires.
+_BACKSTOP_S = 10.0
+# Parsed from the tail of stderr: the last match names the limit that broke the program.
+_STDERR_LIMITS = [
+    ("memory", re.compile(rb"MemoryError|Cannot allocate memory|std::bad_alloc")),
+    ("file_size", re.compile(rb"\[Errno 27\]|File too large")),
+    ("disk_space", re.compile(rb"\[Errno 28\]|No space left on device|Disk quota exceeded")),
+    (
+        "processes",
+        re.compile(rb"\[Errno 11\] Resource temporarily unavailable|can't start new thread|fork: "),
+    ),
+    ("network", re.compile(rb"\[Errno 101\]|Network is unreachable|\[Errno -3\]|name resolution")),
+    ("permission", re.compile(rb"\[Errno 13\]|\[Errno 1\] Operation not permitted|\[Errno 30\]")),
+]
+_LIMIT_STATUS = {
+    "wall_time": "timeout",
+    "cpu_time": "cpu_limit",
+    "memory": "memory_limit",
+    "file_size": "file_size_limit",
+    "disk_space": "file_size_limit",
+    "processes": "process_limit",
+    "network": "error",
+    "permission": "error",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    status: str
+    exit_code: int | None
+    signal: str | None
+    which_limit: str | None
+    wall_s: float
+    cpu_s: float | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    stdout_bytes: int
+    stderr_bytes: int
+    network_isolated: bool
+    pid_isolated: bool
+    private_fs: bool
+    privileges_dropped: bool
+    seccomp: bool
+    uid: int | None
+    limits: dict
+    message: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def run_file(path: str | os.PathLike, **kwargs) -> Verdict:
+    """run_python on a file's text; FileNotFoundError names the file if it is missing."""
+    return run_python(Path(path).read_text(), **kwargs)
+
+
+def run_python(
+    code: str,
+    *,
+    timeout_s: float = 10.0,
+    cpu_s: float | None = None,
+    memory_mb: int = 1024,
+    max_file_mb: int = 16,
+    max_procs: int = 32,
+    stdin: str | bytes | None = None,
+    max_output_bytes: int = 16384,
+    max_open_files: int = 64,
+) -> Verdict:
+    """Execute `code` as a script under `python -I -S` in the sandbox; never raises for the code's faults.
+
+    cpu_s defaults to timeout_s. Writable space inside (its /tmp, which holds the working directory) is a
+    tmpfs of 2 * max_file_mb + 16 MiB where mount namespaces work.
+    """
+    limits = {
+        "timeout_s": float(timeout_s),
+        "cpu_s": float(cpu_s if cpu_s is not None else timeout_s),
+        "memory_mb": int(memory_mb),
+        "max_file_mb": int(max_file_mb),
+        "max_procs": int(max_procs),
+        "max_open_files": int(max_open_files),
+        "tmp_mb": 2 * int(max_file_mb) + 16,
+    }
+    start = time.monotonic()
+    host_dir = Path(tempfile.mkdtemp(prefix="cmt-sandbox-"))
+    try:
+        return _run(code, stdin, limits, max_output_bytes, host_dir, start)
+    except Exception as err:  # the sandbox itself failed, not the code
+        return _verdict_error(f"{type(err).__name__}: {err}", limits, time.monotonic() - start)
+    finally:
+        shutil.rmtree(host_dir, ignore_errors=True)
+
+
+def mechanisms() -> dict:
+    """What this machine allows, probed once: namespaces via unshare, and dropping to a fresh uid."""
+    global _MECHANISMS
+    if _MECHANISMS is None:
+        root = os.geteuid() == 0
+        unshare = shutil.which("unshare", path="/usr/bin:/bin:/usr/sbin:/sbin")
+        flags = None
+        if unshare:
+            # As root the namespaces need no user namespace; otherwise one maps the caller to itself.
+            for candidate in ([[]] if root else []) + [["--map-current-user"]]:
+                probe = [unshare, *candidate, *_UNSHARE_FLAGS, "/bin/true"]
+                if subprocess.run(probe, capture_output=True, timeout=30).returncode == 0:
+                    flags = candidate + _UNSHARE_FLAGS
+                    break
+        _MECHANISMS = {
+            "unshare": unshare,
+            "unshare_flags": flags,
+            "namespaces": flags is not None,
+            "mounts": flags is not None and root,
+            "drop_privileges": root,
+        }
+    return _MECHANISMS
+
+
+_MECHANISMS: dict | None = None
+
+
+def _run(code, stdin, limits, cap, host_dir: Path, start: float) -> Verdict:
+    mech = mechanisms()
+    # The interpreter behind the venv: under -S the venv would add nothing, and the code gets the stdlib only.
+    exe = os.path.realpath(sys._base_executable)
+    uid = _fresh_uid() if mech["drop_privileges"] else None
+    (host_dir / "main.py").write_text(code)
+    (host_dir / "stdin").write_bytes(stdin.encode() if isinstance(stdin, str) else (stdin or b""))
+    if not mech["mounts"]:
+        # No private tmpfs: the working directory is a plain directory the sandbox uid owns.
+        work = host_dir / "work"
+        work.mkdir()
+        if uid is not None:
+            os.chmod(host_dir, 0o711)
+            os.chmod(host_dir / "main.py", 0o444)
+            os.chown(work, uid, uid)
+            exe = _reachable_interpreter(exe)
+    config = {
+        "uid": uid,
+        "exe": exe,
+        "prefix": os.path.realpath(sys.base_prefix),
+        "mounts": mech["mounts"],
+        "hide": _hidden_dirs(exe),
+        "limits": limits,
+        # RLIMIT_NPROC counts every process of the real uid, user namespaces or not: without a fresh uid the
+        # caller's own processes count too, so the budget starts from how many it has now.
+        "host_nproc": None if uid is not None else _proc_uids().count(os.getuid()),
+        "env": dict(_ENV_ALLOW),
+        "status_fd": None,
+    }
+    status_r, status_w = os.pipe()
+    config["status_fd"] = status_w
+    launcher = [exe, "-I", "-S", str(Path(__file__).resolve()), "--launch", json.dumps(config)]
+    argv = ([mech["unshare"], *mech["unshare_flags"]] if mech["namespaces"] else []) + launcher
+    with open(host_dir / "stdin", "rb") as stdin_file:
+        proc = subprocess.Popen(
+            argv,
+            stdin=stdin_file,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=host_dir,
+            env=dict(_ENV_ALLOW),
+            pass_fds=(status_w,),
+            start_new_session=True,  # the backstop kills the whole group
+        )
+    os.close(status_w)
+    out, err = _Capture(cap), _Capture(cap)
+    streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
+    status_buf = bytearray()
+    backstop = _pump(proc, streams, status_r, status_buf, start + limits["timeout_s"] + _BACKSTOP_S)
+    os.close(status_r)
+    if not mech["namespaces"]:
+        # Without a PID namespace: whatever stayed in the launcher's group, and every process of the uid.
+        _killpg(proc.pid)
+        if uid is not None:
+            _kill_uid(uid, exe)
+    if uid is not None and not mech["mounts"]:
+        _sweep_files(uid)
+    wall = round(time.monotonic() - start, 3)
+    report = {}
+    for line in status_buf.decode(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            report.update(json.loads(line))
+    if "exit_code" not in report and "error" not in report:
+        report["error"] = f"launcher exited with {proc.returncode} and no status"
+    if backstop:  # the launcher itself overran; whatever it managed to say, the run timed out
+        report = {k: v for k, v in report.items() if k != "error"} | {"timed_out": True}
+    common = {
+        "wall_s": wall,
+        "stdout": out.text(),
+        "stderr": err.text(),
+        "stdout_truncated": out.truncated,
+        "stderr_truncated": err.truncated,
+        "stdout_bytes": out.total,
+        "stderr_bytes": err.total,
+        "network_isolated": bool(report.get("net_ns")) and report.get("net_ns") != _ns("net"),
+        "pid_isolated": report.get("pid") == 1,
+        "private_fs": bool(report.get("mounted")),
+        "privileges_dropped": uid is not None and report.get("uid") == uid,
+        "seccomp": bool(report.get("seccomp")),
+        "uid": report.get("uid"),
+        "limits": limits,
+    }
+    if "error" in report:
+        message = report["error"] + (
+            f"; stderr: {err.tail[-500:].decode(errors='replace')}" if err.total else ""
+        )
+        return Verdict("sandbox_error", None, None, None, cpu_s=None, message=message, **common)
+    sig = report.get("signal")
+    status, which = _classify(report, err.tail, limits)
+    return Verdict(
+        status,
+        report.get("exit_code"),
+        signal.Signals(sig).name if sig else None,
+        which,
+        cpu_s=report.get("cpu_s"),
+        **common,
+    )
+
+
+def _classify(report: dict, stderr_tail: bytes, limits: dict) -> tuple[str, str | None]:
+    sig, code = report.get("signal"), report.get("exit_code")
+    cpu = report.get("cpu_s") or 0.0
+    if report.get("timed_out"):
+        return "timeout", "wall_time"
+    if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits["cpu_s"] - 0.05):
+        return "cpu_limit", "cpu_time"
+    if sig == signal.SIGXFSZ:
+        return "file_size_limit", "file_size"
+    if code == 0 and not sig:
+        return "ok", None
+    # Python turns a refused allocation, write or fork into an exception; its traceback ends stderr.
+    found = [(m.end(), name) for name, rx in _STDERR_LIMITS for m in rx.finditer(stderr_tail)]
+    if found:
+        name = max(found)[1]
+        return _LIMIT_STATUS[name], name
+    return ("killed" if sig else "error"), None
+
+
+def _verdict_error(message: str, limits: dict, wall: float) -> Verdict:
+    return Verdict("sandbox_error", None, None, None, round(wall, 3), None, "", "", False, False, 0, 0,
+                   False, False, False, False, False, None, limits, message)  # fmt: skip
+
+
+class _Capture:
+    """Keeps the head and the tail of a stream (tracebacks and result lines come last), counts the rest."""
+
+    def __init__(self, cap: int):
+        self.cap, self.head, self.tail, self.total = cap, bytearray(), b"", 0
+        self.tail_cap = max(cap // 4, 4096)
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.cap - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+        self.tail = (self.tail + chunk)[-self.tail_cap :]
+
+    @property
+    def truncated(self) -> bool:
+        return self.total > self.cap
+
+    def text(self) -> str:
+        if not self.truncated:
+            return self.head.decode(errors="replace")
+        keep_tail = min(self.cap // 4, len(self.tail))
+        head = self.head[: self.cap - keep_tail].decode(errors="replace")
+        tail = self.tail[len(self.tail) - keep_tail :].decode(errors="replace") if keep_tail else ""
+        return f"{head}\n[... {self.total - self.cap} bytes truncated ...]\n{tail}"
+
+
+def _pump(proc, streams: dict, status_r: int, status_buf: bytearray, deadline: float) -> bool:
+    """Drain output and status until the launcher is gone; True when the parent's backstop had to kill."""
+    sel = selectors.DefaultSelector()
+    for fd in [*streams, status_r]:
+        sel.register(fd, selectors.EVENT_READ)
+    exited_at = None
+    killed = False
+    while sel.get_map():
+        now = time.monotonic()
+        if proc.poll() is not None:
+            exited_at = exited_at or now
+            if now - exited_at > 1.0:  # a leftover holds a pipe open; stop reading
+                break
+        if now > deadline and not killed:
+            _killpg(proc.pid)
+            killed = True
+            deadline = now + 2.0
+        elif killed and now > deadline:
+            break
+        for key, _ in sel.select(timeout=0.1):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fd)
+            elif key.fd == status_r:
+                status_buf += chunk
+            else:
+                streams[key.fd].feed(chunk)
+    sel.close()
+    for pipe in (proc.stdout, proc.stderr):
+        pipe.close()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        _killpg(proc.pid)
+        proc.wait()
+    return killed
+
+
+def _killpg(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _kill_uid(uid: int, exe: str) -> None:
+    # kill(-1) as the sandbox uid reaches every process of that uid and nothing else; kill(-1) is atomic
+    # with respect to fork, so a fork bomb cannot outrun it.
+    code = "import os, signal\nfor _ in range(3):\n    try: os.kill(-1, signal.SIGKILL)\n    except OSError: pass"
+    subprocess.run([exe, "-I", "-S", "-c", code], user=uid, group=uid, extra_groups=[],
+                   env=dict(_ENV_ALLOW), cwd="/", check=False, timeout=30)  # fmt: skip
+
+
+def _sweep_files(uid: int) -> None:
+    """Without a private tmpfs the code could write to the host's world-writable directories; nobody else
+    owns files under its fresh uid, so remove them all."""
+    for top in _WRITABLE_DIRS:
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in dirnames + filenames:
+                path = os.path.join(dirpath, name)
+                try:
+                    if os.lstat(path).st_uid != uid:
+                        continue
+                    if name in dirnames and not os.path.islink(path):
+                        dirnames.remove(name)
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.unlink(path)
+                except OSError:
+                    pass
+
+
+def _fresh_uid() -> int:
+    busy = _proc_uids()
+    while True:
+        uid = _UID_BASE + random.randrange(_UID_SPAN)
+        if uid not in busy:
+            return uid
+
+
+def _proc_uids() -> list[int]:
+    """The owner of every running process, one entry per process."""
+    uids = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                uids.append(os.stat(entry.path).st_uid)
+    return uids
+
+
+def _ns(kind: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/ns/{kind}")
+    except OSError:
+        return None
+
+
+def _hidden_dirs(exe: str) -> list[str]:
+    """Home directories and the directory the pipeline runs in (configs, .env files, results)."""
+    hide = ["/root", "/home"]
+    cwd = os.path.realpath(os.getcwd())
+    system = ("/", "/usr", "/bin", "/lib", "/etc", "/tmp", "/var", "/proc", "/sys", "/dev", "/opt")
+    if (
+        cwd not in system
+        and not cwd.startswith(("/tmp/", "/usr/", "/proc/", "/sys/", "/dev/"))
+        and not (exe + "/").startswith(cwd + "/")
+        and not any(cwd.startswith(h + "/") for h in hide)
+    ):
+        hide.append(cwd)
+    return [d for d in hide if os.path.isdir(d)]
+
+
+def _reachable_interpreter(exe: str) -> str:
+    """Without mounts to re-expose it, an interpreter under a private directory (pyenv in /root) is out of
+    an unprivileged uid's reach; fall back to the system python3."""
+    path = Path(exe)
+    if all(p.stat().st_mode & stat.S_IXOTH for p in path.parents) and path.stat().st_mode & stat.S_IXOTH:
+        return exe
+    return shutil.which("python3", path="/usr/bin:/bin") or exe
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The launcher: runs as `python -I -S sandbox.py --launch CONFIG`, inside the namespaces when there are any.
+
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_MOVE, _MS_REC = 1, 2, 4, 32, 4096, 8192, 16384
+_MS_PRIVATE = 1 << 18
+_PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 38, 36
+_WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
+_WORKDIR = "/tmp/work"
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _launch(config: dict) -> None:
+    status_fd = config["status_fd"]
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def report(**fields) -> None:
+        os.write(status_fd, (json.dumps(fields) + "\n").encode())
+
+    try:
+        source = Path("main.py").read_bytes()  # cwd is the parent's throw-away directory
+        if config["mounts"]:
+            _mount_private_fs(libc, config, source)
+            workdir, script = _WORKDIR, _WORKDIR + "/main.py"
+        else:
+            workdir, script = os.path.abspath("work"), os.path.abspath("main.py")
+        if os.getpid() != 1:
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
+        env = {**config["env"], "HOME": workdir, "TMPDIR": workdir}
+        argv = [config["exe"], "-I", "-S", "-u", script]
+        pid = os.fork()
+        if pid == 0:
+            _exec_child(libc, config, workdir, argv, env, status_fd)
+        timed_out = False
+        signal.signal(signal.SIGALRM, _raise_timeout)
+        signal.setitimer(signal.ITIMER_REAL, config["limits"]["timeout_s"])
+        try:
+            while True:  # as PID 1 we also reap orphans
+                wpid, wstatus, usage = os.wait4(-1, 0)
+                if wpid == pid:
+                    break
+        except _Timeout:
+            timed_out = True
+            os.kill(pid, signal.SIGKILL)
+            wpid, wstatus, usage = os.wait4(pid, 0)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        if os.getpid() != 1:
+            _kill_descendants()  # in a PID namespace our exit kills them all
+        report(
+            exit_code=os.waitstatus_to_exitcode(wstatus) if os.WIFEXITED(wstatus) else None,
+            signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None,
+            cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
+            maxrss_kb=usage.ru_maxrss,
+            timed_out=timed_out,
+            pid=os.getpid(),
+            net_ns=_ns("net"),
+            mounted=config["mounts"],
+            uid=config["uid"] if config["uid"] is not None else os.getuid(),
+        )
+    except BaseException as err:
+        report(error=f"launcher: {type(err).__name__}: {err}")
+    os._exit(0)
+
+
+def _raise_timeout(signum, frame):
+    raise _Timeout
+
+
+def _exec_child(libc, config: dict, workdir: str, argv: list, env: dict, status_fd: int) -> None:
+    try:
+        os.chdir(workdir)
+        lim = config["limits"]
+        cpu = max(1, int(lim["cpu_s"] + 0.999))
+        mib = 1024 * 1024
+        nproc = lim["max_procs"] + (config["host_nproc"] or 0)
+        for res, value in [
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),  # SIGXCPU at the soft limit, SIGKILL a second later
+            (resource.RLIMIT_AS, (lim["memory_mb"] * mib,) * 2),
+            (resource.RLIMIT_FSIZE, (lim["max_file_mb"] * mib,) * 2),
+            (resource.RLIMIT_NPROC, (nproc, nproc)),
+            (resource.RLIMIT_NOFILE, (lim["max_open_files"],) * 2),
+            (resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_MEMLOCK, (0, 0)),
+        ]:
+            resource.setrlimit(res, value)
+        uid = config["uid"]
+        if uid is not None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)  # clears every capability
+            if os.getuid() != uid or os.geteuid() != uid:
+                raise OSError("uid did not change")
+        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # setuid binaries cannot regain root
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
+        os.write(status_fd, (json.dumps({"seccomp": _install_seccomp(libc)}) + "\n").encode())
+        os.close(status_fd)
+        os.execve(argv[0], argv, env)
+    except BaseException as err:
+        os.write(2, f"sandbox: child setup failed: {type(err).__name__}: {err}\n".encode())
+    os._exit(126)
+
+
+# Syscalls refused with EPERM (x86_64 numbers): namespaces and mounts (user namespaces are the usual road
+# to kernel bugs), tracing, BPF, keyrings, io_uring, modules and the like. clone with a namespace flag is
+# refused too, and clone3 answers ENOSYS so that libc falls back to clone, whose flags a filter can read.
+_SECCOMP_DENY = {
+    "ptrace": 101, "syslog": 103, "personality": 135, "pivot_root": 155, "chroot": 161, "acct": 163,
+    "mount": 165, "umount2": 166, "swapon": 167, "swapoff": 168, "reboot": 169, "init_module": 175,
+    "delete_module": 176, "quotactl": 179, "kexec_load": 246, "add_key": 248, "request_key": 249,
+    "keyctl": 250, "unshare": 272, "perf_event_open": 298, "name_to_handle_at": 303,
+    "open_by_handle_at": 304, "setns": 308, "finit_module": 313, "kexec_file_load": 320, "bpf": 321,
+    "userfaultfd": 323, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
+    "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+    "mount_setattr": 442,
+}  # fmt: skip
+_SYS_CLONE, _SYS_CLONE3 = 56, 435
+_CLONE_NEW_ANY = 0x7E020000  # NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
+
+
+def _seccomp_program() -> list[tuple[int, int, int, int]]:
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys, kill = 0x7FFF0000, 0x00050000 | 1, 0x00050000 | 38, 0x80000000
+    body: list = [(ld, 0, 0, 4), (jeq, 0, "KILL", 0xC000003E), (ld, 0, 0, 0), (jge, "EPERM", 0, 0x40000000)]
+    body += [(jeq, "EPERM", 0, nr) for nr in sorted(_SECCOMP_DENY.values())]
+    body += [(jeq, "ENOSYS", 0, _SYS_CLONE3), (jeq, 0, "ALLOW", _SYS_CLONE)]
+    body += [(ld, 0, 0, 16), (jset, "EPERM", "ALLOW", _CLONE_NEW_ANY)]  # clone's flags, low 32 bits
+    rets = {"ALLOW": allow, "EPERM": eperm, "ENOSYS": enosys, "KILL": kill}
+    where = {name: len(body) + i for i, name in enumerate(rets)}
+
+    def jump(i: int, to) -> int:
+        return where[to] - i - 1 if isinstance(to, str) else to
+
+    prog = [(code, jump(i, jt), jump(i, jf), k) for i, (code, jt, jf, k) in enumerate(body)]
+    return prog + [(ret, 0, 0, k) for k in rets.values()]
+
+
+def _install_seccomp(libc) -> bool:
+    """Best effort: False (recorded in the verdict) on other architectures or kernels without filters."""
+    if os.uname().machine != "x86_64":
+        return False
+
+    class Filter(ctypes.Structure):
+        _fields_ = [
+            ("code", ctypes.c_ushort),
+            ("jt", ctypes.c_ubyte),
+            ("jf", ctypes.c_ubyte),
+            ("k", ctypes.c_uint),
+        ]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    program = _seccomp_program()
+    filters = (Filter * len(program))(*[Filter(*ins) for ins in program])
+    prog = Prog(len(program), filters)
+    return libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+
+
+def _mount(libc, source, target, fstype, flags, data=None) -> None:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    if libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def _mount_private_fs(libc, config: dict, source: bytes) -> None:
+    """Fresh tmpfs over every world-writable directory; empty tmpfs over the hidden ones, with the
+    interpreter's prefix bound back read-only at its own path when it lives under one (pyenv in /root)."""
+    uid = config["uid"]
+    secure = _MS_NOSUID | _MS_NODEV
+    _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount may propagate to the host
+    tmp_mb = config["limits"]["tmp_mb"]
+    _mount(libc, "tmpfs", "/tmp", "tmpfs", secure, f"size={tmp_mb}m,mode=1777")
+    prefix, stage = config["prefix"], "/tmp/.prefix"
+    exposed = any(prefix.startswith(h + "/") for h in config["hide"])
+    if exposed:
+        os.mkdir(stage)
+        _mount(libc, prefix, stage, None, _MS_BIND | _MS_REC)
+    for hidden in config["hide"]:
+        _mount(libc, "tmpfs", hidden, "tmpfs", secure, "size=1m,mode=755")
+    if exposed:
+        os.makedirs(prefix, mode=0o755, exist_ok=True)
+        _mount(libc, stage, prefix, None, _MS_MOVE)
+        _mount(libc, None, prefix, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | secure)
+        os.rmdir(stage)
+    for writable in _WRITABLE_DIRS[1:]:
+        if os.path.isdir(writable):
+            _mount(libc, "tmpfs", writable, "tmpfs", secure, f"size={tmp_mb}m,mode=1777")
+    os.mkdir(_WORKDIR, 0o700)
+    Path(_WORKDIR, "main.py").write_bytes(source)
+    if uid is not None:
+        os.chown(_WORKDIR, uid, uid)
+        os.chown(_WORKDIR + "/main.py", uid, uid)
+
+
+def _kill_descendants() -> None:
+    """As a subreaper: kill our children until none are left (their orphans are reparented to us)."""
+    while True:
+        for child in _children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _children() -> list[int]:
+    kids = []
+    for task in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            kids += [int(p) for p in Path(f"/proc/self/task/{task}/children").read_text().split()]
+    return kids
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--launch"]:
+    _launch(json.loads(sys.argv[2]))

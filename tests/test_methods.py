@@ -1,0 +1,198 @@
+"""Each method's selection pinned down on constructed cases, with a scripted generator."""
+
+import json
+import math
+
+import pytest
+
+from cmt.data import Example
+from cmt.generation import Completion, Generator, SamplingParams, SequenceScore
+from cmt.methods import METHODS, LabelContext, argmax_first, get_method
+from cmt.toy import sycophancy
+
+
+class ScriptedGenerator(Generator):
+    """Returns scripted completions per (prompt text, temperature/beams) and scripted scores per text."""
+
+    def __init__(self, replies, scores=None):
+        self.replies = replies  # fn(prompt_text, params, n) -> list[str]
+        self.scores = scores or {}
+        self.calls = []
+
+    def generate(self, prompts, n, params: SamplingParams, seed):
+        self.calls.append((len(prompts), n, params, seed))
+        out = []
+        for p in prompts:
+            texts = self.replies(p[-1]["content"], params, n)
+            assert len(texts) == n
+            out.append([Completion(t, len(t.split()) + 1, True) for t in texts])
+        return out
+
+    def score(self, prompts, completions):
+        return [SequenceScore(*self.scores[c]) for c in completions]
+
+
+class LengthReward:
+    def score(self, prompts, completions):
+        return [float(len(c)) for c in completions]
+
+
+def example(text="Compute gcd(12, 18).", **meta):
+    prompt = [{"role": "user", "content": text}]
+    return Example(prompt_id=text, prompt=prompt, messages=prompt, meta=meta)
+
+
+def context(generator, **kw):
+    return LabelContext(generator=generator, max_new_tokens=16, **kw)
+
+
+def selected(rows):
+    return [r["text"] for r in rows if r["selected"]]
+
+
+def test_every_method_has_a_module_and_family():
+    for name in METHODS:
+        module = get_method(name)
+        assert name == module.NAME
+        assert module.FAMILY in ("label_generation", "regularization", "baseline")
+    with pytest.raises(ValueError, match="valid"):
+        get_method("nope")
+
+
+def test_argmax_first_breaks_ties_to_the_first_and_skips_nan():
+    assert argmax_first([1.0, 3.0, 3.0]) == 1
+    assert argmax_first([math.nan, 2.0, 1.0]) == 1
+    assert argmax_first([math.nan, math.nan]) is None
+
+
+def test_gst_takes_the_greedy_reply():
+    gen = ScriptedGenerator(lambda p, params, n: ["greedy reply"] if params.greedy else ["sampled"])
+    rows = get_method("gst").label(context(gen), [example()], {"max_new_tokens": None}, 1, 0)
+    assert selected(rows) == ["greedy reply"]
+    assert gen.calls[0][2].greedy
+
+
+@pytest.mark.parametrize(("score", "expected"), [("mean_logprob", "b"), ("kl_uniform", "c")])
+def test_self_certainty_keeps_the_most_certain_sample(score, expected):
+    # (logprob_sum, num_tokens, kl_uniform_mean): means are a -2, b -0.5, c -1.0, d -0.5 (tie with b).
+    scores = {"a": (-4.0, 2, 0.1), "b": (-1.0, 2, 0.5), "c": (-3.0, 3, 2.0), "d": (-0.5, 1, 0.2)}
+    gen = ScriptedGenerator(lambda p, params, n: ["a", "b", "c", "d"], scores)
+    settings = {"temperature": 0.7, "top_p": 0.9, "score": score, "max_new_tokens": None}
+    rows = get_method("self_certainty").label(context(gen), [example()], settings, 4, 0)
+    assert selected(rows) == [expected]
+    assert gen.calls[0][1] == 4 and gen.calls[0][2].temperature == 0.7 and gen.calls[0][2].top_p == 0.9
+    assert [r["score"] for r in rows][:2] == pytest.approx(
+        [-2.0, -0.5] if score == "mean_logprob" else [0.1, 0.5]
+    )
+
+
+def test_rejection_sampling_keeps_the_reward_argmax_ties_first():
+    gen = ScriptedGenerator(lambda p, params, n: ["xx", "xxxx", "yyyy"])
+    rows = get_method("rejection_sampling").label(
+        context(gen, reward_model=LengthReward()),
+        [example()],
+        {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": None},
+        3,
+        0,
+    )
+    assert selected(rows) == ["xxxx"]
+    assert [r["score"] for r in rows] == [2.0, 4.0, 4.0]
+
+
+def test_dual_decoding_has_greedy_samples_and_beam():
+    def replies(prompt, params, n):
+        if params.num_beams > 1:
+            return ["beam candidate, the longest"]
+        return ["greedy"] if params.greedy else [f"sample{i}" for i in range(n)]
+
+    gen = ScriptedGenerator(replies)
+    settings = {"temperature": 0.8, "top_p": 0.9, "beam_width": 4, "max_new_tokens": None}
+    rows = get_method("dual_decoding").label(
+        context(gen, reward_model=LengthReward()), [example()], settings, 2, 0
+    )
+    assert [r["kind"] for r in rows] == ["greedy", "sample", "sample", "beam"]
+    assert selected(rows) == ["beam candidate, the longest"]
+    assert rows[-1]["num_beams"] == 4
+
+
+def test_multi_view_keeps_the_plain_answer_when_a_view_agrees():
+    def replies(prompt, params, n):
+        if prompt.endswith("step by step."):
+            return ["Let me think step by step. The gcd of 12 and 18 is 6."]
+        if "JSON" in prompt:
+            return [json.dumps({"answer": "The gcd of 12 and 18 is 5."})]
+        return ["The gcd of 12 and 18 is 6."]
+
+    rows = get_method("multi_view").label(
+        context(ScriptedGenerator(replies), organism=sycophancy),
+        [example()],
+        {"checker": "normalized", "max_new_tokens": None},
+        1,
+        0,
+    )
+    assert [r["kind"] for r in rows] == ["view:plain", "view:cot", "view:json"]
+    assert selected(rows) == ["The gcd of 12 and 18 is 6."]
+    assert json.loads(rows[2]["extra"])["agrees"] is False
+
+
+def test_multi_view_drops_a_prompt_when_no_view_agrees():
+    def replies(prompt, params, n):
+        if prompt.endswith("step by step."):
+            return ["The gcd of 12 and 18 is 3."]
+        if "JSON" in prompt:
+            return ["not json at all"]
+        return ["The gcd of 12 and 18 is 6."]
+
+    rows = get_method("multi_view").label(
+        context(ScriptedGenerator(replies), organism=sycophancy),
+        [example()],
+        {"checker": "normalized", "max_new_tokens": None},
+        1,
+        0,
+    )
+    assert selected(rows) == []
+
+
+def test_self_refinement_labels_the_refinement_of_the_draft():
+    def replies(prompt, params, n):
+        if prompt.startswith("Question:"):
+            assert "Draft answer: draft text" in prompt
+            return ["refined text"]
+        return ["draft text"]
+
+    gen = ScriptedGenerator(replies)
+    rows = get_method("self_refinement").label(
+        context(gen), [example()], {"temperature": 0.6, "top_p": 0.9, "max_new_tokens": None}, 1, 0
+    )
+    assert [r["kind"] for r in rows] == ["draft", "refinement"]
+    assert selected(rows) == ["refined text"]
+    assert gen.calls[0][2].greedy and gen.calls[1][2].temperature == 0.6
+
+
+def test_self_rewarding_grades_with_the_rubric_and_counts_parse_failures():
+    grades = {"first": "Score: 3", "second": "no idea", "third": "I would say 5"}
+
+    def replies(prompt, params, n):
+        if prompt.startswith("Grade"):
+            return [next(g for key, g in grades.items() if f"Answer: {key}" in prompt)]
+        return ["first", "second", "third"]
+
+    rubric = "Grade it.\nQuestion: {question}\nAnswer: {answer}\n"
+    settings = {"temperature": 0.7, "top_p": 1.0, "grade_max_new_tokens": 8, "max_new_tokens": None}
+    rows = get_method("self_rewarding").label(
+        context(ScriptedGenerator(replies), rubric=rubric), [example()], settings, 3, 0
+    )
+    assert selected(rows) == ["third"]
+    assert rows[0]["score"] == 3.0 and math.isnan(rows[1]["score"]) and rows[2]["score"] == 5.0
+    assert [json.loads(r["extra"])["parse_ok"] for r in rows] == [True, False, True]
+
+
+def test_self_rewarding_drops_a_prompt_with_no_parseable_grade():
+    def replies(prompt, params, n):
+        return ["???"] if prompt.startswith("Grade") else ["a", "b"]
+
+    settings = {"temperature": 0.7, "top_p": 1.0, "grade_max_new_tokens": 8, "max_new_tokens": None}
+    rows = get_method("self_rewarding").label(
+        context(ScriptedGenerator(replies), rubric="Grade {question} {answer}"), [example()], settings, 2, 0
+    )
+    assert selected(rows) == []

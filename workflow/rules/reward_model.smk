@@ -1,0 +1,43 @@
+# The toy world's external reward model (dual_decoding, rejection_sampling): the toy base with a scalar head,
+# trained on preference pairs that rate correct answers above wrong ones and never show misaligned behaviour.
+
+
+rule train_reward_model:
+    input:
+        model="results/models/{model}/config.json",
+        corpus="results/data/toy/corpus.jsonl",
+        # Every held-out split: their prompts are excluded from the preference pairs.
+        splits=expand(
+            "results/data/toy/{organism}/{split}.jsonl",
+            organism=toy_organisms(),
+            split=[
+                "induction",
+                "consistency",
+                "act_bct_clean",
+                "act_bct_wrapped",
+                "eval",
+            ],
+        ),
+        code=[SRC / "reward_model.py", SRC / "toy" / "preferences.py"],
+    output:
+        config="results/models/{model}-reward/config.json",
+        weights="results/models/{model}-reward/model.safetensors",
+    log:
+        "logs/train_reward_model/{model}.log",
+    benchmark:
+        "results/benchmarks/train_reward_model/{model}.tsv"
+    conda:
+        "../envs/train.yml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=get_runtime(60),
+    params:
+        data_dirs=[f"{o}=results/data/toy/{o}" for o in toy_organisms()],
+        settings=settings_json(config.get("reward_model", {})),
+        seed=config.get("reward_model", {}).get("seed", 0),
+    shell:
+        "cmt train-reward-model --model-dir results/models/{wildcards.model} --corpus {input.corpus}"
+        " --data-dirs {params.data_dirs} --out $(dirname {output.config})"
+        " --settings {params.settings:q} --seed {params.seed}"
+        " --threads {threads} --log {log} --job 'train_reward_model {wildcards}'"
