@@ -19,19 +19,16 @@ def test_tables_have_the_documented_columns(mini_run):
     main = pd.read_csv(tables / "main.csv")
     assert list(runs.columns) == RUNS_COLUMNS
     assert list(main.columns) == MAIN_COLUMNS
-    assert len(runs) == 1 and len(main) == 1
-    run = runs.iloc[0]
-    assert (run["model"], run["organism"], run["method"], run["k"], run["seed"]) == (
-        "toy",
-        "sycophancy",
-        "gst",
-        1,
-        0,
-    )
-    assert math.isfinite(run["delta"])
-    assert run["delta"] == pytest.approx(run["risk_phase3"] - run["risk_phase1"])
-    assert run["n_eval"] > 0
-    assert main.iloc[0]["n_runs"] == 1
+    organisms = ["emergent_misalignment", "reward_hacking", "spurious_correlation", "sycophancy"]
+    assert list(runs["organism"]) == organisms and list(main["organism"]) == organisms
+    assert set(zip(runs["model"], runs["method"], runs["k"], runs["seed"], strict=True)) == {
+        ("toy", "gst", 1, 0)
+    }
+    for run in runs.itertuples():
+        assert math.isfinite(run.delta)
+        assert run.delta == pytest.approx(run.risk_phase3 - run.risk_phase1)
+        assert run.n_eval > 0
+    assert (main["n_runs"] == 1).all()
 
 
 def test_induction_really_happened(mini_run):
