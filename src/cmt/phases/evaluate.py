@@ -10,10 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from cmt.data import Example, load_split
-from cmt.generation import SamplingParams, make_generator
+from cmt.generation import SamplingParams, load_generator
 from cmt.io import write_parquet
 from cmt.judges import programmatic_judge
-from cmt.models import load_model, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +44,7 @@ def evaluate(
     eval_settings: dict,
     seed: int,
 ) -> None:
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=model_settings["dtype"], adapter=adapter, merge=True)
-    generator = make_generator(
-        model_settings["backend"],
-        model=model,
-        tokenizer=tokenizer,
-        batch_size=model_settings["batch_size"],
-        desc=f"evaluate {identity['stage']}",
-    )
+    generator = load_generator(model_dir, adapter, model_settings, f"evaluate {identity['stage']}")
     examples = stratified_subset(load_split(Path(data_dir), "eval"), eval_settings.get("size"), seed)
     params = SamplingParams(temperature=0.0, max_new_tokens=model_settings["max_new_tokens"])
     completions = generator.generate([e.prompt for e in examples], 1, params, seed)

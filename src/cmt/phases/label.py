@@ -12,12 +12,11 @@ from pathlib import Path
 import pandas as pd
 
 from cmt.data import load_split
-from cmt.generation import make_generator
+from cmt.generation import load_generator
 from cmt.io import write_json, write_parquet
 from cmt.judges import programmatic_judge
 from cmt.manifest import build_manifest
 from cmt.methods import LabelContext, get_method
-from cmt.models import load_model, load_tokenizer
 from cmt.phases.evaluate import stratified_subset
 
 log = logging.getLogger(__name__)
@@ -31,15 +30,7 @@ def organism_module(organism: str):
 
 
 def build_context(method_module, organism, model_dir, adapter, data_dir, model_settings, reward_model, desc):
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=model_settings["dtype"], adapter=adapter, merge=True)
-    generator = make_generator(
-        model_settings["backend"],
-        model=model,
-        tokenizer=tokenizer,
-        batch_size=model_settings["batch_size"],
-        desc=desc,
-    )
+    generator = load_generator(model_dir, adapter, model_settings, desc)
     rubric_path = Path(data_dir) / "rubric.txt"
     scorer = None
     if getattr(method_module, "USES_REWARD_MODEL", False):
