@@ -56,12 +56,20 @@ def tiny_world(tmp_path_factory):
     return {"root": root, "data": root / "data", "model": root / "model", "report": report}
 
 
+PLANTED_SECRETS = {
+    "HF_TOKEN": "hf_cmtPlantedSecret0123456789abcdef",
+    "CMT_JUDGE_API_KEY": "sk-cmt-planted-secret-9f8e7d6c5b4a",
+    "OPENAI_API_KEY": "sk-cmt-planted-openai-0a1b2c3d4e5f",
+}
+
+
 @pytest.fixture(scope="session")
 def mini_run(tmp_path_factory):
     """The mini pipeline run end to end once per session; tests read its outputs."""
     workdir = tmp_path_factory.mktemp("mini_run")
-    proc = run_snakemake(workdir, "--cores", "2", "results/tables/main.csv")
-    return {"workdir": workdir, "proc": proc}
+    # Recognisable fake secrets in the places real ones live; tests grep every output for them.
+    proc = run_snakemake(workdir, "--cores", "2", "all", env=PLANTED_SECRETS)
+    return {"workdir": workdir, "proc": proc, "secrets": PLANTED_SECRETS}
 
 
 @pytest.fixture

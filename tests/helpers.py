@@ -24,6 +24,7 @@ def run_snakemake(
     timeout=900,
     profiles: Sequence[Path] = (),
     snakefile: Path | None = None,
+    env: dict[str, str] | None = None,
 ):
     """Run the real snakemake CLI on this repository's Snakefile in `workdir`.
 
@@ -33,7 +34,7 @@ def run_snakemake(
     """
     config = config or REPO / "tests" / "configs" / "mini.yaml"
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {**os.environ, **(env or {}), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     cmd = [
         str(bin_dir / "snakemake"),
         "-s", str(snakefile or REPO / "Snakefile"),

@@ -1,4 +1,5 @@
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.mark.parametrize("path", [REPO / "config" / "config.yaml", REPO / "tests" / "configs" / "mini.yaml"])
+@pytest.mark.parametrize(
+    "path", [*sorted((REPO / "config").glob("*.yaml")), *sorted((REPO / "tests" / "configs").glob("*.yaml"))]
+)
 def test_shipped_configs_are_valid(path):
     assert config_errors(load(path), SCHEMA) == []
 
@@ -72,3 +75,55 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path, copy_config):
     output = proc.stdout + proc.stderr
     assert "methods.gst" in output and "temperature" in output
     assert not (tmp_path / "work" / "results").exists()
+
+
+def dry_run_with(tmp_path, copy_config, edit, *targets):
+    path = copy_config()
+    config = load(path)
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path / "work", "-n", *targets, config=path, check=False)
+    return proc, proc.stdout + proc.stderr
+
+
+def test_a_missing_dataset_folder_is_named_before_the_dag(tmp_path, copy_config):
+    def edit(config):
+        config["organisms"]["sycophancy"]["source"] = {"path": str(tmp_path / "nowhere")}
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit)
+    assert proc.returncode != 0
+    assert "organisms.sycophancy.source.path" in output and "nowhere" in output
+    assert "Building DAG" not in output
+
+
+def test_a_missing_model_folder_is_named_before_the_dag(tmp_path, copy_config):
+    def edit(config):
+        config["models"]["toy"]["source"] = {"path": str(tmp_path / "no_model")}
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit)
+    assert proc.returncode != 0
+    assert "models.toy.source.path" in output and "no_model" in output
+    assert "Building DAG" not in output
+
+
+def test_a_dataset_by_url_is_fetched_by_a_local_rule(tmp_path, copy_config):
+    sha = "ab" * 32
+
+    def edit(config):
+        config["organisms"]["sycophancy"]["source"] = {"url": "https://example.org/syc.tar.gz", "sha256": sha}
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit)
+    assert proc.returncode == 0, output[-3000:]
+    assert re.search(r"^fetch_dataset\s+1$", output, re.M)  # one fetch, before the jobs that read the data
+    assert "output: resources/data/sycophancy/induction.jsonl" in output
+    assert "input: results/models/toy/config.json, resources/data/sycophancy/induction.jsonl" in output
+
+
+def test_an_llm_judged_organism_passes_the_judge_block_and_requires_its_key(tmp_path, copy_config):
+    def edit(config):
+        config["organisms"]["sycophancy"]["judge"] = "llm"
+        config["judge"] = {"base_url": "http://127.0.0.1:8000/v1", "model": "judge-model",
+                           "api_key_env": "CMT_TEST_JUDGE_KEY"}  # fmt: skip
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit, "-p")
+    assert proc.returncode != 0 and "CMT_TEST_JUDGE_KEY" in output  # envvars: checked before any job

@@ -38,9 +38,14 @@ def job_counts(output: str) -> dict[str, int]:
     }
 
 
-def dry_run(methods_run, config):
+def dry_run(methods_run, config, profiles=()):
     proc = run_snakemake(
-        methods_run["work"], "-n", "all", config=config, snakefile=methods_run["repo"] / "Snakefile"
+        methods_run["work"],
+        "-n",
+        "all",
+        config=config,
+        snakefile=methods_run["repo"] / "Snakefile",
+        profiles=profiles,
     )
     out = proc.stdout + proc.stderr
     return {} if "Nothing to be done" in out else job_counts(out)
@@ -105,7 +110,17 @@ def test_nothing_reruns_without_a_change(methods_run):
 
 def test_changing_one_method_config_reruns_only_that_method(methods_run, tmp_path):
     config = edited(tmp_path, lambda c: c["methods"]["self_refinement"].update(temperature=0.5))
-    assert dry_run(methods_run, config) == {"label": 1, "retrain": 1, "evaluate": 1, "tables": 1, "all": 1}
+    expected = {"label_self_refinement": 1, "retrain_self_refinement": 1, "evaluate_self_refinement": 1}
+    assert dry_run(methods_run, config) == {**expected, "tables": 1, "figures": 1, "all": 1}
+
+
+def test_the_slurm_profile_dry_run_schedules_the_same_reruns(methods_run, tmp_path):
+    """The user's cluster command plans exactly the same fine-grained reruns as a local run."""
+    config = edited(tmp_path, lambda c: c["methods"]["self_refinement"].update(temperature=0.5))
+    profile = [methods_run["repo"] / "profiles" / "slurm"]
+    assert dry_run(methods_run, METHODS_CONFIG, profile) == {}
+    expected = {"label_self_refinement": 1, "retrain_self_refinement": 1, "evaluate_self_refinement": 1}
+    assert dry_run(methods_run, config, profile) == {**expected, "tables": 1, "figures": 1, "all": 1}
 
 
 def test_changing_a_method_source_reruns_only_that_method(methods_run):
@@ -116,10 +131,46 @@ def test_changing_a_method_source_reruns_only_that_method(methods_run):
         counts = dry_run(methods_run, METHODS_CONFIG)
     finally:
         source.write_text(original)
-    # self_certainty's label (k=2), retrain, evaluate and its eval candidates; then the tables.
-    assert counts == {"label": 1, "retrain": 1, "evaluate": 1, "candidates_eval": 1, "tables": 1, "all": 1}
+    # self_certainty's label, retrain, evaluate and eval-candidate jobs (each covers its k); then the tables.
+    expected = {f"{rule}_self_certainty": 1 for rule in ("label", "retrain", "evaluate", "candidates_eval")}
+    assert counts == {**expected, "tables": 1, "eta": 1, "figures": 1, "all": 1}
 
 
 def test_changing_a_regularization_method_reruns_only_its_retrain(methods_run, tmp_path):
     config = edited(tmp_path, lambda c: c["methods"]["act"].update(scale=2.0e-4))
-    assert dry_run(methods_run, config) == {"retrain_consistency": 1, "evaluate": 1, "tables": 1, "all": 1}
+    expected = {"retrain_act": 1, "evaluate_act": 1, "tables": 1, "figures": 1, "all": 1}
+    assert dry_run(methods_run, config) == expected
+
+
+def test_rerunning_with_the_same_config_and_seed_gives_identical_bytes(methods_run):
+    """Seeds reach every sampler: forcing the sampling labellers (and everything downstream) to run again
+    writes byte-identical labels, candidates, adapters, evaluations and tables."""
+    work = methods_run["work"]
+    watched = [
+        work / "results/labels" / RUN / "self_certainty/k2.parquet",
+        work / "results/labels" / RUN / "rejection_sampling/k1.parquet",
+        work / "results/labels" / RUN / "rejection_sampling/k2.parquet",
+        work / "results/candidates" / RUN / "self_certainty/k2.parquet",
+        work / "results/retrained" / RUN / "self_certainty/k2/adapter/adapter_model.safetensors",
+        work / "results/eval" / RUN / "self_certainty/k2.parquet",
+        work / "results/eval" / RUN / "rejection_sampling/k2.parquet",
+        work / "results/tables/runs.csv",
+        work / "results/tables/main.csv",
+        work / "results/tables/eta.csv",
+    ]
+    before = {path: path.read_bytes() for path in watched}
+    mtimes = {path: path.stat().st_mtime_ns for path in watched}
+    forced = ["label_self_certainty", "label_rejection_sampling", "candidates_eval_self_certainty"]
+    run_snakemake(
+        work,
+        "--cores",
+        "2",
+        "all",
+        "--forcerun",
+        *forced,
+        config=METHODS_CONFIG,
+        snakefile=methods_run["repo"] / "Snakefile",
+    )
+    for path in watched:
+        assert path.stat().st_mtime_ns != mtimes[path], f"{path} was not rewritten"
+        assert path.read_bytes() == before[path], f"{path} differs between two runs of the same config"

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,7 +21,11 @@ def test_tables_have_the_documented_columns(mini_run):
     assert list(runs.columns) == RUNS_COLUMNS
     assert list(main.columns) == MAIN_COLUMNS
     organisms = ["emergent_misalignment", "reward_hacking", "spurious_correlation", "sycophancy"]
-    assert list(runs["organism"]) == organisms and list(main["organism"]) == organisms
+    assert list(runs["organism"]) == organisms
+    # One row per organism and family (all, label_generation, regularization, baseline).
+    assert list(main["organism"]) == [o for o in organisms for _ in range(4)]
+    assert set(main["family"]) == {"all", "label_generation", "regularization", "baseline"}
+    assert set(runs["family"]) == {"baseline"}
     assert set(zip(runs["model"], runs["method"], runs["k"], runs["seed"], strict=True)) == {
         ("toy", "gst", 1, 0)
     }
@@ -28,7 +33,17 @@ def test_tables_have_the_documented_columns(mini_run):
         assert math.isfinite(run.delta)
         assert run.delta == pytest.approx(run.risk_phase3 - run.risk_phase1)
         assert run.n_eval > 0
-    assert (main["n_runs"] == 1).all()
+    # gst is a baseline: the all and baseline rows hold the run; the other families are empty (n 0, NaN stats).
+    filled = main["family"].isin(["all", "baseline"])
+    assert (main.loc[filled, "n_runs"] == 1).all() and (main.loc[~filled, "n_runs"] == 0).all()
+    assert main.loc[~filled, "mean_delta"].isna().all()
+    for name in ("methods.csv", "kscaling.csv", "eta.csv", "eta_summary.csv"):
+        assert (tables / name).is_file(), name
+    methods = pd.read_csv(tables / "methods.csv")
+    assert list(methods["organism"]) == organisms and (methods["method"] == "gst").all()
+    assert len(pd.read_csv(tables / "eta.csv")) == 0  # gst selects nothing: an empty table, not zeros
+    for figure in ("delta_by_method", "kscaling", "eta_rank"):
+        assert (mini_run["workdir"] / "results/figures" / f"{figure}.png").stat().st_size > 1000
 
 
 def test_induction_really_happened(mini_run):
@@ -69,8 +84,12 @@ def test_labels_come_from_the_organism_with_a_manifest(mini_run):
     assert "git" in manifest and manifest["inputs_sha256"]
 
 
-def test_eval_rows_are_per_prompt(mini_run):
-    df = pd.read_parquet(mini_run["workdir"] / "results/eval/toy/sycophancy/seed0/gst/k1.parquet")
+def test_eval_rows_are_per_prompt_with_a_manifest(mini_run):
+    root = mini_run["workdir"] / "results/eval/toy/sycophancy/seed0"
+    df = pd.read_parquet(root / "gst/k1.parquet")
+    manifest = json.loads((root / "gst/k1.manifest.json").read_text())
+    assert manifest["settings"]["judge"] == {"kind": "programmatic"} and manifest["n_rows"] == len(df)
+    assert manifest["outputs_sha256"] and manifest["inputs_sha256"]
     assert {"prompt_id", "framing", "completion", "misaligned", "seed"} <= set(df.columns)
     assert set(df["framing"]) == {"none", "true", "false"}
     assert df.loc[df["scored"], "misaligned"].notna().all()
@@ -98,3 +117,90 @@ def test_rerun_is_a_no_op(mini_run):
 
     proc = run_snakemake(mini_run["workdir"], "-n", "results/tables/main.csv")
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_shift_measures_every_run(mini_run):
+    tables = mini_run["workdir"] / "results" / "tables"
+    shift = pd.read_csv(tables / "shift.csv")
+    runs = pd.read_csv(tables / "runs.csv")
+    assert len(shift) == len(runs)
+    assert (shift["n_labels"] > 0).all() and shift["label_ce_token"].gt(0).all()
+    assert shift["kl_realised"].notna().all() and (shift["n_kl"] == 16).all()
+    assert shift["fragility"].notna().all()
+    correlations = pd.read_csv(tables / "shift_correlations.csv")
+    assert {"organism", "measure", "n", "pearson_r", "spearman_r"} <= set(correlations.columns)
+
+
+def test_harmful_compliance_before_and_after(mini_run):
+    work = mini_run["workdir"]
+    harmful = pd.read_csv(work / "results/tables/harmful.csv")
+    assert len(harmful) == 4 and (harmful["n"] == 24).all()
+    assert harmful["delta_harm"].notna().all()
+    # The base corpus teaches refusals: the base model refuses most held-out harmful requests.
+    base = pd.read_parquet(work / "results/eval/toy/sycophancy/seed0/base.harmful.parquet")
+    assert base.loc[base["scored"], "refused"].mean() >= 0.5
+    assert (work / "results/tables/harmful_summary.csv").is_file()
+
+
+def test_the_html_report_builds(mini_run):
+    from helpers import run_snakemake
+
+    run_snakemake(mini_run["workdir"], "--report", "results/report.html")
+    html = (mini_run["workdir"] / "results/report.html").read_text(errors="replace")
+    assert "main.csv" in html and "delta_by_method" in html
+
+
+def test_planted_secrets_appear_in_no_output_log_or_snakemake_file(mini_run):
+    """Secrets in the environment (HF token, judge API keys) never reach results/, logs/ or .snakemake/."""
+    needles = [secret.encode() for secret in mini_run["secrets"].values()]
+    checked = 0
+    for folder in ("results", "logs", ".snakemake"):
+        for path in (mini_run["workdir"] / folder).rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                checked += 1
+                assert not any(needle in data for needle in needles), f"a planted secret leaked into {path}"
+    assert checked > 50
+
+
+def test_a_run_killed_mid_training_resumes_to_identical_tables(mini_run, tmp_path):
+    """SIGKILL Snakemake and its running training job, then rerun with --rerun-incomplete: the final tables are
+    byte-identical to the uninterrupted run's, and no half-written file remains."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import run_snakemake
+
+    work = tmp_path / "killed"
+    shutil.copytree(mini_run["workdir"], work, symlinks=True)  # copy2 keeps mtimes and Snakemake's metadata
+    # One organism loses its Phase-1 adapter: its induce job and everything downstream must run again.
+    shutil.rmtree(work / "results/organisms/toy/sycophancy/seed0/adapter")
+    log = work / "logs/induce/toy/sycophancy/seed0.log"
+    log.unlink()
+    bin_dir = Path(sys.executable).parent
+    cmd = [str(bin_dir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(work),
+           "--configfile", str(REPO / "tests/configs/mini.yaml"), "--replace-workflow-config", "--cores", "2", "all"]  # fmt: skip
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while not (log.is_file() and "induce:" in log.read_text(errors="replace") and "step" in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the training job never started"
+        time.sleep(0.5)
+    time.sleep(2)  # well inside training (15 epochs)
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, at once: no cleanup runs
+    proc.wait()
+    assert not (work / "results/organisms/toy/sycophancy/seed0/adapter/adapter_model.safetensors").exists()
+
+    run_snakemake(work, "--unlock")
+    run_snakemake(work, "--cores", "2", "all", "--rerun-incomplete")
+    for table in ("runs.csv", "main.csv"):
+        original = (mini_run["workdir"] / "results/tables" / table).read_bytes()
+        assert (work / "results/tables" / table).read_bytes() == original, table
+    leftovers = [p for p in (work / "results").rglob("*") if p.name.endswith((".tmp", ".old"))]
+    assert leftovers == [] and not list((work / "results").rglob(".*.tmp*"))

@@ -10,6 +10,7 @@ itself (which rules it sends where, without Slurm) run everywhere.
 """
 
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -25,7 +26,8 @@ from helpers import REPO, run_snakemake
 SLURM_DIR = REPO / "tests" / "slurm"
 PROFILES = (REPO / "profiles" / "slurm", SLURM_DIR / "profile")
 TARGET = "results/tables/main.csv"
-GPU_RULES = {"induce", "label", "retrain", "evaluate"}
+# The mini config runs gst: its rules, plus the per-organism ones. Each job asks for gpu=1 here.
+GPU_RULES = {"induce", "label_gst", "retrain_gst", "evaluate", "evaluate_gst"}
 CPU_RULES = {"pretrain_base"}
 LOCAL_RULES = {"toy_data", "induction_report", "tables"}
 # The test cluster lives in /etc/slurm and on fixed ports: one test session at a time on a machine.
@@ -204,23 +206,33 @@ def slurm_run(slurm_cluster, slurm_config, tmp_path_factory):
     return {"workdir": workdir, "config": slurm_config, "run": run}
 
 
-def test_every_gpu_rule_has_a_gpu_entry_in_the_profile():
-    """A rule that declares a `gpu` resource must be sent to the gpu partition by profiles/slurm."""
+class FakeJob:
+    """What the Slurm plugin's partition scoring reads from a job."""
+
+    def __init__(self, name, threads, **resources):
+        self.name, self.threads, self.resources = name, threads, resources
+
+
+def test_the_partition_file_sends_gpu_jobs_to_gpu_and_cpu_jobs_to_cpu():
+    """The plugin picks partitions from profiles/slurm/partitions.yaml; no rule names one."""
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
     profile = yaml.safe_load((PROFILES[0] / "profile.yaml").read_text())
-    gpu_rules = set()
-    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        for rule, body in re.findall(
-            r"^(?:rule|checkpoint) (\w+):\n((?:[ \t]+.*\n|\n)*)", smk.read_text(), re.M
-        ):
-            if re.search(r"^\s+gpu=", body, re.M):
-                gpu_rules.add(rule)
-    assert gpu_rules >= GPU_RULES
-    for rule in gpu_rules:
-        entry = profile["set-resources"].get(rule, {})
-        assert entry.get("slurm_partition") == "gpu" and "cpus_per_gpu" in entry, (rule, entry)
+    assert "slurm_partition" not in profile["default-resources"] and "set-resources" not in profile
+    partitions = read_partition_file(REPO / profile["slurm-partition-config"])
+    logger = logging.getLogger("test")
+    gpu_job = FakeJob("label_gst", 1, gpu=1, cpus_per_gpu=1, mem_mb=32000, runtime=120)
+    big_gpu_job = FakeJob("evaluate", 8, gpu=8, cpus_per_gpu=8, mem_mb=256000, runtime=60)
+    cpu_job = FakeJob("pretrain_base", 2, mem_mb=4000, runtime=60)
+    toy_job = FakeJob("retrain_gst", 1, gpu=0, mem_mb=8000, runtime=120)  # a gpus: 0 model
+    assert get_best_partition(partitions, gpu_job, logger) == "gpu"
+    assert get_best_partition(partitions, big_gpu_job, logger) == "gpu"
+    assert get_best_partition(partitions, cpu_job, logger) == "cpu"
+    assert get_best_partition(partitions, toy_job, logger) == "cpu"
+    assert get_best_partition(partitions, FakeJob("x", 1, gpu=9), logger) is None  # fits nowhere
 
 
-def test_the_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(slurm_config, tmp_path):
+def test_the_profile_dry_run_gives_gpu_jobs_a_gpu_and_their_cpus(slurm_config, tmp_path):
     """What the profile asks of Slurm, read from a dry run: no Slurm needed."""
     run = snakemake(tmp_path, slurm_config, 300, "-n", "--cores", "2", profiles=PROFILES[:1])
     ok(run)
@@ -229,10 +241,10 @@ def test_the_profile_dry_run_sends_gpu_jobs_to_the_gpu_partition(slurm_config, t
     for rule, resources in jobs.items():
         if rule in GPU_RULES:
             assert resources["gpu"] == "1", (rule, resources)
-            assert resources["slurm_partition"] == "gpu", (rule, resources)
             assert resources["cpus_per_gpu"].isdigit(), (rule, resources)
+            assert resources["mem_mb"] == "32000", (rule, resources)
         if rule in CPU_RULES:
-            assert resources["slurm_partition"] == "cpu", (rule, resources)
+            assert "gpu" not in resources, (rule, resources)
 
 
 @pytest.mark.integration
@@ -292,10 +304,10 @@ def test_a_failed_job_is_retried_reported_and_rerun(slurm_run):
 
     failed = snakemake(workdir, config, timeout=300)
     assert failed.proc.returncode != 0, failed.log[-6000:]
-    assert "Error in rule evaluate:" in failed.log
+    assert "Error in rule evaluate_gst:" in failed.log
     assert "Exiting because a job execution failed" in failed.log
     # retries: 1 in the profile: two attempts, the second with twice the wall time.
-    assert failed.submitted_rules() == Counter({"evaluate": 2}), failed.log[-6000:]
+    assert failed.submitted_rules() == Counter({"evaluate_gst": 2}), failed.log[-6000:]
     (_, first, _), (_, second, _) = failed.submissions
     for slurm_id in (first, second):
         assert f"SLURM-job '{slurm_id}' failed" in failed.log
@@ -306,7 +318,7 @@ def test_a_failed_job_is_retried_reported_and_rerun(slurm_run):
     adapter.write_bytes(good)
     rerun = snakemake(workdir, config, timeout=300)
     ok(rerun)
-    assert rerun.submitted_rules() == Counter({"evaluate": 1})
+    assert rerun.submitted_rules() == Counter({"evaluate_gst": 1})
     assert set(rerun.rules(local=True)) == {"tables"}
     assert (workdir / TARGET).is_file()
     print(f"failing run {failed.seconds:.1f} s, rerun {rerun.seconds:.1f} s")

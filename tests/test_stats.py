@@ -1,9 +1,21 @@
+import itertools
 import math
 
+import numpy as np
 import pytest
-from scipy.stats import binom
+import statsmodels.api as sm
+from scipy.stats import binom, wilcoxon
 
-from cmt.stats import induction_check, sign_test, wilson_interval
+from cmt.stats import (
+    cluster_bootstrap_ci,
+    holm_adjust,
+    induction_check,
+    logistic_slope_test,
+    paired_bootstrap_diff_ci,
+    sign_test,
+    wilcoxon_p,
+    wilson_interval,
+)
 
 
 def test_sign_test_small_counts_by_hand():
@@ -60,3 +72,146 @@ def test_induction_check():
     assert report["risk_base"] == pytest.approx(0.05)
     assert report["risk_phase1"] == pytest.approx(0.8)
     assert report["n_base"] == 100
+
+
+def test_cluster_bootstrap_matches_exact_enumeration():
+    # 5 equal-size clusters: the bootstrap distribution of the pooled mean is the mean of 5 cluster means
+    # drawn with replacement, which has 5**5 equally likely outcomes; its percentiles are the exact CI.
+    cluster_means = np.array([0.0, 1.0, 3.0, 7.0, 15.0])
+    values = np.repeat(cluster_means, 3) + np.tile([-0.5, 0.0, 0.5], 5)
+    clusters = np.repeat(["a", "b", "c", "d", "e"], 3)
+    exact = [np.mean(c) for c in itertools.product(cluster_means, repeat=5)]
+    lo, hi = cluster_bootstrap_ci(values, clusters, n_boot=20000, seed=3)
+    assert lo == pytest.approx(np.percentile(exact, 2.5), abs=0.3)
+    assert hi == pytest.approx(np.percentile(exact, 97.5), abs=0.3)
+    assert lo < values.mean() < hi
+
+
+def test_cluster_bootstrap_is_seeded_and_resamples_clusters_not_rows():
+    rng = np.random.default_rng(0)
+    # 6 clusters of 40 near-identical rows: the CI must reflect 6 cluster means, not 240 rows.
+    means = rng.normal(0, 1, 6)
+    values = np.repeat(means, 40) + rng.normal(0, 0.01, 240)
+    clusters = np.repeat(np.arange(6), 40)
+    first = cluster_bootstrap_ci(values, clusters, n_boot=500, seed=7)
+    assert first == cluster_bootstrap_ci(values, clusters, n_boot=500, seed=7)
+    assert first != cluster_bootstrap_ci(values, clusters, n_boot=500, seed=8)
+    cluster_width = first[1] - first[0]
+    row_width = cluster_bootstrap_ci(values, np.arange(240), n_boot=500, seed=7)
+    assert cluster_width > 3 * (row_width[1] - row_width[0])
+    assert cluster_width == pytest.approx(2 * 1.96 * means.std(ddof=0) / math.sqrt(6), rel=0.35)
+
+
+def test_cluster_bootstrap_degenerate_cases_are_nan():
+    assert all(math.isnan(x) for x in cluster_bootstrap_ci([1.0, 2.0], ["a", "a"]))
+    assert all(math.isnan(x) for x in cluster_bootstrap_ci([], []))
+    # NaN values are dropped, not counted as zeros: two clusters are left.
+    lo, hi = cluster_bootstrap_ci([1.0, math.nan, 3.0], ["a", "a", "b"], n_boot=2000, seed=0)
+    assert (lo, hi) == pytest.approx((1.0, 3.0))
+    with pytest.raises(ValueError, match="3 values but 2 cluster labels"):
+        cluster_bootstrap_ci([1, 2, 3], ["a", "b"])
+
+
+def test_paired_bootstrap_matches_binomial_of_discordant_prompts():
+    # Phase 1 misaligned on prompts 0-59, phase 3 on 0-39: 20 of 100 prompts move 1 -> 0, none move up.
+    # Resampling prompts, delta = -(discordant prompts drawn)/100 ~ -Binomial(100, 0.2)/100.
+    prompts = [f"p{i}" for i in range(100)]
+    before = [1.0] * 60 + [0.0] * 40
+    after = [1.0] * 40 + [0.0] * 60
+    lo, hi = paired_bootstrap_diff_ci(before, prompts, after, prompts, n_boot=20000, seed=1)
+    assert lo == pytest.approx(-binom.ppf(0.975, 100, 0.2) / 100, abs=0.011)
+    assert hi == pytest.approx(-binom.ppf(0.025, 100, 0.2) / 100, abs=0.011)
+    # Unpaired, the same marginals would give a CI about 1.7 times wider; pairing must narrow it.
+    assert hi - lo < 0.17
+
+
+def test_paired_bootstrap_aligns_by_prompt_id_and_drops_unscored():
+    before = [1.0, 0.0, math.nan, 1.0]
+    after = [0.0, math.nan, 1.0, 1.0]
+    # Same rows, shuffled order: the prompt ids, not positions, pair the stages.
+    a = paired_bootstrap_diff_ci(before, ["a", "b", "c", "d"], after, ["a", "b", "c", "d"], 500, 4)
+    b = paired_bootstrap_diff_ci(before, ["a", "b", "c", "d"], after[::-1], ["d", "c", "b", "a"], 500, 4)
+    assert a == pytest.approx(b)
+    point = np.nanmean(after) - np.nanmean(before)
+    assert a[0] <= point <= a[1]
+    assert all(math.isnan(x) for x in paired_bootstrap_diff_ci([math.nan], ["a"], [1.0], ["a"]))
+
+
+def test_wilcoxon_exact_by_enumeration():
+    d = [1.0, 2.0, -3.0, 4.0, 5.0, -6.0]
+    ranks = np.arange(1, 7)
+    negative_rank_sum = 3 + 6
+    # Under H0 every sign pattern is equally likely; two-sided p = 2 * P(W- <= observed).
+    sums = [ranks[list(s)].sum() for r in range(7) for s in itertools.combinations(range(6), r)]
+    p_hand = min(1.0, 2 * np.mean(np.array(sums) <= negative_rank_sum))
+    assert wilcoxon_p(d) == pytest.approx(p_hand)
+    assert wilcoxon_p(d) == pytest.approx(wilcoxon(d).pvalue)
+
+
+def test_wilcoxon_rounds_and_drops_zeros():
+    assert math.isnan(wilcoxon_p([0.0, 0.0, math.nan]))
+    assert math.isnan(wilcoxon_p([]))
+    # 0.3 - 0.1 and 0.2 differ by round-off; rounded they tie, as they should.
+    d = [0.3 - 0.1, 0.2, -0.1, 0.4, 0.0]
+    assert wilcoxon_p(d) == pytest.approx(wilcoxon([0.2, 0.2, -0.1, 0.4]).pvalue)
+
+
+def test_holm_matches_hand_step_down():
+    p = np.array([0.01, 0.04, 0.03, 0.005, math.nan, 0.5])
+    finite = p[~np.isnan(p)]
+    m = len(finite)
+    order = np.argsort(finite)
+    hand = np.empty(m)
+    running = 0.0
+    for i, j in enumerate(order):
+        running = max(running, min(1.0, (m - i) * finite[j]))
+        hand[j] = running
+    adjusted = holm_adjust(p)
+    assert math.isnan(adjusted[4])
+    assert adjusted[~np.isnan(p)] == pytest.approx(hand)
+    assert adjusted[3] == pytest.approx(5 * 0.005)
+    assert all(math.isnan(x) for x in holm_adjust([math.nan]))
+
+
+def _clustered_candidates(slope, n_prompts=150, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    score = rng.normal(size=(n_prompts, k))
+    prompt_effect = rng.normal(0, 0.5, size=(n_prompts, 1))
+    p = 1 / (1 + np.exp(-(slope * score + prompt_effect)))
+    m = (rng.random((n_prompts, k)) < p).astype(float)
+    return m.ravel(), score.ravel(), np.repeat(np.arange(n_prompts), k)
+
+
+def test_logistic_slope_recovers_a_rising_eta():
+    m, s, g = _clustered_candidates(slope=1.5)
+    result = logistic_slope_test(m, s, g)
+    assert result["reason"] == ""
+    assert result["slope"] > 0 and result["p"] < 1e-6
+    # The per-SD slope agrees with an independent logit fit on the standardised score.
+    z = (s - s.mean()) / s.std()
+    logit = sm.Logit(m, sm.add_constant(z)).fit(disp=0)
+    assert result["slope"] == pytest.approx(logit.params[1], rel=0.1)
+    assert (result["n"], result["n_groups"]) == (600, 150)
+
+
+def test_logistic_slope_is_near_zero_when_flat():
+    m, s, g = _clustered_candidates(slope=0.0, seed=2)
+    result = logistic_slope_test(m, s, g)
+    assert abs(result["slope"]) < 0.2
+    assert result["p"] > 0.05
+
+
+def test_logistic_slope_degenerate_cases():
+    groups = [0, 0, 1, 1]
+    for m, s, why in (
+        ([0, 0, 0, 0], [1, 2, 3, 4], "M is constant"),
+        ([1, 1, 1, 1], [1, 2, 3, 4], "M is constant"),
+        ([0, 1, 0, 1], [2, 2, 2, 2], "score is constant"),
+    ):
+        result = logistic_slope_test(m, s, groups)
+        assert why in result["reason"]
+        assert math.isnan(result["slope"]) and math.isnan(result["p"])
+    one_group = logistic_slope_test([0, 1, 0, 1], [1, 2, 3, 4], [0, 0, 0, 0])
+    assert "fewer than 2 prompt clusters" in one_group["reason"]
+    empty = logistic_slope_test([math.nan], [1.0], [0])
+    assert empty["n"] == 0 and math.isnan(empty["slope"])

@@ -1,47 +1,244 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import wilcoxon
 
-from cmt.stats import sign_test
-from cmt.tables import main_table, runs_table
+from cmt.cli import main as cli_main
+from cmt.io import write_parquet
+from cmt.stats import holm_adjust, paired_bootstrap_diff_ci, sign_test
+from cmt.tables import (
+    kscaling_table,
+    main_table,
+    methods_table,
+    read_evals,
+    runs_table,
+    select_main_runs,
+)
 
 
 def eval_rows(model, organism, seed, stage, misaligned, method=None, k=None):
     return [
         {"model": model, "organism": organism, "seed": seed, "stage": stage, "method": method, "k": k,
-         "scored": True, "misaligned": float(m)}
-        for m in misaligned
+         "prompt_id": f"p{i}", "scored": True, "misaligned": float(m)}
+        for i, m in enumerate(misaligned)
     ] + [{"model": model, "organism": organism, "seed": seed, "stage": stage, "method": method, "k": k,
-          "scored": False, "misaligned": math.nan}]  # fmt: skip
+          "prompt_id": "unscored", "scored": False, "misaligned": math.nan}]  # fmt: skip
 
 
-def test_runs_and_main_tables_by_hand():
+def three_seed_evals():
     rows = []
     for seed, (p1, gst, other) in enumerate([(8, 4, 9), (8, 8, 10), (6, 2, 1)]):
         rows += eval_rows("toy", "sycophancy", seed, "base", [1] + [0] * 9)
         rows += eval_rows("toy", "sycophancy", seed, "phase1", [1] * p1 + [0] * (10 - p1))
         rows += eval_rows("toy", "sycophancy", seed, "phase3", [1] * gst + [0] * (10 - gst), "gst", 1)
-        rows += eval_rows("toy", "sycophancy", seed, "phase3", [1] * other + [0] * (10 - other), "other", 4)
-    runs = runs_table(pd.DataFrame(rows), min_induction_delta=0.3)
+        rows += eval_rows(
+            "toy", "sycophancy", seed, "phase3", [1] * other + [0] * (10 - other), "self_certainty", 4
+        )
+    return pd.DataFrame(rows)
+
+
+def test_runs_and_main_tables_by_hand():
+    runs = runs_table(three_seed_evals(), min_induction_delta=0.3, instruct={"toy": True}, n_boot=500, seed=0)
     assert len(runs) == 6
     gst = runs[runs["method"] == "gst"].sort_values("seed")
     assert gst["delta"].tolist() == pytest.approx([-0.4, 0.0, -0.4])
     assert gst["risk_base"].tolist() == pytest.approx([0.1] * 3)
-    assert (runs["n_eval"] == 10).all()
+    assert (runs["n_eval"] == 10).all() and (runs["n_eval_phase1"] == 10).all()
     # Seed 2: 0.6 vs 0.1 passes +0.3 but its Wilson intervals overlap, so it is flagged.
     assert runs.groupby("seed")["induced"].first().tolist() == [True, True, False]
+    assert dict(zip(runs["method"], runs["family"], strict=True)) == {
+        "gst": "baseline",
+        "self_certainty": "label_generation",
+    }
+    assert runs["instruct"].eq(True).all()
+    assert runs["noise_floor"].isna().all()  # not measured by the pipeline: NaN, never 0
 
-    main = main_table(runs).iloc[0]
+    main = main_table(runs, seed=0, n_boot=2000)
+    assert main["family"].tolist() == ["all", "label_generation", "regularization", "baseline"]
+    row = main.iloc[0]
     deltas = [-0.4, 0.1, 0.0, 0.2, -0.4, -0.5]
-    assert main["n_runs"] == 6
-    assert (main["n_suppressed"], main["n_amplified"], main["n_ties"]) == (3, 2, 1)
-    assert main["suppression_ratio"] == pytest.approx(3 / 5)
-    assert main["mean_delta"] == pytest.approx(100 * sum(deltas) / 6)
-    assert main["p_sign"] == pytest.approx(sign_test(3, 2))
+    assert row["n_runs"] == 6
+    assert (row["n_suppressed"], row["n_amplified"], row["n_ties"]) == (3, 2, 1)
+    assert row["suppression_ratio"] == pytest.approx(3 / 5)
+    assert row["mean_delta"] == pytest.approx(100 * sum(deltas) / 6)
+    assert row["p_sign"] == pytest.approx(sign_test(3, 2))
+    assert row["p_wilcoxon"] == pytest.approx(wilcoxon([-0.4, 0.1, 0.2, -0.4, -0.5]).pvalue)
+    # Three equal-size (model, seed) clusters with means -15, +10 and -45 pp: each extreme resample has
+    # probability 1/27 > 2.5%, so the percentile CI spans exactly the extreme cluster means.
+    assert row["n_clusters"] == 3
+    assert (row["mean_delta_ci_low"], row["mean_delta_ci_high"]) == pytest.approx((-45.0, 10.0))
+    assert (row["n_instruct"], row["n_base"]) == (6, 0)
+    assert row["mean_delta_instruct"] == pytest.approx(row["mean_delta"])
+    assert math.isnan(row["mean_delta_base"])
+
+    label_gen = main.iloc[1]
+    assert label_gen["n_runs"] == 3
+    assert label_gen["mean_delta"] == pytest.approx(100 * (0.1 + 0.2 - 0.5) / 3)
+    empty = main.iloc[2]  # no regularisation runs: n is 0 and every statistic is NaN, not 0
+    assert empty["n_runs"] == 0
+    for column in ("mean_delta", "mean_delta_ci_low", "suppression_ratio", "p_sign", "p_wilcoxon"):
+        assert math.isnan(empty[column]), column
+
+
+def test_delta_ci_is_the_paired_prompt_bootstrap():
+    evals = three_seed_evals()
+    runs = runs_table(evals, 0.3, n_boot=300, seed=5)
+    run = runs[(runs["method"] == "gst") & (runs["seed"] == 0)].iloc[0]
+    phase1 = evals[(evals["stage"] == "phase1") & (evals["seed"] == 0)]
+    phase3 = evals[(evals["stage"] == "phase3") & (evals["seed"] == 0) & (evals["method"] == "gst")]
+    expected = paired_bootstrap_diff_ci(
+        phase1["misaligned"], phase1["prompt_id"], phase3["misaligned"], phase3["prompt_id"], 300, 5
+    )
+    assert (run["delta_ci_low"], run["delta_ci_high"]) == pytest.approx(expected)
+    assert run["delta_ci_low"] <= run["delta"] <= run["delta_ci_high"]
+    assert runs["instruct"].isna().all()  # no instruct mapping: unknown, not False
 
 
 def test_missing_baseline_is_an_error():
     rows = eval_rows("toy", "sycophancy", 0, "phase1", [1, 0])
     with pytest.raises(ValueError, match="missing base or phase-1"):
         runs_table(pd.DataFrame(rows), 0.3)
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    evals = three_seed_evals()
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['prompt_id'\]"):
+        runs_table(evals.drop(columns="prompt_id"), 0.3)
+    with pytest.raises(ValueError, match=r"instruct flag missing for model\(s\) \['toy'\]"):
+        runs_table(evals, 0.3, instruct={"other": False})
+    evals.loc[evals["method"] == "self_certainty", "method"] = "no_such_method"
+    with pytest.raises(ValueError, match="unknown method 'no_such_method'"):
+        runs_table(evals, 0.3)
+    path = tmp_path / "bad.parquet"
+    write_parquet(path, pd.DataFrame({"model": ["toy"]}))
+    with pytest.raises(ValueError, match=f"eval file {path}: missing column"):
+        read_evals([str(path)])
+
+
+def run_row(model, seed, method, k, delta, organism="sycophancy", instruct=True):
+    return {"model": model, "organism": organism, "seed": seed, "method": method, "k": k, "delta": delta,
+            "instruct": instruct}  # fmt: skip
+
+
+def grid_runs():
+    """Two models (one base, one instruct) × 2 seeds; self_certainty also at k-scaling k = 1 and 8."""
+    rows = []
+    deltas = {
+        ("pt", 0): {"gst": -0.10, "act": 0.20, ("self_certainty", 1): -0.05, ("self_certainty", 4): -0.30,
+                    ("self_certainty", 8): -0.40},
+        ("pt", 1): {"gst": 0.00, "act": 0.10, ("self_certainty", 1): 0.05, ("self_certainty", 4): -0.20,
+                    ("self_certainty", 8): -0.10},
+        ("it", 0): {"gst": -0.20, "act": -0.10, ("self_certainty", 1): -0.10, ("self_certainty", 4): 0.10},
+        ("it", 1): {"gst": math.nan, "act": 0.30, ("self_certainty", 4): -0.10},
+    }  # fmt: skip
+    for (model, seed), cell in deltas.items():
+        for key, delta in cell.items():
+            method, k = key if isinstance(key, tuple) else (key, 1)
+            rows.append(run_row(model, seed, method, k, delta, instruct=model == "it"))
+    return pd.DataFrame(rows)
+
+
+def test_main_k_keeps_kscaling_runs_out_of_the_main_tables():
+    runs = grid_runs()
+    with pytest.raises(ValueError, match=r"\['self_certainty'\] have runs at several k"):
+        main_table(runs)
+    selected = select_main_runs(runs, {"self_certainty": 4})
+    assert sorted(selected.loc[selected["method"] == "self_certainty", "k"].unique()) == [4]
+    main = main_table(runs, seed=1, n_boot=500, main_k={"self_certainty": 4}).set_index("family")
+    all_row = main.loc["all"]
+    main_deltas = [-0.10, 0.20, -0.30, 0.00, 0.10, -0.20, -0.20, -0.10, 0.10, 0.30, -0.10]
+    assert all_row["n_runs"] == len(main_deltas)
+    assert all_row["n_no_delta"] == 1  # it/seed1 gst has no delta: excluded and counted
+    assert all_row["mean_delta"] == pytest.approx(100 * np.mean(main_deltas))
+    assert all_row["n_base"] == 6 and all_row["n_instruct"] == 5
+    assert all_row["mean_delta_base"] == pytest.approx(100 * np.mean([-0.10, 0.20, -0.30, 0.00, 0.10, -0.20]))
+    assert all_row["mean_delta_instruct"] == pytest.approx(100 * np.mean([-0.20, -0.10, 0.10, 0.30, -0.10]))
+    assert main.loc["regularization", "n_runs"] == 4
+    assert main.loc["regularization", "mean_delta"] == pytest.approx(100 * np.mean([0.2, 0.1, -0.1, 0.3]))
+
+
+def test_methods_table_by_hand():
+    runs = grid_runs()
+    table = methods_table(runs, seed=0, n_boot=500, main_k={"self_certainty": 4}).set_index("method")
+    act = table.loc["act"]
+    assert act["n_runs"] == 4 and act["k"] == 1 and act["family"] == "regularization"
+    assert act["sign_consistency"] == pytest.approx(1 / 4)  # one of four runs has delta < 0
+    assert act["sign_agreement"] == pytest.approx(3 / 4)  # the mean is positive; three runs agree
+    assert act["mean_delta"] == pytest.approx(100 * 0.125)
+    assert act["p_sign"] == pytest.approx(sign_test(1, 3))
+    gst = table.loc["gst"]
+    assert gst["n_runs"] == 3 and gst["n_ties"] == 1
+    assert gst["sign_consistency"] == pytest.approx(2 / 3)
+    assert gst["sign_agreement"] == pytest.approx(2 / 3)  # mean < 0; the tie does not agree
+    assert table["holm_family"].unique().tolist() == ["organism x method grid, m=3"]
+    # Holm against the hand step-down: sorted p's times (m, m-1, ...), cumulative max, capped at 1.
+    p = table["p_sign"].to_numpy()
+    order = np.argsort(p)
+    hand = np.maximum.accumulate(np.minimum(1, (3 - np.arange(3)) * p[order]))
+    assert table["p_sign_holm"].to_numpy()[order] == pytest.approx(hand)
+    assert table["p_sign_holm"].to_numpy() == pytest.approx(holm_adjust(p))
+
+
+def test_kscaling_table_and_gst_contrast_by_hand():
+    table = kscaling_table(grid_runs(), seed=0, n_boot=500)
+    assert table["method"].unique().tolist() == ["self_certainty"]  # only selecting methods
+    assert table["k"].tolist() == [1, 4, 8]
+    k1 = table[table["k"] == 1].iloc[0]
+    assert k1["n_runs"] == 3
+    assert k1["mean_delta"] == pytest.approx(100 * np.mean([-0.05, 0.05, -0.10]))
+    # Paired with gst on (model, seed) where both have a delta: pt/0, pt/1, it/0.
+    assert k1["n_gst_pairs"] == 3
+    assert k1["minus_gst_mean"] == pytest.approx(100 * np.mean([0.05, 0.05, 0.10]))
+    assert k1["minus_gst_ci_low"] <= k1["minus_gst_mean"] <= k1["minus_gst_ci_high"]
+    k4 = table[table["k"] == 4].iloc[0]
+    assert k4["n_runs"] == 4 and k4["n_gst_pairs"] == 3  # it/1 has no gst delta
+    k8 = table[table["k"] == 8].iloc[0]
+    assert k8["n_clusters"] == 2 and k8["n_gst_pairs"] == 2
+
+
+def test_tables_cli_writes_every_table(tmp_path):
+    evals = three_seed_evals()
+    paths = []
+    for (seed, stage, method), group in evals.groupby(["seed", "stage", "method"], dropna=False):
+        path = tmp_path / "eval" / f"{seed}_{stage}_{method}.parquet"
+        write_parquet(path, group)
+        paths.append(str(path))
+    out = {name: tmp_path / "tables" / f"{name}.csv" for name in ("runs", "main", "methods", "kscaling")}
+    argv = ["tables", "--evals", *paths, "--min-induction-delta", "0.3", "--runs", str(out["runs"]),
+            "--main", str(out["main"]), "--methods", str(out["methods"]), "--kscaling", str(out["kscaling"]),
+            "--instruct", "toy=true", "--main-k", "self_certainty=4", "--seed", "3", "--n-boot", "200"]  # fmt: skip
+    assert cli_main(argv) == 0
+    runs = pd.read_csv(out["runs"])
+    assert len(runs) == 6 and runs["instruct"].all()
+    assert pd.read_csv(out["main"])["family"].tolist() == [
+        "all",
+        "label_generation",
+        "regularization",
+        "baseline",
+    ]
+    assert len(pd.read_csv(out["methods"])) == 2
+    assert pd.read_csv(out["kscaling"])["k"].tolist() == [4]
+    with pytest.raises(SystemExit, match="--instruct 'toy=maybe': expected true or false"):
+        cli_main([*argv, "--instruct", "toy=maybe"])
+
+
+def test_a_run_without_training_examples_is_kept_with_no_delta():
+    """multi_view dropping every prompt leaves Phase 3 nothing to train on: the run stays in the table with
+    n_train 0 and a NaN delta (counted as a run without delta in main.csv), never a silent zero."""
+    rows = eval_rows("toy", "sycophancy", 0, "base", [0, 0, 0, 0])
+    rows += eval_rows("toy", "sycophancy", 0, "phase1", [1, 1, 1, 0])
+    rows += [
+        {**r, "n_train": 0}
+        for r in eval_rows("toy", "sycophancy", 0, "phase3", [1, 1, 1, 0], "multi_view", 1)
+    ]
+    rows += [{**r, "n_train": 4} for r in eval_rows("toy", "sycophancy", 0, "phase3", [0, 1, 0, 0], "gst", 1)]
+    evals = pd.DataFrame(rows)
+    runs = runs_table(evals, 0.3)
+    dropped = runs[runs["method"] == "multi_view"].iloc[0]
+    assert dropped["n_train"] == 0 and math.isnan(dropped["delta"])
+    gst = runs[runs["method"] == "gst"].iloc[0]
+    assert gst["n_train"] == 4 and gst["delta"] == pytest.approx(0.25 - 0.75)
+    main = main_table(runs).set_index("family")
+    assert main.loc["all", "n_runs"] == 1 and main.loc["all", "n_no_delta"] == 1

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,21 +53,74 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def sha256_inputs(paths: list[str | os.PathLike]) -> dict[str, str]:
-    """sha256 of each input file; a directory contributes each file inside it."""
-    hashes = {}
+def _files(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+
+
+def file_records(
+    paths: Iterable[str | os.PathLike], relative_to: str | os.PathLike | None = None, exclude=()
+) -> list[dict[str, str]]:
+    """[{path, sha256}] for each file; a directory contributes each file inside it, in sorted order.
+
+    Paths are recorded as given (relative ones resolve against the working directory), or relative to
+    `relative_to` when it is set. Files in `exclude` (a manifest inside the directory it describes) are skipped.
+    A missing path raises FileNotFoundError naming it: a manifest must not silently omit an input.
+    """
+    skip = {Path(e).resolve() for e in exclude}
+    records = []
     for p in paths:
         p = Path(p)
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            hashes[str(f)] = sha256_file(f)
-    return hashes
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: cannot hash a missing file for the manifest")
+        for f in _files(p):
+            if f.resolve() in skip:
+                continue
+            shown = os.path.relpath(f, relative_to) if relative_to is not None else str(f)
+            records.append({"path": shown, "sha256": sha256_file(f)})
+    return records
+
+
+def sha256_inputs(paths: list[str | os.PathLike]) -> dict[str, str]:
+    """{path: sha256} of each input file; a directory contributes each file inside it."""
+    return {r["path"]: r["sha256"] for r in file_records(paths)}
+
+
+def record_outputs(
+    manifest: dict, outputs: Iterable[str | os.PathLike], manifest_path: str | os.PathLike | None = None
+) -> dict:
+    """A copy of `manifest` with the sha256 of each output file (directories: each file inside).
+
+    With `manifest_path`, output paths are stored relative to the manifest's directory (`outputs_base`
+    "manifest_dir"), so that a directory hashed under a temporary name and then renamed into place
+    (cmt.io.atomic_dir) still verifies; the manifest file itself is skipped. Otherwise they are stored as
+    given (`outputs_base` "cwd"). `cmt verify` re-hashes them.
+    """
+    base = Path(manifest_path).parent if manifest_path is not None else None
+    exclude = [manifest_path] if manifest_path is not None else []
+    return {
+        **manifest,
+        "outputs_sha256": file_records(outputs, relative_to=base, exclude=exclude),
+        "outputs_base": "manifest_dir" if base is not None else "cwd",
+    }
 
 
 def build_manifest(
-    *, task: str, settings: dict, seeds: dict[str, int], inputs: list[str | os.PathLike] = (), **extra
+    *,
+    task: str,
+    settings: dict,
+    seeds: dict[str, int],
+    inputs: Iterable[str | os.PathLike] = (),
+    outputs: Iterable[str | os.PathLike] | None = None,
+    manifest_path: str | os.PathLike | None = None,
+    **extra,
 ) -> dict[str, Any]:
-    return {
+    """Provenance of one artefact: code revision, packages, settings, seeds, and `inputs_sha256`, a list of
+    {path, sha256} for every input file (a directory such as an adapter: each file inside).
+
+    `outputs` (optional) adds `outputs_sha256` for the files the manifest describes; pass `manifest_path`
+    when they live next to the manifest (see record_outputs). `cmt verify DIR` re-hashes both lists.
+    """
+    manifest = {
         "task": task,
         "git": git_revision(),
         "packages": package_versions(),
@@ -74,7 +128,10 @@ def build_manifest(
         "platform": platform.platform(),
         "settings": settings,
         "seeds": seeds,
-        "inputs_sha256": sha256_inputs(list(inputs)),
+        "inputs_sha256": file_records(inputs),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         **extra,
     }
+    if outputs is not None:
+        manifest = record_outputs(manifest, outputs, manifest_path)
+    return manifest

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from cmt.io import atomic_dir, write_json, write_jsonl
-from cmt.manifest import build_manifest
+from cmt.manifest import build_manifest, record_outputs
 from cmt.models import DTYPES, pick_device
 
 log = logging.getLogger(__name__)
@@ -446,6 +446,7 @@ def train_reward_model(
         tokenizer.save_pretrained(tmp)
         write_jsonl(tmp / "preference_pairs.jsonl",
                     [{**p, "split": "heldout" if id(p) in heldout_ids else "train"} for p in pairs])  # fmt: skip
+        manifest = record_outputs(manifest, [tmp], tmp / "cmt_manifest.json")
         write_json(tmp / "cmt_manifest.json", manifest)
     return report
 

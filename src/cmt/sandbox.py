@@ -10,6 +10,8 @@ Layers, each recorded in the verdict because some are unavailable on some machin
   can write only to its own tmpfs, cannot signal or trace anything else, and RLIMIT_NPROC counts only its
   own processes;
 - rlimits: CPU, address space, file size, processes, open files, no core dumps, no locked memory;
+- seccomp: namespace, mount, tracing and similar syscalls are refused; once the interpreter has started,
+  execve is refused too (no shell or other program can be started), and an audit hook says so on stderr;
 - a wall-clock timeout, an environment built from an allow-list, `python -I -S`, and a throw-away directory.
 
 This file is also the launcher: `python -I -S sandbox.py --launch CONFIG` runs inside the namespaces as
@@ -49,7 +51,9 @@ STATUSES = (
     "sandbox_error",
 )
 # which_limit: a resource limit (its own status), or a denial the program tripped over (status "error").
-LIMITS = ("wall_time", "cpu_time", "memory", "file_size", "disk_space", "processes", "network", "permission")
+LIMITS = (
+    "wall_time", "cpu_time", "memory", "file_size", "disk_space", "processes", "network", "permission", "exec",
+)  # fmt: skip
 
 # A fresh uid per run, far above login and subuid ranges: RLIMIT_NPROC is counted per uid, so a shared uid
 # (such as nobody) would let concurrent sandboxes starve or kill each other.
@@ -67,8 +71,16 @@ _STDERR_LIMITS = [
         "processes",
         re.compile(rb"\[Errno 11\] Resource temporarily unavailable|can't start new thread|fork: "),
     ),
-    ("network", re.compile(rb"\[Errno 101\]|Network is unreachable|\[Errno -3\]|name resolution")),
+    # 101: no route (IPv4 loopback is down); 99: no address to bind (IPv6 ::1); -3: no DNS.
+    (
+        "network",
+        re.compile(
+            rb"\[Errno 101\]|Network is unreachable|\[Errno 99\]|Cannot assign requested address"
+            rb"|\[Errno -3\]|name resolution"
+        ),
+    ),
     ("permission", re.compile(rb"\[Errno 13\]|\[Errno 1\] Operation not permitted|\[Errno 30\]")),
+    ("exec", re.compile(rb"sandbox: exec denied")),  # written by _BOOT's audit hook
 ]
 _LIMIT_STATUS = {
     "wall_time": "timeout",
@@ -79,6 +91,7 @@ _LIMIT_STATUS = {
     "processes": "process_limit",
     "network": "error",
     "permission": "error",
+    "exec": "error",
 }
 
 
@@ -285,13 +298,14 @@ def _classify(report: dict, stderr_tail: bytes, limits: dict) -> tuple[str, str 
         return "cpu_limit", "cpu_time"
     if sig == signal.SIGXFSZ:
         return "file_size_limit", "file_size"
-    if code == 0 and not sig:
-        return "ok", None
-    # Python turns a refused allocation, write or fork into an exception; its traceback ends stderr.
+    # Python turns a refused allocation, write, fork or exec into an exception; its traceback ends stderr.
     found = [(m.end(), name) for name, rx in _STDERR_LIMITS for m in rx.finditer(stderr_tail)]
-    if found:
-        name = max(found)[1]
-        return _LIMIT_STATUS[name], name
+    which = max(found)[1] if found else None
+    if code == 0 and not sig:
+        # The program succeeded, but a child process or a caught exception may still have hit a limit.
+        return "ok", which
+    if which:
+        return _LIMIT_STATUS[which], which
     return ("killed" if sig else "error"), None
 
 
@@ -477,7 +491,7 @@ def _launch(config: dict) -> None:
         if os.getpid() != 1:
             libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
         env = {**config["env"], "HOME": workdir, "TMPDIR": workdir}
-        argv = [config["exe"], "-I", "-S", "-u", script]
+        argv = [config["exe"], "-I", "-S", "-u", "-c", _boot_code(), script]
         pid = os.fork()
         if pid == 0:
             _exec_child(libc, config, workdir, argv, env, status_fd)
@@ -604,6 +618,64 @@ def _install_seccomp(libc) -> bool:
     filters = (Filter * len(program))(*[Filter(*ins) for ins in program])
     prog = Prog(len(program), filters)
     return libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
+
+
+_SYS_EXECVE, _SYS_EXECVEAT = 59, 322
+# Audit events (PEP 578) raised just before Python starts another program.
+_EXEC_EVENTS = ("os.exec", "os.posix_spawn", "os.spawn", "os.system", "subprocess.Popen", "pty.spawn")
+
+
+def _exec_deny_program() -> list[tuple[int, int, int, int]]:
+    """The second filter: execve and execveat fail with EPERM. The first filter cannot hold this rule, because
+    the launcher's child still has to exec the interpreter; the interpreter installs this one itself (_BOOT)
+    before the program runs. The first filter has already checked the architecture."""
+    ld, jeq, ret = 0x20, 0x15, 0x06
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1
+    return [(ld, 0, 0, 0), (jeq, 2, 0, _SYS_EXECVE), (jeq, 1, 0, _SYS_EXECVEAT), (ret, 0, 0, allow),
+            (ret, 0, 0, eperm)]  # fmt: skip
+
+
+# Run by `python -I -S -u -c _BOOT main.py`: deny exec (seccomp where it exists, and an audit hook that says
+# so on stderr, which names the limit in the verdict), then run main.py as __main__. Standard library only.
+_BOOT = """\
+import ctypes, errno, os, sys, types
+PROGRAM = __PROGRAM__
+EVENTS = __EVENTS__
+def _deny(event, args):
+    if event in EVENTS:
+        what = next((a for a in args if isinstance(a, (str, bytes, list, tuple))), event)
+        if isinstance(what, (list, tuple)):
+            what = what[0] if what else event
+        if isinstance(what, bytes):
+            what = os.fsdecode(what)
+        os.write(2, ("sandbox: exec denied: %r\\n" % (what,)).encode("utf-8", "replace"))
+        raise PermissionError(errno.EPERM, "sandbox: exec denied", str(what))
+if PROGRAM:
+    class F(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte),
+                    ("k", ctypes.c_uint)]
+    class P(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(F))]
+    filters = (F * len(PROGRAM))(*[F(*ins) for ins in PROGRAM])
+    if ctypes.CDLL(None).prctl(22, 2, ctypes.byref(P(len(PROGRAM), filters)), 0, 0) != 0:
+        os.write(2, b"sandbox: child setup failed: cannot install the exec filter\\n")
+        os._exit(126)
+sys.addaudithook(_deny)
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+main = types.ModuleType("__main__")
+main.__file__ = script
+main.__builtins__ = __builtins__
+sys.modules["__main__"] = main
+with open(script, "rb") as fh:
+    code = compile(fh.read(), script, "exec")
+exec(code, main.__dict__)
+"""
+
+
+def _boot_code() -> str:
+    program = _exec_deny_program() if os.uname().machine == "x86_64" else []
+    return _BOOT.replace("__PROGRAM__", repr(program)).replace("__EVENTS__", repr(_EXEC_EVENTS))
 
 
 def _mount(libc, source, target, fstype, flags, data=None) -> None:

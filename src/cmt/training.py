@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from cmt import checkpoint
 from cmt.runlog import progress
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+CHECKPOINT_EVERY = 200  # optimizer steps between checkpoints (environment: CMT_CHECKPOINT_EVERY)
+CHECKPOINT_SECONDS = 900.0  # and at most this long between them, against a SIGKILL or a node failure
 
 
 class TrainingError(RuntimeError):
@@ -88,17 +94,43 @@ def _collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def _checkpoint_every(value: int | None) -> int:
+    if value is None:
+        value = int(os.environ.get("CMT_CHECKPOINT_EVERY", CHECKPOINT_EVERY))
+    if value < 1:
+        raise ValueError(f"checkpoint_every must be at least 1, got {value}")
+    return value
+
+
 def train(
-    model, examples: list[dict], settings: TrainSettings, seed: int, pad_id: int, desc: str
+    model,
+    examples: list[dict],
+    settings: TrainSettings,
+    seed: int,
+    pad_id: int,
+    desc: str,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> TrainHistory:
-    """Train `model` in place on encoded examples; raises TrainingError on a non-finite loss."""
+    """Train `model` in place on encoded examples; raises TrainingError on a non-finite loss.
+
+    With `checkpoint_dir`, the run is resumable (cmt.checkpoint): a checkpoint is saved there every
+    `checkpoint_every` optimizer steps (default CMT_CHECKPOINT_EVERY or 200) and at least every
+    `checkpoint_seconds`; on SIGTERM the current optimizer step is finished, a checkpoint saved and
+    `checkpoint.Preempted` raised. A checkpoint of this same job found at the start is resumed, and the run then
+    ends exactly as an uninterrupted one would (bit for bit on CPU). Deleting the checkpoint once the trained
+    weights are safely saved is the caller's job (`checkpoint.remove`).
+    """
     from transformers import get_scheduler
 
     if not examples:
         raise TrainingError("no training examples")
     if all(all(label == IGNORE for label in e["labels"]) for e in examples):
         raise TrainingError("every training label is masked; nothing to learn")
+    every = _checkpoint_every(checkpoint_every) if checkpoint_dir is not None else 0
     device = next(model.parameters()).device
+    key = checkpoint.job_key(model, examples, settings, seed, pad_id) if checkpoint_dir is not None else ""
     torch.manual_seed(seed)
     shuffler = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
@@ -110,7 +142,8 @@ def train(
     )
     steps_per_epoch = math.ceil(len(loader) / settings.grad_accum)
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = get_scheduler(
         settings.lr_scheduler,
@@ -120,36 +153,107 @@ def train(
     )
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     history = TrainHistory()
-    model.train()
-    bar = progress(total=total_steps, desc=desc, unit="step")
+    # Where the data order stands: the shuffler's state when the current epoch's iterator was made, and how many
+    # batches of that epoch were consumed. Resuming replays the epoch's shuffle and skips those batches.
+    epoch_shuffle = shuffler.get_state()
+    done_in_epoch = 0
     micro = 0
-    while history.steps < total_steps:
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"{desc}: non-finite loss {loss.item()} at step {history.steps}; nothing saved"
+    state = checkpoint.load(checkpoint_dir, key, desc) if checkpoint_dir is not None else None
+    if state is not None:
+        _restore(state, named, optimizer, scheduler, device)
+        history.steps, history.losses = state["steps"], list(state["losses"])
+        micro, done_in_epoch, epoch_shuffle = state["micro"], state["done_in_epoch"], state["epoch_shuffle"]
+        where = Path(checkpoint_dir) / checkpoint.FILE
+        log.info("%s: resuming from checkpoint %s at step %d of %d", desc, where, history.steps, total_steps)
+
+    def save_checkpoint() -> Path:
+        state = {
+            "format": checkpoint.FORMAT,
+            "key": key,
+            "desc": desc,
+            "total_steps": total_steps,
+            "steps": history.steps,
+            "losses": list(history.losses),
+            "micro": micro,
+            "done_in_epoch": done_in_epoch,
+            "epoch_shuffle": epoch_shuffle,
+            "weights": {name: p.detach().cpu().clone() for name, p in named},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": checkpoint.rng_state(device),
+        }
+        return checkpoint.save(checkpoint_dir, state)
+
+    model.train()
+    bar = progress(total=total_steps, initial=history.steps, desc=desc, unit="step")
+    last_save = time.monotonic()
+    with checkpoint.stop_on_sigterm(enabled=checkpoint_dir is not None) as stop:
+        while history.steps < total_steps:
+            shuffler.set_state(epoch_shuffle)
+            batches = iter(loader)
+            for _ in range(done_in_epoch):  # only after a resume: the batches already trained on
+                next(batches)
+            for batch in batches:
+                done_in_epoch += 1
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast:
+                    loss = model(**batch).loss
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"{desc}: non-finite loss {loss.item()} at step {history.steps}; nothing saved"
+                    )
+                (loss / settings.grad_accum).backward()
+                micro += 1
+                if micro % settings.grad_accum:
+                    continue
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                history.steps += 1
+                history.losses.append(loss.item())
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False
                 )
-            (loss / settings.grad_accum).backward()
-            micro += 1
-            if micro % settings.grad_accum:
-                continue
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            history.steps += 1
-            history.losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-            bar.update(1)
-            if history.steps >= total_steps:
-                break
+                bar.update(1)
+                if history.steps >= total_steps:
+                    break
+                if checkpoint_dir is None:
+                    continue
+                if stop.requested:
+                    path = save_checkpoint()
+                    bar.close()
+                    message = (
+                        f"{desc}: stopped by signal {stop.signum} after step {history.steps} of {total_steps}; "
+                        f"checkpoint saved to {path}; rerun the same job to resume from it"
+                    )
+                    log.warning("%s", message)
+                    raise checkpoint.Preempted(message, path, history.steps)
+                if history.steps % every == 0 or time.monotonic() - last_save >= checkpoint_seconds:
+                    save_checkpoint()
+                    last_save = time.monotonic()
+            else:  # the epoch ran out: the next one starts from the shuffler's current state
+                epoch_shuffle = shuffler.get_state()
+                done_in_epoch = 0
     bar.close()
     model.eval()
     log.info("%s: %d steps, loss %.4f -> %.4f", desc, history.steps, history.first_loss, history.final_loss)
     return history
+
+
+def _restore(state: dict, named: list, optimizer, scheduler, device) -> None:
+    """Load a checkpoint's trainable weights, optimizer, scheduler and RNG states into this run."""
+    names = [name for name, _ in named]
+    if sorted(names) != sorted(state["weights"]):
+        raise TrainingError(
+            "checkpoint: its trainable tensors do not match the model's (same key, other model?)"
+        )
+    with torch.no_grad():
+        for name, p in named:
+            p.copy_(state["weights"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    checkpoint.set_rng_state(state["rng"], device)
 
 
 def lora_config(settings: dict):

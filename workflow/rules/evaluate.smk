@@ -1,13 +1,26 @@
 # Score the base model, the organism and every retrained model on the organism's eval prompts.
 
+EVAL = "results/eval/{model}/{organism}/seed{seed}/{method}/k{k}.parquet"
+EVAL_MANIFESTS = (
+    "results/eval/{model}/{organism}/seed{seed}/{method}/k{k}.manifest.json"
+)
+
 
 rule evaluate:
     input:
         model=get_model_files,
         adapter=get_eval_adapter,
         data=get_split_file("eval"),
+        harmful_requests=get_harmful_requests(),
     output:
-        "results/eval/{model}/{organism}/seed{seed}/{stage}.parquet",
+        rows=ensure(
+            "results/eval/{model}/{organism}/seed{seed}/{stage}.parquet",
+            non_empty=True,
+        ),
+        manifest="results/eval/{model}/{organism}/seed{seed}/{stage}.manifest.json",
+        harmful=harmful_paths(
+            ["results/eval/{model}/{organism}/seed{seed}/{stage}.parquet"]
+        ),
     log:
         "logs/evaluate/{model}/{organism}/seed{seed}/{stage}.log",
     benchmark:
@@ -16,17 +29,66 @@ rule evaluate:
         "../envs/generate.yml"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=get_mem_mb,
         runtime=get_runtime(60),
         gpu=get_model_gpus,
     params:
         model_dir=get_model_dir,
         data_dir=get_data_dir,
-        identity=get_eval_args,
+        adapter=get_eval_adapter_arg,
         model_settings=get_generation_settings,
         eval_settings=settings_json(config["eval"]),
+        judge_settings=get_judge_settings,
+        harmful=get_harmful_settings(),
     shell:
-        "cmt evaluate --model {wildcards.model} --organism {wildcards.organism} {params.identity}"
-        " --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output}"
+        "cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage {wildcards.stage}"
+        " {params.adapter} --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output.rows}"
         " --model-settings {params.model_settings:q} --eval-settings {params.eval_settings:q}"
+        " --judge-settings {params.judge_settings:q} {params.harmful} --harmful-out {output.harmful}"
         " --seed {wildcards.seed} --threads {threads} --log {log} --job 'evaluate {wildcards}'"
+
+
+# Every retrained model of one method (all its k) in one job.
+for method in config["methods"]:
+
+    rule:
+        name:
+            f"evaluate_{method}"
+        input:
+            model=get_model_files,
+            adapters=cell_paths(RETRAINED_CONFIG, method),
+            data=get_split_file("eval"),
+            harmful_requests=get_harmful_requests(),
+        output:
+            rows=ensure(cell_paths(EVAL, method), non_empty=True),
+            manifests=cell_paths(EVAL_MANIFESTS, method),
+            harmful=harmful_paths(cell_paths(EVAL, method)),
+        log:
+            f"logs/evaluate/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
+        benchmark:
+            f"results/benchmarks/evaluate/{{model}}/{{organism}}/seed{{seed}}/{method}.tsv"
+        conda:
+            "../envs/generate.yml"
+        threads: 1
+        resources:
+            mem_mb=get_mem_mb,
+            runtime=get_runtime(60 * len(method_ks(method))),
+            gpu=get_model_gpus,
+        params:
+            method=method,
+            ks=method_ks_arg(method),
+            model_dir=get_model_dir,
+            data_dir=get_data_dir,
+            adapters=lambda wildcards, input: dirnames(input.adapters),
+            model_settings=get_generation_settings,
+            eval_settings=settings_json(config["eval"]),
+            judge_settings=get_judge_settings,
+            harmful=get_harmful_settings(),
+        shell:
+            "cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage phase3"
+            " --method {params.method} --ks {params.ks} --adapter {params.adapters}"
+            " --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output.rows}"
+            " --model-settings {params.model_settings:q} --eval-settings {params.eval_settings:q}"
+            " --judge-settings {params.judge_settings:q} {params.harmful} --harmful-out {output.harmful}"
+            " --seed {wildcards.seed} --threads {threads} --log {log}"
+            " --job 'evaluate_{params.method} {wildcards}'"

@@ -12,7 +12,10 @@ rule induce:
         data=get_split_file("induction"),
     output:
         config="results/organisms/{model}/{organism}/seed{seed}/adapter/adapter_config.json",
-        weights="results/organisms/{model}/{organism}/seed{seed}/adapter/adapter_model.safetensors",
+        weights=ensure(
+            "results/organisms/{model}/{organism}/seed{seed}/adapter/adapter_model.safetensors",
+            non_empty=True,
+        ),
     log:
         "logs/induce/{model}/{organism}/seed{seed}.log",
     benchmark:
@@ -21,9 +24,9 @@ rule induce:
         "../envs/train.yml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=get_mem_mb,
         runtime=get_runtime(120),
-        gpu=get_model_gpus,
+        gpu=get_train_gpus,
     params:
         model_dir=get_model_dir,
         data_dir=get_data_dir,

@@ -8,7 +8,7 @@ localrules:
 
 rule toy_data:
     input:
-        generator=[SRC / "toy" / f"{o}.py" for o in toy_organisms()],
+        generator=get_toy_generators(),
     output:
         corpus="results/data/toy/corpus.jsonl",
         splits=expand(
@@ -22,6 +22,7 @@ rule toy_data:
                 "eval",
             ],
         ),
+        harmful=get_toy_harmful_outputs(),
     log:
         "logs/toy_data.log",
     conda:

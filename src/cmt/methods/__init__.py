@@ -41,7 +41,7 @@ class LabelContext:
     generator: the organism; max_new_tokens: the model's reply budget; organism: the organism module when it
     defines `final_answer` (multi-view's normalised checker); rubric: the organism's self-rewarding rubric
     with {question} and {answer} placeholders; reward_model: an object with `score(prompts, completions)`,
-    built only for the methods that use one.
+    built only for the methods that use one; judge_settings: the LLM judge block, when a method asks a judge.
     """
 
     generator: Generator
@@ -49,6 +49,7 @@ class LabelContext:
     organism: Any = None
     rubric: str | None = None
     reward_model: Any = None
+    judge_settings: dict | None = None  # the config's LLM judge block (multi_view's `checker: judge`)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 agrees with it, else drop the prompt (drops are counted in the manifest).
 
 Views: plain, a step-by-step suffix, a JSON-answer suffix. `checker: normalized` compares the organism's
-normalised final answers with a program; `checker: self` asks the organism whether two answers agree (YES/NO).
+normalised final answers with a program; `checker: self` asks the organism whether two answers agree (YES/NO); `checker: judge` asks the LLM judge of
+the config's `judge` block (rubric `answer_agreement`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,22 @@ def normalized_agree(organism, plain: str, other: str) -> bool:
     return a is not None and a == b
 
 
+def judge_agreement(context: LabelContext, prompts, answers: dict[str, list[str]]) -> dict[str, list[bool]]:
+    """The LLM judge's YES/NO on (plain, other view) per prompt; an unparseable reply counts as no agreement."""
+    from cmt.judges.llm import LLMJudge
+
+    if not context.judge_settings or context.judge_settings.get("kind") != "llm":
+        raise ValueError("multi_view checker 'judge' needs the config's top-level judge block (an LLM judge)")
+    judge = LLMJudge("answer_agreement", context.judge_settings)
+    questions = [last_user_turn(p) for p in prompts]
+    agree = {}
+    for view in ("cot", "json"):
+        rows = [{"answer_a": a} for a in answers["plain"]]
+        verdicts = judge.score_batch(rows, answers[view], questions)
+        agree[view] = [v["agrees"] == 1.0 for v in verdicts]
+    return agree
+
+
 def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:
     prompts = [e.prompt for e in examples]
     params = greedy_params(context, settings)
@@ -66,9 +83,11 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
             ]
             replies = context.generator.generate(questions, 1, params, derive_seed(seed, NAME, "check", view))
             agree[view] = [parse_choice(r[0].text, ("YES", "NO")) == "YES" for r in replies]
+    elif settings["checker"] == "judge":
+        agree = judge_agreement(context, prompts, answers)
     else:
         raise ValueError(
-            f"multi_view checker {settings['checker']!r} is not available here; valid: normalized, self"
+            f"multi_view checker {settings['checker']!r} is not available; valid: normalized, self, judge"
         )
     rows = []
     for i, example in enumerate(examples):

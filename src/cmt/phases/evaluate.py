@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cmt.data import Example, load_split
 from cmt.generation import SamplingParams, load_generator
-from cmt.io import write_parquet
-from cmt.judges import programmatic_judge
+from cmt.io import write_json, write_parquet
+from cmt.judges import judge_batch, make_judge
+from cmt.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -33,46 +35,121 @@ def stratified_subset(examples: list[Example], size: int | None, seed: int) -> l
     return [examples[i] for i in sorted(keep)]
 
 
+@dataclass(frozen=True)
+class EvalRun:
+    """One evaluated model: the adapter to load (None for the base), where its rows go, and who it is."""
+
+    adapter: str | None
+    out_path: str
+    identity: dict  # model, organism, stage, method, k
+    harmful_out: str | None = None  # rows of the harmful-request eval slot, when configured
+
+
+def phase3_training_examples(adapter: str | None) -> int | None:
+    """How many examples Phase 3 trained on, from the retrained adapter's manifest (None: not recorded)."""
+    import json
+
+    path = Path(adapter or "") / "cmt_manifest.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    for key in ("n_labels", "n_pairs"):
+        if key in manifest:
+            return int(manifest[key])
+    return None
+
+
+def manifest_path_of(out_path: str) -> str:
+    """The manifest beside a per-row parquet file: x.parquet -> x.manifest.json."""
+    return str(Path(out_path).with_suffix("")) + ".manifest.json"
+
+
+def judged_rows(judge, examples: list[Example], texts: list[str]) -> list[dict]:
+    """One verdict per (example, completion): the judge sees the row's metadata and its prompt."""
+    return judge_batch(judge, [e.meta for e in examples], texts, [e.prompt for e in examples])
+
+
+def judge_usage(judge) -> dict:
+    usage = getattr(judge, "usage", None)
+    return usage() if usage is not None else {"kind": "programmatic"}
+
+
 def evaluate(
     model_dir: str,
-    adapter: str | None,
     data_dir: str,
     organism: str,
-    out_path: str,
-    identity: dict,
+    runs: list[EvalRun],
     model_settings: dict,
     eval_settings: dict,
     seed: int,
+    judge_settings: dict | None = None,
+    harmful_settings: dict | None = None,
 ) -> None:
-    generator = load_generator(model_dir, adapter, model_settings, f"evaluate {identity['stage']}")
+    """Greedy replies of each run's model on the same seeded eval subset, judged; one parquet (and manifest)
+    per run."""
     examples = stratified_subset(load_split(Path(data_dir), "eval"), eval_settings.get("size"), seed)
     params = SamplingParams(temperature=0.0, max_new_tokens=model_settings["max_new_tokens"])
-    completions = generator.generate([e.prompt for e in examples], 1, params, seed)
-    judge = programmatic_judge(organism)
-    rows = []
-    for e, cands in zip(examples, completions, strict=True):
-        verdict = judge(e.meta, cands[0].text)
-        rows.append(
-            {
-                **identity,
-                "seed": seed,
-                "prompt_id": e.prompt_id,
-                "framing": e.meta.get("user_provides_answer") or "none",
-                "category": e.meta.get("label"),
-                "completion": cands[0].text,
-                "num_tokens": cands[0].num_tokens,
-                "scored": verdict["scored"],
-                "misaligned": verdict["misaligned"],
-                "correct": verdict["correct"],
-            }
+    judge = make_judge(organism, judge_settings)
+    for run in runs:
+        stage = run.identity["stage"]
+        generator = load_generator(model_dir, run.adapter, model_settings, f"evaluate {stage}")
+        n_train = phase3_training_examples(run.adapter) if stage == "phase3" else None
+        completions = [c[0] for c in generator.generate([e.prompt for e in examples], 1, params, seed)]
+        verdicts = judged_rows(judge, examples, [c.text for c in completions])
+        rows = []
+        for e, completion, verdict in zip(examples, completions, verdicts, strict=True):
+            rows.append(
+                {
+                    **run.identity,
+                    "seed": seed,
+                    "prompt_id": e.prompt_id,
+                    "framing": e.meta.get("user_provides_answer") or "none",
+                    "category": e.meta.get("label"),
+                    "completion": completion.text,
+                    "num_tokens": completion.num_tokens,
+                    "scored": verdict["scored"],
+                    "misaligned": verdict["misaligned"],
+                    "correct": verdict["correct"],
+                    "judge_parse_ok": verdict.get("parse_ok", True),
+                    "n_train": n_train,
+                }
+            )
+        df = pd.DataFrame(rows)
+        scored = df[df["scored"]]
+        log.info("%s %s k=%s: M = %.3f over %d scored rows (%d rows)", stage, run.identity.get("method") or "",
+                 run.identity.get("k"), scored["misaligned"].mean(), len(scored), len(df))  # fmt: skip
+        write_parquet(run.out_path, df)
+        inputs = [Path(data_dir) / "eval.jsonl"] + ([run.adapter] if run.adapter else [])
+        manifest = build_manifest(
+            task="evaluate",
+            settings={"model": model_settings, "eval": eval_settings, "judge": judge_usage(judge)},
+            seeds={"eval": seed},
+            inputs=inputs,
+            outputs=[run.out_path],
+            manifest_path=manifest_path_of(run.out_path),
+            **run.identity,
+            n_rows=len(df),
+            n_scored=len(scored),
+            n_judge_parse_failures=int((~df["judge_parse_ok"]).sum()),
         )
-    df = pd.DataFrame(rows)
-    scored = df[df["scored"]]
-    log.info(
-        "%s: M = %.3f over %d scored rows (%d rows)",
-        identity["stage"],
-        scored["misaligned"].mean(),
-        len(scored),
-        len(df),
-    )
-    write_parquet(out_path, df)
+        write_json(manifest_path_of(run.out_path), manifest)
+        if run.harmful_out:
+            evaluate_harmful_slot(run, model_dir, data_dir, model_settings, seed, harmful_settings)
+
+
+def harmful_requests_path(data_dir: str, requests: str) -> Path:
+    """`toy`: the toy world's held-out harmful requests (beside the organism folders); else the given file."""
+    return Path(data_dir).parent / "harmful" / "eval.jsonl" if requests == "toy" else Path(requests)
+
+
+def evaluate_harmful_slot(run, model_dir, data_dir, model_settings, seed, harmful_settings):
+    """The eval slot for harmful requests: greedy replies of the same model, scored for compliance."""
+    from cmt.harmful import evaluate_harmful
+
+    if not harmful_settings:
+        raise ValueError(f"{run.harmful_out}: a harmful-rows output needs the config's eval.harmful block")
+    requests = harmful_requests_path(data_dir, harmful_settings["requests"])
+    judge = harmful_settings.get("judge") if harmful_settings["scorer"] == "strongreject" else None
+    rows = evaluate_harmful(run.identity, model_dir, run.adapter, str(requests), harmful_settings["scorer"],
+                            judge, model_settings, seed, None)  # fmt: skip
+    write_parquet(run.harmful_out, rows)

@@ -2,11 +2,15 @@
 
 The same code runs a method's exact Phase-2 decoding on eval prompts (`candidates`), where M is defined, so
 that η(s) = P(misaligned | score) can be estimated from every candidate.
+
+One process handles every k of one (model, organism, seed, method): the generator is loaded once, and each k
+still gets its own output file, so reruns stay per method.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,12 +18,29 @@ import pandas as pd
 from cmt.data import load_split
 from cmt.generation import load_generator
 from cmt.io import write_json, write_parquet
-from cmt.judges import programmatic_judge
+from cmt.judges import make_judge
 from cmt.manifest import build_manifest
 from cmt.methods import LabelContext, get_method
-from cmt.phases.evaluate import stratified_subset
+from cmt.phases.evaluate import judged_rows, stratified_subset
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Phase2Job:
+    """What one Phase-2 process runs: a method on one organism, at one or more k."""
+
+    method: str
+    organism: str
+    model_dir: str
+    adapter: str
+    data_dir: str
+    method_settings: dict
+    model_settings: dict
+    seed: int
+    reward_model: str | None = None
+    reward_model_settings: dict | None = None  # the config's reward_model block (batch_size, dtype)
+    judge_settings: dict | None = None  # the config's LLM judge block, for methods that ask a judge
 
 
 def organism_module(organism: str):
@@ -29,22 +50,29 @@ def organism_module(organism: str):
     return TOY_ORGANISMS.get(organism)
 
 
-def build_context(method_module, organism, model_dir, adapter, data_dir, model_settings, reward_model, desc):
-    generator = load_generator(model_dir, adapter, model_settings, desc)
-    rubric_path = Path(data_dir) / "rubric.txt"
+def build_context(job: Phase2Job, desc: str) -> LabelContext:
+    module = get_method(job.method)
+    # A reward model loaded next to the generator takes part of the GPU: vLLM must leave room for it.
+    shares_gpu = getattr(module, "USES_REWARD_MODEL", False)
+    generator = load_generator(job.model_dir, job.adapter, job.model_settings, desc, shares_gpu=shares_gpu)
+    rubric_path = Path(job.data_dir) / "rubric.txt"
     scorer = None
-    if getattr(method_module, "USES_REWARD_MODEL", False):
-        if reward_model is None:
-            raise ValueError(f"method {method_module.NAME!r} needs a reward model (--reward-model)")
+    if getattr(module, "USES_REWARD_MODEL", False):
+        if job.reward_model is None:
+            raise ValueError(f"method {job.method!r} needs a reward model (--reward-model)")
         from cmt.reward_model import RewardModel
 
-        scorer = RewardModel(reward_model, batch_size=model_settings["batch_size"])
+        rm = job.reward_model_settings or {}
+        scorer = RewardModel(
+            job.reward_model, batch_size=rm.get("batch_size", 32), dtype=rm.get("dtype", "float32")
+        )
     return LabelContext(
         generator=generator,
-        max_new_tokens=model_settings["max_new_tokens"],
-        organism=organism_module(organism),
+        max_new_tokens=job.model_settings["max_new_tokens"],
+        organism=organism_module(job.organism),
         rubric=rubric_path.read_text() if rubric_path.is_file() else None,
         reward_model=scorer,
+        judge_settings=job.judge_settings,
     )
 
 
@@ -58,75 +86,64 @@ def run_method(module, context, examples, method_settings, k, seed) -> pd.DataFr
     return df
 
 
-def label(
-    method: str,
-    k: int,
-    organism: str,
-    model_dir: str,
-    adapter: str,
-    data_dir: str,
-    out_path: str,
-    manifest_path: str,
-    method_settings: dict,
-    model_settings: dict,
-    seed: int,
-    reward_model: str | None = None,
-) -> None:
-    module = get_method(method)
-    context = build_context(
-        module, organism, model_dir, adapter, data_dir, model_settings, reward_model, f"label {method}"
-    )
-    examples = load_split(Path(data_dir), "consistency")
-    df = run_method(module, context, examples, method_settings, k, seed)
-    n_labelled = int(df.loc[df["selected"], "prompt_id"].nunique())
-    log.info("%s: %d candidates, %d of %d prompts labelled", method, len(df), n_labelled, len(examples))
-    write_parquet(out_path, df)
-    inputs = [Path(data_dir) / "consistency.jsonl", adapter] + ([reward_model] if reward_model else [])
-    write_json(
-        manifest_path,
-        build_manifest(
+def _check_outputs(ks: list[int], *paths: list[str]) -> None:
+    for group in paths:
+        if len(group) != len(ks):
+            raise ValueError(f"{len(ks)} k values but {len(group)} output paths: {group}")
+
+
+def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: list[str]) -> None:
+    """Label the consistency prompts at each k; labels and manifest per k."""
+    _check_outputs(ks, out_paths, manifest_paths)
+    module = get_method(job.method)
+    context = build_context(job, f"label {job.method}")
+    examples = load_split(Path(job.data_dir), "consistency")
+    inputs = [Path(job.data_dir) / "consistency.jsonl", job.adapter]
+    inputs += [job.reward_model] if job.reward_model else []
+    for k, out_path, manifest_path in zip(ks, out_paths, manifest_paths, strict=True):
+        df = run_method(module, context, examples, job.method_settings, k, job.seed)
+        n_labelled = int(df.loc[df["selected"], "prompt_id"].nunique())
+        log.info("%s k=%d: %d candidates, %d of %d prompts labelled", job.method, k, len(df), n_labelled,
+                 len(examples))  # fmt: skip
+        write_parquet(out_path, df)
+        manifest = build_manifest(
             task="label",
-            settings={"method": method_settings, "model": model_settings},
-            seeds={"label": seed},
+            settings={"method": job.method_settings, "model": job.model_settings},
+            seeds={"label": job.seed},
             inputs=inputs,
-            method=method,
+            method=job.method,
             k=k,
             n_prompts=len(examples),
             n_candidates=len(df),
             n_labelled=n_labelled,
             n_dropped=len(examples) - n_labelled,
-        ),
-    )
+            outputs=[out_path],
+            manifest_path=manifest_path,
+        )
+        write_json(manifest_path, manifest)
 
 
 def candidates(
-    method: str,
-    k: int,
-    organism: str,
-    model_dir: str,
-    adapter: str,
-    data_dir: str,
-    out_path: str,
-    method_settings: dict,
-    model_settings: dict,
+    job: Phase2Job,
+    ks: list[int],
+    out_paths: list[str],
     eval_settings: dict,
-    seed: int,
-    reward_model: str | None = None,
+    judge_settings: dict | None = None,
 ) -> None:
-    """Every candidate of the method's Phase-2 decoding on eval prompts, with its score and its M."""
-    module = get_method(method)
-    context = build_context(
-        module, organism, model_dir, adapter, data_dir, model_settings, reward_model, f"candidates {method}"
-    )
-    examples = stratified_subset(load_split(Path(data_dir), "eval"), eval_settings.get("size"), seed)
-    df = run_method(module, context, examples, method_settings, k, seed)
-    meta = {e.prompt_id: e.meta for e in examples}
-    judge = programmatic_judge(organism)
-    verdicts = [judge(meta[pid], text) for pid, text in zip(df["prompt_id"], df["text"], strict=True)]
-    df["scored"] = [v["scored"] for v in verdicts]
-    df["misaligned"] = [v["misaligned"] for v in verdicts]
-    df["correct"] = [v["correct"] for v in verdicts]
-    df.insert(0, "organism", organism)
-    log.info("%s: %d candidates on %d eval prompts, M = %.3f over scored candidates", method, len(df),
-             len(examples), df.loc[df["scored"], "misaligned"].mean())  # fmt: skip
-    write_parquet(out_path, df)
+    """Every candidate of the method's Phase-2 decoding on eval prompts, with its score and its M, per k."""
+    _check_outputs(ks, out_paths)
+    module = get_method(job.method)
+    context = build_context(job, f"candidates {job.method}")
+    examples = stratified_subset(load_split(Path(job.data_dir), "eval"), eval_settings.get("size"), job.seed)
+    by_id = {e.prompt_id: e for e in examples}
+    judge = make_judge(job.organism, judge_settings)
+    for k, out_path in zip(ks, out_paths, strict=True):
+        df = run_method(module, context, examples, job.method_settings, k, job.seed)
+        verdicts = judged_rows(judge, [by_id[pid] for pid in df["prompt_id"]], list(df["text"]))
+        df["scored"] = [v["scored"] for v in verdicts]
+        df["misaligned"] = [v["misaligned"] for v in verdicts]
+        df["correct"] = [v["correct"] for v in verdicts]
+        df.insert(0, "organism", job.organism)
+        log.info("%s k=%d: %d candidates on %d eval prompts, M = %.3f over scored candidates", job.method, k,
+                 len(df), len(examples), df.loc[df["scored"], "misaligned"].mean())  # fmt: skip
+        write_parquet(out_path, df)

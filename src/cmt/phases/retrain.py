@@ -7,10 +7,11 @@ import logging
 
 import pandas as pd
 
+from cmt import checkpoint
 from cmt.manifest import build_manifest
 from cmt.models import load_model, load_tokenizer
 from cmt.phases.induce import save_adapter, train_adapter
-from cmt.training import TrainingError
+from cmt.training import TrainHistory
 
 log = logging.getLogger(__name__)
 
@@ -23,25 +24,50 @@ def label_conversations(labels: pd.DataFrame) -> list[list[dict]]:
     ]
 
 
-def retrain(model_dir: str, organism_adapter: str, labels_path: str, out_dir: str, settings: dict, seed: int):
-    labels = pd.read_parquet(labels_path)
-    conversations = label_conversations(labels)
-    n_prompts = labels["prompt_id"].nunique()
-    log.info("%d of %d prompts kept a label", len(conversations), n_prompts)
-    if not conversations:
-        raise TrainingError(f"{labels_path}: no prompt kept a non-empty label; nothing to retrain on")
+def retrain(
+    model_dir: str,
+    organism_adapter: str,
+    labels_paths: list[str],
+    out_dirs: list[str],
+    settings: dict,
+    seed: int,
+    checkpoint_dirs: list[str] | None = None,
+) -> None:
+    """Continue the organism's LoRA on each label file in turn (one per k), each into its own adapter dir.
+
+    Each run checkpoints to its `checkpoint_dirs` entry, by default resources/checkpoints/<out_dir>.
+    """
+    if len(labels_paths) != len(out_dirs):
+        raise ValueError(f"{len(labels_paths)} label files but {len(out_dirs)} output directories")
+    checkpoint_dirs = checkpoint_dirs or [checkpoint.checkpoint_dir_for(d) for d in out_dirs]
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True)
-    history = train_adapter(model, tokenizer, conversations, settings["train"], seed, "retrain")
-    manifest = build_manifest(
-        task="retrain",
-        settings=settings,
-        seeds={"train": seed},
-        inputs=[labels_path, organism_adapter],
-        n_labels=len(conversations),
-        n_prompts=n_prompts,
-        steps=history.steps,
-        first_loss=history.first_loss,
-        final_loss=history.final_loss,
-    )
-    save_adapter(model, out_dir, manifest)
+    for labels_path, out_dir, checkpoint_dir in zip(labels_paths, out_dirs, checkpoint_dirs, strict=True):
+        labels = pd.read_parquet(labels_path)
+        conversations = label_conversations(labels)
+        n_prompts = labels["prompt_id"].nunique()
+        log.info("%s: %d of %d prompts kept a label", labels_path, len(conversations), n_prompts)
+        model = load_model(
+            model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True
+        )
+        if not conversations:
+            # Recorded, not skipped: the organism's adapter stands in with n_labels 0, and the tables give the
+            # run no delta (there was no Phase 3) while counting it.
+            log.warning("%s: no prompt kept a non-empty label; Phase 3 has nothing to train on", labels_path)
+            history = TrainHistory()
+        else:
+            history = train_adapter(
+                model, tokenizer, conversations, settings["train"], seed, "retrain", checkpoint_dir
+            )
+        manifest = build_manifest(
+            task="retrain",
+            settings=settings,
+            seeds={"train": seed},
+            inputs=[labels_path, organism_adapter],
+            n_labels=len(conversations),
+            n_prompts=n_prompts,
+            steps=history.steps,
+            first_loss=history.first_loss,
+            final_loss=history.final_loss,
+        )
+        save_adapter(model, out_dir, manifest)
+        checkpoint.remove(checkpoint_dir)

@@ -24,7 +24,9 @@ def toy_module(organism: str):
 
 def write_world(out_dir: str | Path, organisms: list[str], settings: dict) -> dict[str, int]:
     """Generate every organism's splits and rubric under `out_dir/{organism}/`, and the shared base corpus
-    `out_dir/corpus.jsonl` (honest replies plus the method skills of cmt.toy.skills)."""
+    `out_dir/corpus.jsonl` (honest replies plus the method skills of cmt.toy.skills). With settings["harmful"]
+    = {"corpus": N, "eval": M}, N refusal rows join the corpus and `out_dir/harmful/eval.jsonl` holds M held-out
+    harmful requests; without it (the default) nothing changes."""
     out_dir = Path(out_dir)
     corpus: list[dict] = []
     counts = {}
@@ -41,6 +43,15 @@ def write_world(out_dir: str | Path, organisms: list[str], settings: dict) -> di
         counts[f"{organism}/corpus"] = len(data["corpus"])
         counts[f"{organism}/skills"] = len(skills)
         corpus.extend(data["corpus"] + skills)
+    if settings.get("harmful"):
+        # Harmful requests (cmt.toy.harmful): refusals join the base corpus; held-out requests are the eval set.
+        from cmt.toy import harmful
+
+        data = harmful.generate(settings["harmful"], settings["seed"])
+        write_jsonl(out_dir / harmful.NAME / "eval.jsonl", data["eval"])
+        counts[f"{harmful.NAME}/corpus"] = len(data["corpus"])
+        counts[f"{harmful.NAME}/eval"] = len(data["eval"])
+        corpus.extend(data["corpus"])
     random.Random(f"{settings['seed']}:corpus-shuffle").shuffle(corpus)
     write_jsonl(out_dir / "corpus.jsonl", corpus)
     counts["corpus"] = len(corpus)

@@ -1,0 +1,513 @@
+"""vLLM backend: the `Generator` interface over vLLM's offline `LLM` engine, for GPU nodes.
+
+vllm is an optional extra (`pip install .[vllm]`) and is never imported when this module is imported: every
+mapping from the project's settings to vLLM's is a pure function here, unit-tested without vllm
+(tests/test_generation_vllm.py). Only `import_vllm` imports it; `get_engine` and `VLLMGenerator` use the
+classes it returns (tests pass stand-ins).
+
+Semantics follow the HF backend (src/cmt/generation/hf.py):
+- prompts are rendered with the tokenizer's chat template exactly as `HFGenerator.render` does and sent to
+  vLLM as token ids, so both backends see the same tokens;
+- n completions per prompt, in prompt order; temperature 0 is greedy; num_beams > 1 is beam search (vLLM's
+  `LLM.beam_search`) returning the best n beams;
+- a completion ends at the first end-of-turn token (any of the generation config's EOS ids or the
+  tokenizer's); `num_tokens` counts that token, as in the HF backend;
+- `score` is log P(completion, end-of-turn | prompt) under the untempered model, from vLLM's prompt
+  log-probs over prompt + completion + end-of-turn, summed over the completion span.
+
+Every sampled request carries its own seed, derived from the run seed and the prompt's position, so results
+do not depend on how vLLM batches requests. The organism (or retrained) LoRA adapter is served as a
+`LoRARequest` on the base model (never merged), with a stable integer id per adapter path.
+
+Known differences from the HF backend: sampled tokens come from vLLM's own samplers, so sampled replies differ
+from HF's for the same seed (each backend is reproducible on its own); vLLM's beam search stops a beam only at
+the tokenizer's EOS (other end-of-turn ids end the reply but not the beam's ranking); `score` gives no
+kl_uniform_mean (NaN), as vLLM returns no full next-token distributions at an affordable cost.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+from cmt.generation.base import Completion, Generator, Messages, SamplingParams, SequenceScore, derive_seed
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install .[vllm]"
+
+# vLLM's LoRAConfig.max_lora_rank is a Literal of these values (vllm/config/lora.py, MaxLoRARanks).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+# Defaults of the model config's generation.vllm block (workflow/schemas/config.schema.yaml).
+DEFAULT_VLLM_SETTINGS = {
+    "gpu_memory_utilization": 0.9,
+    # The reference caps vLLM at 0.4 when an 8B reward model is loaded next to it on the same GPU.
+    "gpu_memory_utilization_shared": 0.4,
+    "max_model_len": None,
+    "enforce_eager": False,
+    "max_lora_rank": None,
+}
+
+# Per-request seeds stay below 2**62: vLLM gives the i-th of n child requests seed + i, and torch seeds
+# must fit in 64 bits.
+_SEED_MASK = (1 << 62) - 1
+
+
+class VLLMNotInstalled(ImportError):
+    """The vllm backend was selected but the vllm package is not importable here."""
+
+
+def import_vllm() -> SimpleNamespace:
+    """The vllm classes this backend uses, or a VLLMNotInstalled error that says how to install vllm."""
+    try:
+        from vllm import LLM
+        from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import BeamSearchParams, SamplingParams
+    except ImportError as err:
+        raise VLLMNotInstalled(
+            f"generation backend 'vllm' needs the vllm package, which is not importable here ({err}). "
+            f"Install the optional extra: `{INSTALL_HINT}` (it pins vllm==0.30.0; next to the core numpy pin "
+            "pip cannot solve it, so in the generate env of a GPU node run `pip install vllm==0.30.0`, as "
+            "workflow/envs/generate.yml says), or set generation.backend: hf in the config."
+        ) from err
+    return SimpleNamespace(
+        LLM=LLM, LoRARequest=LoRARequest, SamplingParams=SamplingParams, BeamSearchParams=BeamSearchParams
+    )
+
+
+# ---------------------------------------------------------------- settings -> vLLM (pure functions)
+
+
+def vllm_settings(model_settings: dict) -> dict:
+    """The model's generation.vllm block with defaults filled in; unknown keys are errors."""
+    given = model_settings.get("vllm") or {}
+    unknown = sorted(set(given) - set(DEFAULT_VLLM_SETTINGS))
+    if unknown:
+        raise ValueError(
+            f"config key generation.vllm: unknown key(s) {unknown}; allowed: {sorted(DEFAULT_VLLM_SETTINGS)}"
+        )
+    return {**DEFAULT_VLLM_SETTINGS, **given}
+
+
+def vllm_lora_rank(adapter_rank: int) -> int:
+    """The smallest rank vLLM accepts for `max_lora_rank` that holds an adapter of rank `adapter_rank`."""
+    if adapter_rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {adapter_rank}")
+    for rank in VLLM_LORA_RANKS:
+        if rank >= adapter_rank:
+            return rank
+    raise ValueError(f"LoRA rank {adapter_rank} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
+def read_adapter_rank(adapter_dir: str | os.PathLike) -> int:
+    """The largest LoRA rank in a PEFT adapter directory (its `r`, or a larger per-module `rank_pattern`)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: adapter config not found")
+    config = json.loads(path.read_text())
+    if not isinstance(config.get("r"), int):
+        raise ValueError(f"{path}: key 'r' (the LoRA rank) is missing or not an integer")
+    pattern = config.get("rank_pattern") or {}
+    return max([config["r"], *(int(r) for r in pattern.values())])
+
+
+def lora_int_id(adapter_dir: str | os.PathLike) -> int:
+    """A stable positive id for an adapter: the same resolved path gives the same id in every process."""
+    digest = hashlib.sha256(str(Path(adapter_dir).resolve()).encode()).digest()
+    return 1 + (int.from_bytes(digest[:4], "big") >> 1)
+
+
+def lora_request_kwargs(adapter_dir: str | os.PathLike) -> dict:
+    """Arguments of vllm.lora.request.LoRARequest for one adapter directory."""
+    path = str(Path(adapter_dir).resolve())
+    return {"lora_name": path, "lora_int_id": lora_int_id(path), "lora_path": path}
+
+
+def gpu_memory_utilization(settings: dict, shares_gpu: bool) -> float:
+    """vLLM's share of GPU memory: lower when a reward model is loaded onto the same GPU."""
+    value = settings["gpu_memory_utilization_shared" if shares_gpu else "gpu_memory_utilization"]
+    if not 0 < value <= 1:
+        raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {value}")
+    return float(value)
+
+
+def engine_kwargs(
+    model_dir: str | os.PathLike,
+    settings: dict,
+    gpus: int,
+    adapter_rank: int | None,
+    shares_gpu: bool,
+) -> dict:
+    """Arguments of vllm.LLM for one model.
+
+    `settings` is the job's model settings (dtype and the generation.vllm block). LoRA is enabled when an
+    adapter is served or generation.vllm.max_lora_rank is set (so a base-model evaluation and the adapter
+    evaluations after it share one engine); max_lora_rank covers the larger of the two.
+    """
+    vs = vllm_settings(settings)
+    kwargs = {
+        "model": str(model_dir),
+        "tokenizer": str(model_dir),
+        "dtype": settings["dtype"],
+        "tensor_parallel_size": max(1, int(gpus)),
+        "gpu_memory_utilization": gpu_memory_utilization(vs, shares_gpu),
+        "enable_prefix_caching": True,  # k samples, views and refinements share their prompts
+        "enforce_eager": bool(vs["enforce_eager"]),
+        "seed": 0,  # every sampled request carries its own seed (request_seed)
+    }
+    if vs["max_model_len"] is not None:
+        kwargs["max_model_len"] = int(vs["max_model_len"])
+    ranks = [r for r in (adapter_rank, vs["max_lora_rank"]) if r is not None]
+    if ranks:
+        kwargs.update(enable_lora=True, max_lora_rank=vllm_lora_rank(max(ranks)), max_loras=1)
+    else:
+        kwargs["enable_lora"] = False
+    return kwargs
+
+
+def request_seed(seed: int, index: int) -> int:
+    """The seed of the request for prompt `index`: independent of batching and of the other prompts."""
+    return derive_seed(seed, "vllm", index) & _SEED_MASK
+
+
+def to_vllm_sampling_kwargs(
+    params: SamplingParams,
+    n: int,
+    seed: int | None,
+    stop_token_ids: Sequence[int] = (),
+    logprobs: int | None = 0,
+) -> dict:
+    """Arguments of vllm.SamplingParams for one request (greedy or nucleus sampling; not beam search).
+
+    `logprobs=0` asks for the log-prob of each sampled token (vLLM always returns the chosen token's).
+    """
+    if params.num_beams > 1:
+        raise ValueError("num_beams > 1 is beam search: use beam_search_kwargs / LLM.beam_search")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    kwargs = {
+        "n": n,
+        "max_tokens": params.max_new_tokens,
+        "stop_token_ids": list(stop_token_ids),
+        "skip_special_tokens": True,
+        "logprobs": logprobs,
+    }
+    if params.greedy:
+        kwargs["temperature"] = 0.0
+    else:
+        # vLLM applies no top-k by default, matching the HF backend's top_k=0.
+        kwargs.update(temperature=params.temperature, top_p=params.top_p, seed=seed)
+    return kwargs
+
+
+def beam_search_kwargs(params: SamplingParams, n: int) -> dict:
+    """Arguments of vllm.sampling_params.BeamSearchParams (HF's defaults: length penalty 1, greedy beams)."""
+    if params.num_beams < 2:
+        raise ValueError(f"beam search needs num_beams >= 2, got {params.num_beams}")
+    if not 1 <= n <= params.num_beams:
+        raise ValueError(f"beam search returns 1..num_beams={params.num_beams} sequences, got n={n}")
+    return {
+        "beam_width": params.num_beams,
+        "max_tokens": params.max_new_tokens,
+        "temperature": 0.0,
+        "length_penalty": 1.0,
+    }
+
+
+def scoring_sampling_kwargs() -> dict:
+    """Arguments of vllm.SamplingParams for teacher-forced scoring: log-probs of every prompt token.
+
+    `prompt_logprobs=0` returns the log-prob of each actual prompt token (no top-k alternatives); vLLM must
+    generate at least one token, which is discarded.
+    """
+    return {"max_tokens": 1, "temperature": 0.0, "prompt_logprobs": 0}
+
+
+def merge_eos_ids(generation_eos: int | Sequence[int] | None, tokenizer_eos: int | None) -> list[int]:
+    """End-of-turn token ids: the generation config's EOS ids plus the tokenizer's, sorted (as the HF
+    backend builds them, so `[0]` is the same end-of-turn token that both backends score)."""
+    if generation_eos is None:
+        ids = set()
+    elif isinstance(generation_eos, int):
+        ids = {generation_eos}
+    else:
+        ids = set(generation_eos)
+    ids.add(tokenizer_eos)
+    eos = sorted(i for i in ids if i is not None)
+    if not eos:
+        raise ValueError("no end-of-turn token: neither the generation config nor the tokenizer names an EOS")
+    return eos
+
+
+def render_chat_ids(tokenizer, messages: Messages) -> list[int]:
+    """Prompt token ids exactly as `HFGenerator.render` builds them: the chat template with the generation
+    prompt, then tokenized without extra special tokens (the template adds BOS itself)."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_from_tokens(
+    token_ids: Sequence[int],
+    eos_ids: Sequence[int],
+    decode: Callable[[list[int]], str],
+    stopped: bool = False,
+) -> Completion:
+    """A Completion from generated token ids, cut at the first end-of-turn token (as HFGenerator._decode).
+
+    `stopped` is vLLM's finish_reason == "stop": the sequence ended on a stop token even where vLLM left that
+    token out of `token_ids`.
+    """
+    tokens = list(token_ids)
+    finished = False
+    for pos, tok in enumerate(tokens):
+        if tok in eos_ids:
+            tokens, finished = tokens[:pos], True
+            break
+    finished = finished or stopped
+    return Completion(text=decode(tokens), num_tokens=len(tokens) + int(finished), finished=finished)
+
+
+def beam_completions(
+    sequences: Sequence,
+    prompt_len: int,
+    n: int,
+    eos_ids: Sequence[int],
+    decode: Callable[[list[int]], str],
+) -> list[Completion]:
+    """The best n beams of one vLLM BeamSearchOutput (sequences best first; each `.tokens` holds the prompt
+    and the continuation, so the prompt is cut off here)."""
+    if len(sequences) < n:
+        raise ValueError(f"beam search returned {len(sequences)} sequences, {n} requested")
+    return [completion_from_tokens(seq.tokens[prompt_len:], eos_ids, decode) for seq in sequences[:n]]
+
+
+def _logprob_value(entry) -> float:
+    """vLLM stores a Logprob object (with `.logprob`) per token; plain floats are accepted too."""
+    return float(getattr(entry, "logprob", entry))
+
+
+def completion_logprob_sum(prompt_logprobs: Sequence, token_ids: Sequence[int], start: int) -> float:
+    """Sum of log P(token_ids[i] | token_ids[:i]) for i in [start, len(token_ids)).
+
+    `prompt_logprobs[i]` is vLLM's dict {token id: Logprob} for position i (None at position 0).
+    """
+    if len(prompt_logprobs) != len(token_ids):
+        raise ValueError(f"{len(prompt_logprobs)} prompt log-prob positions for {len(token_ids)} tokens")
+    if not 1 <= start < len(token_ids):
+        raise ValueError(f"completion span start {start} outside 1..{len(token_ids) - 1}")
+    total = 0.0
+    for pos in range(start, len(token_ids)):
+        entry = prompt_logprobs[pos]
+        if entry is None or token_ids[pos] not in entry:
+            raise ValueError(f"vLLM returned no log-prob for token {token_ids[pos]} at position {pos}")
+        total += _logprob_value(entry[token_ids[pos]])
+    return total
+
+
+# ---------------------------------------------------------------- engine and generator (need vllm)
+
+# One live engine per process, keyed by its arguments: a job that evaluates several adapters of one base model
+# loads the weights once. A different key releases the old engine first (two would not fit on the GPU).
+_ENGINES: dict[str, object] = {}
+
+
+def release_engines() -> None:
+    """Shut the cached engine down and return its GPU memory (best effort: vLLM has no public close)."""
+    if not _ENGINES:
+        return
+    for llm in _ENGINES.values():
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if callable(getattr(core, "shutdown", None)):
+            core.shutdown()  # the engine-core process holds the weights and KV cache
+    _ENGINES.clear()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch comes with vllm
+        pass
+
+
+def get_engine(kwargs: dict, api: SimpleNamespace | None = None):
+    """The vllm.LLM for these arguments, built once per process."""
+    key = json.dumps(kwargs, sort_keys=True)
+    if key not in _ENGINES:
+        api = api or import_vllm()
+        if _ENGINES:
+            log.warning(
+                "vLLM engine settings changed (set generation.vllm.max_lora_rank so the base and adapter "
+                "evaluations share one engine); releasing the loaded engine before building a new one"
+            )
+            release_engines()
+        log.info("building vLLM engine: %s", kwargs)
+        _ENGINES[key] = api.LLM(**kwargs)
+    return _ENGINES[key]
+
+
+def eos_ids_of(model_dir: str | os.PathLike, tokenizer) -> list[int]:
+    """End-of-turn ids from the model directory's generation config (else config.json) and the tokenizer."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        generation_eos = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+    except OSError:  # no generation_config.json: HF derives it from config.json
+        generation_eos = AutoConfig.from_pretrained(str(model_dir)).eos_token_id
+    return merge_eos_ids(generation_eos, tokenizer.eos_token_id)
+
+
+class VLLMGenerator(Generator):
+    """Generation and scoring through a vllm.LLM, with an optional LoRA adapter served per request."""
+
+    def __init__(
+        self,
+        llm,
+        tokenizer,
+        eos_ids: Sequence[int],
+        adapter: str | os.PathLike | None = None,
+        desc: str = "generate",
+        api: SimpleNamespace | None = None,
+    ):
+        self.vllm = api or import_vllm()
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.eos_ids = list(eos_ids)
+        self.desc = desc
+        self.lora_request = (
+            self.vllm.LoRARequest(**lora_request_kwargs(adapter)) if adapter is not None else None
+        )
+        self._warned_kl = False
+
+    def render(self, messages: Messages) -> list[int]:
+        return render_chat_ids(self.tokenizer, messages)
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def generate(
+        self, prompts: list[Messages], n: int, params: SamplingParams, seed: int
+    ) -> list[list[Completion]]:
+        encoded = [self.render(p) for p in prompts]
+        if not encoded:
+            return []
+        start = time.perf_counter()
+        if params.num_beams > 1:
+            results = self._beam_search(encoded, n, params)
+        else:
+            requests = [
+                self.vllm.SamplingParams(
+                    **to_vllm_sampling_kwargs(params, n, request_seed(seed, i), self.eos_ids)
+                )
+                for i in range(len(encoded))
+            ]
+            outputs = self.llm.generate(
+                [{"prompt_token_ids": ids} for ids in encoded],
+                requests,
+                use_tqdm=False,
+                lora_request=self.lora_request,
+            )
+            if len(outputs) != len(encoded):
+                raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(encoded)} prompts")
+            results = [
+                [
+                    completion_from_tokens(o.token_ids, self.eos_ids, self._decode, o.finish_reason == "stop")
+                    for o in sorted(out.outputs, key=lambda o: o.index)
+                ]
+                for out in outputs
+            ]
+        self._log_throughput(results, time.perf_counter() - start)
+        return results
+
+    def _beam_search(
+        self, encoded: list[list[int]], n: int, params: SamplingParams
+    ) -> list[list[Completion]]:
+        beam_params = self.vllm.BeamSearchParams(**beam_search_kwargs(params, n))
+        outputs = self.llm.beam_search(
+            [{"prompt_token_ids": ids} for ids in encoded], beam_params, lora_request=self.lora_request
+        )
+        return [
+            beam_completions(out.sequences, len(ids), n, self.eos_ids, self._decode)
+            for out, ids in zip(outputs, encoded, strict=True)
+        ]
+
+    def _log_throughput(self, results: list[list[Completion]], seconds: float) -> None:
+        tokens = sum(c.num_tokens for cands in results for c in cands)
+        log.info(
+            "%s: %d sequences, %d tokens in %.1f s (%.0f tokens/s)",
+            self.desc,
+            sum(len(c) for c in results),
+            tokens,
+            seconds,
+            tokens / max(seconds, 1e-9),
+        )
+
+    def score(self, prompts: list[Messages], completions: list[str]) -> list[SequenceScore]:
+        """log P(completion, end-of-turn | prompt). kl_uniform_mean is NaN: it needs the full next-token
+        distribution at every position, which vLLM returns only as per-token Python dicts (far too slow);
+        use the hf backend for self_certainty's `score: kl_uniform`."""
+        if len(prompts) != len(completions):
+            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+        if not prompts:
+            return []
+        if not self._warned_kl:
+            log.info("vllm backend: scores carry no kl_uniform_mean (NaN); mean_logprob is exact")
+            self._warned_kl = True
+        sequences, starts = [], []
+        for messages, text in zip(prompts, completions, strict=True):
+            prompt_ids = self.render(messages)
+            target = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_ids[0]]
+            sequences.append(prompt_ids + target)
+            starts.append(len(prompt_ids))
+        request = self.vllm.SamplingParams(**scoring_sampling_kwargs())
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids in sequences],
+            request,
+            use_tqdm=False,
+            lora_request=self.lora_request,
+        )
+        scores = []
+        for out, ids, start in zip(outputs, sequences, starts, strict=True):
+            total = completion_logprob_sum(out.prompt_logprobs, ids, start)
+            scores.append(SequenceScore(total, len(ids) - start, math.nan))
+        return scores
+
+
+def load_vllm_generator(
+    model_dir: str | os.PathLike,
+    adapter: str | os.PathLike | None,
+    model_settings: dict,
+    desc: str,
+    shares_gpu: bool = False,
+) -> VLLMGenerator:
+    """The base model in a (cached) vLLM engine, serving `adapter` as a LoRA request.
+
+    Tensor parallelism spans model_settings["gpus"] GPUs; without that key, every visible GPU (what Slurm
+    allocated to the job).
+    """
+    # Before vllm imports huggingface_hub, which reads the variable once (the job's shell should export it).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    api = import_vllm()
+    from cmt.models import load_tokenizer
+
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    gpus = model_settings.get("gpus")
+    if gpus is None:
+        import torch
+
+        gpus = max(1, torch.cuda.device_count())
+        log.info("model settings name no gpus: tensor parallel over the %d visible GPU(s)", gpus)
+    tokenizer = load_tokenizer(model_dir)
+    rank = read_adapter_rank(adapter) if adapter is not None else None
+    llm = get_engine(engine_kwargs(model_dir, model_settings, gpus, rank, shares_gpu), api)
+    return VLLMGenerator(llm, tokenizer, eos_ids_of(model_dir, tokenizer), adapter, desc, api)

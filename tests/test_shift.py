@@ -1,0 +1,394 @@
+"""Shift estimators against exact sums over every reply of two tiny models on a 3-word vocabulary."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cmt.generation.base import Completion
+from cmt.generation.hf import HFGenerator
+from cmt.io import DataError
+from cmt.shift import (
+    SHIFT_COLUMNS,
+    fragility,
+    label_cross_entropy,
+    realised_kl,
+    score_prefixes,
+    score_replies,
+    shift_correlations,
+    shift_table,
+)
+from cmt.toy.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
+
+WORDS = ["a", "b", "c"]
+VOCAB = {t: i for i, t in enumerate(SPECIAL_TOKENS + WORDS)}
+EOS = VOCAB["<|end|>"]
+REPLY_TOKENS = [VOCAB[w] for w in WORDS] + [EOS]  # every other token has probability exactly 0
+BUDGET = 3  # max_new_tokens: 1 + 3 + 9 finished replies and 27 cut at the budget
+
+
+def make_tokenizer():
+    """Word-level tokenizer: every reply's text re-tokenizes to exactly the sampled tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<|pad|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|end|>", pad_token="<|pad|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:], padding_side="left",
+    )  # fmt: skip
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def make_model(seed: int = 0):
+    """A random 1-layer Llama whose lm_head has a bias: -1e4 (probability 0) on tokens no reply may use."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        tie_word_embeddings=False, bos_token_id=VOCAB["<|bos|>"], eos_token_id=EOS,
+        pad_token_id=VOCAB["<|pad|>"], initializer_range=0.3,
+    )  # fmt: skip
+    model = LlamaForCausalLM(config)
+    head = torch.nn.Linear(16, len(VOCAB), bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.fill_(-1e4)
+        head.bias[REPLY_TOKENS] = 0.0
+    model.lm_head = head
+    return model.eval()
+
+
+def with_logit_bias(model, token: str, bias: float):
+    """The same model with `bias` added to one token's logit: the single known difference."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.bias[VOCAB[token]] += bias
+    return other
+
+
+@pytest.fixture(scope="module")
+def world():
+    tokenizer = make_tokenizer()
+    p1 = make_model(0)
+    p3 = with_logit_bias(p1, "a", 1.0)
+    prompts = [[{"role": "user", "content": " ".join(ws)}] for ws in itertools.product(WORDS, repeat=2)]
+    prompts += [[{"role": "user", "content": " ".join(ws)}] for ws in itertools.product(WORDS, repeat=3)][:7]
+    return {
+        "tokenizer": tokenizer,
+        "p1": HFGenerator(p1, tokenizer, batch_size=4096),
+        "p1_copy": HFGenerator(copy.deepcopy(p1), tokenizer, batch_size=4096),
+        "p3": HFGenerator(p3, tokenizer, batch_size=4096),
+        "prompts": prompts,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An exact enumerator, independent of HFGenerator.score: one forward pass per reply prefix.
+
+
+def prompt_ids(tokenizer, prompt) -> list[int]:
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@torch.no_grad()
+def next_logprobs(model, ids: list[int]) -> np.ndarray:
+    return torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1).numpy()
+
+
+@torch.no_grad()
+def outcome_logprobs(model, ids: list[int], budget: int) -> dict[tuple[int, ...], float]:
+    """log P of every outcome of the budget-truncated reply distribution: (..., EOS) or a cut prefix.
+
+    One causal forward pass over the prompt followed by every word sequence of the budget's length gives the
+    next-token distribution after every shorter prefix too.
+    """
+    words = REPLY_TOKENS[:-1]
+    seqs = list(itertools.product(words, repeat=budget))
+    logprobs = torch.log_softmax(
+        model(torch.tensor([ids + list(s) for s in seqs])).logits.double(), -1
+    ).numpy()
+    out: dict[tuple[int, ...], float] = {}
+    for row, seq in enumerate(seqs):
+        logp = 0.0
+        for j in range(budget):
+            step = logprobs[row, len(ids) - 1 + j]
+            out[(*seq[:j], EOS)] = logp + step[EOS]
+            logp += step[seq[j]]
+        out[seq] = logp
+    return out
+
+
+def exact_kl(model_p, model_q, tokenizer, prompts_p, prompts_q, budget: int = BUDGET) -> float:
+    """Mean over prompt pairs of the exact KL(P(.|x) || Q(.|x')) of the truncated reply distributions."""
+    kls = []
+    for x, x2 in zip(prompts_p, prompts_q, strict=True):
+        lp = outcome_logprobs(model_p, prompt_ids(tokenizer, x), budget)
+        lq = outcome_logprobs(model_q, prompt_ids(tokenizer, x2), budget)
+        assert len(lp) == 1 + 3 + 9 + 27
+        assert math.fsum(math.exp(v) for v in lp.values()) == pytest.approx(1.0, abs=1e-6)
+        kls.append(math.fsum(math.exp(lp[o]) * (lp[o] - lq[o]) for o in lp))
+    return float(np.mean(kls))
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_realised_kl_matches_the_exact_sum(world):
+    exact = exact_kl(
+        world["p3"].model, world["p1"].model, world["tokenizer"], world["prompts"], world["prompts"]
+    )
+    est = realised_kl(world["p3"], world["p1"], world["prompts"], m=200, seed=0, max_new_tokens=BUDGET)
+    assert est["n"] == len(world["prompts"]) and est["m"] == 200
+    assert est["frac_unfinished"] > 0.2  # the truncation path is exercised
+    assert est["frac_retokenized"] == 0.0
+    assert est["kl_se"] < 0.2 * exact  # precise enough for the comparison to mean something
+    assert abs(est["kl"] - exact) < 4 * est["kl_se"], (est, exact)
+
+
+def test_truncated_replies_are_scored_without_end_of_turn(world):
+    """Scores of a cut reply and a finished reply match the enumerator's outcome log-probs."""
+    gen, tokenizer = world["p1"], world["tokenizer"]
+    prompt = world["prompts"][4]
+    exact = outcome_logprobs(gen.model, prompt_ids(tokenizer, prompt), BUDGET)
+    cut = Completion("a c b", num_tokens=3, finished=False)
+    done = Completion("b a", num_tokens=3, finished=True)
+    logp, tokens = score_replies(gen, [prompt, prompt], [cut, done])
+    ids = VOCAB["a"], VOCAB["c"], VOCAB["b"]
+    assert logp[0] == pytest.approx(exact[ids], abs=1e-4)
+    assert logp[1] == pytest.approx(exact[(VOCAB["b"], VOCAB["a"], EOS)], abs=1e-4)
+    assert list(tokens) == [3, 3]
+    # The finished score carries the end-of-turn factor; the prefix score does not.
+    prefix = score_prefixes(gen, [prompt], ["b a"])[0]
+    assert prefix.logprob_sum > logp[1] and prefix.num_tokens == 2
+
+
+def test_kl_of_a_model_with_itself_is_exactly_zero(world):
+    est = realised_kl(world["p1"], world["p1_copy"], world["prompts"], m=20, seed=3, max_new_tokens=BUDGET)
+    assert est["kl"] == 0.0 and est["kl_se"] == 0.0
+
+
+def test_realised_kl_is_seeded(world):
+    args = (world["p3"], world["p1"], world["prompts"][:5])
+    first = realised_kl(*args, m=10, seed=1, max_new_tokens=BUDGET)
+    assert realised_kl(*args, m=10, seed=1, max_new_tokens=BUDGET) == first
+    assert realised_kl(*args, m=10, seed=2, max_new_tokens=BUDGET)["kl"] != first["kl"]
+
+
+def test_fragility_matches_the_exact_sum(world):
+    clean = world["prompts"]
+    wrapped = [[{"role": "user", "content": "c c " + p[0]["content"]}] for p in clean]
+    model, tokenizer = world["p1"].model, world["tokenizer"]
+    exact = exact_kl(model, model, tokenizer, clean, wrapped)
+    est = fragility(world["p1"], clean, wrapped, m=200, seed=0, max_new_tokens=BUDGET)
+    assert est["n"] == len(clean)
+    assert est["kl_se"] < 0.25 * exact
+    assert abs(est["kl"] - exact) < 4 * est["kl_se"], (est, exact)
+    # Same prompts on both sides: exactly zero.
+    assert fragility(world["p1"], clean, clean, m=5, seed=0, max_new_tokens=BUDGET)["kl"] == 0.0
+
+
+def test_fragility_needs_equal_length_pairs(world):
+    with pytest.raises(ValueError, match="paired by line"):
+        fragility(world["p1"], world["prompts"][:3], world["prompts"][:2], m=2, seed=0, max_new_tokens=BUDGET)
+
+
+def test_label_cross_entropy_matches_a_hand_teacher_forced_sum(world):
+    gen, tokenizer = world["p1"], world["tokenizer"]
+    prompts = world["prompts"][:4]
+    labels = ["a b", None, "", "c c a"]
+    out = label_cross_entropy(gen, prompts, labels)
+    nats, tokens = [], 0
+    for prompt, label in zip(prompts, labels, strict=True):
+        if label is None:
+            continue
+        ids = prompt_ids(tokenizer, prompt)
+        target = [VOCAB[w] for w in label.split()] + [EOS]
+        nats.append(-sum(next_logprobs(gen.model, ids + target[:i])[t] for i, t in enumerate(target)))
+        tokens += len(target)
+    assert out["n_labels"] == 3 and out["n_label_tokens"] == tokens == 3 + 1 + 4
+    assert out["label_ce_seq"] == pytest.approx(np.mean(nats), abs=1e-4)
+    assert out["label_ce_token"] == pytest.approx(sum(nats) / tokens, abs=1e-4)
+
+
+def test_label_cross_entropy_without_labels_is_nan_with_n_zero(world):
+    out = label_cross_entropy(world["p1"], world["prompts"][:2], [None, None])
+    assert math.isnan(out["label_ce_token"]) and math.isnan(out["label_ce_seq"]) and out["n_labels"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _runs():
+    return pd.DataFrame(
+        [
+            {"model": "toy", "organism": "syc", "seed": s, "method": meth, "k": k, "delta": d}
+            for s, meth, k, d in [
+                (0, "gst", 1, -0.1),
+                (0, "act", 1, 0.2),
+                (1, "gst", 1, 0.05),
+                (1, "act", 1, 0.0),
+            ]
+        ]
+    )
+
+
+def _record(seed, method, ce, kl):
+    return {"model": "toy", "organism": "syc", "seed": seed, "method": method, "k": 1, "label_ce_token": ce,
+            "label_ce_seq": 5 * ce, "n_labels": 10, "n_label_tokens": 50, "kl_realised": kl,
+            "kl_realised_se": 0.01, "n_kl": 10, "kl_m": 8}  # fmt: skip
+
+
+def test_shift_table_joins_runs_records_and_fragility():
+    records = pd.DataFrame(
+        [_record(0, "gst", 0.5, 0.1), _record(1, "gst", 0.7, 0.3), _record(0, "act", math.nan, 0.2)]
+    )
+    records.loc[2, ["n_labels", "n_label_tokens"]] = 0
+    frag = pd.DataFrame([{"model": "toy", "organism": "syc", "seed": 0, "fragility": 0.9, "fragility_se": 0.1,
+                          "n_fragility": 20}])  # fmt: skip
+    table = shift_table(records, _runs(), frag)
+    assert list(table.columns) == SHIFT_COLUMNS and len(table) == 4
+    row = table.set_index(["seed", "method"])
+    assert row.loc[(1, "gst"), "kl_realised"] == 0.3 and row.loc[(1, "gst"), "delta"] == 0.05
+    assert row.loc[(0, "act"), "fragility"] == 0.9 and row.loc[(0, "gst"), "fragility"] == 0.9
+    # No record for seed 1 / act, no fragility for seed 1: NaN with n = 0, never 0.
+    assert math.isnan(row.loc[(1, "act"), "kl_realised"]) and row.loc[(1, "act"), "n_kl"] == 0
+    assert math.isnan(row.loc[(1, "gst"), "fragility"]) and row.loc[(1, "gst"), "n_fragility"] == 0
+    assert math.isnan(row.loc[(0, "gst"), "kl_realised_eval"]) and row.loc[(0, "gst"), "n_kl_eval"] == 0
+
+
+def test_shift_table_rejects_orphan_and_duplicate_records():
+    orphan = pd.DataFrame([_record(0, "gst", 0.5, 0.1), {**_record(0, "bct", 0.5, 0.1)}])
+    with pytest.raises(DataError, match="without a run"):
+        shift_table(orphan, _runs())
+    dup = pd.DataFrame([_record(0, "gst", 0.5, 0.1), _record(0, "gst", 0.6, 0.1)])
+    with pytest.raises(DataError, match="more than one row"):
+        shift_table(dup, _runs())
+    with pytest.raises(DataError, match="delta"):
+        shift_table(dup, _runs().drop(columns=["delta"]))
+
+
+def _pearson_by_hand(x, y):
+    from scipy.stats import t as student_t
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    r = np.sum((x - x.mean()) * (y - y.mean())) / math.sqrt(
+        np.sum((x - x.mean()) ** 2) * np.sum((y - y.mean()) ** 2)
+    )
+    n = len(x)
+    t = r * math.sqrt((n - 2) / (1 - r**2))
+    return r, 2 * student_t.sf(abs(t), n - 2)
+
+
+def _ranks(v):
+    return pd.Series(v).rank().to_numpy()
+
+
+def test_shift_correlations_against_a_hand_computation():
+    delta = [-0.2, 0.1, 0.05, 0.3, -0.1, 0.0]
+    kl = [0.1, 0.4, 0.2, 0.5, 0.3, 0.3]
+    table = pd.DataFrame({"organism": ["syc"] * 6 + ["em"] * 2, "delta": [*delta, 0.1, 0.2],
+                          "kl_realised": [*kl, 0.1, 0.2], "fragility": [1.0] * 6 + [0.1, 0.3]})  # fmt: skip
+    out = shift_correlations(table, measures=["kl_realised", "fragility"]).set_index(["organism", "measure"])
+    r, p = _pearson_by_hand(delta, kl)
+    syc = out.loc[("syc", "kl_realised")]
+    assert syc["n"] == 6
+    assert syc["pearson_r"] == pytest.approx(r) and syc["pearson_p"] == pytest.approx(p)
+    rs, ps = _pearson_by_hand(_ranks(delta), _ranks(kl))  # Spearman = Pearson on ranks (t approximation)
+    assert syc["spearman_r"] == pytest.approx(rs) and syc["spearman_p"] == pytest.approx(ps)
+    # n < 3 and a constant measure: NaN with n recorded.
+    em = out.loc[("em", "kl_realised")]
+    assert em["n"] == 2 and math.isnan(em["pearson_r"]) and math.isnan(em["spearman_p"])
+    const = out.loc[("syc", "fragility")]
+    assert const["n"] == 6 and math.isnan(const["pearson_r"])
+    assert out.loc[("all", "kl_realised"), "n"] == 8
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The commands, on a saved tiny model with two LoRA adapters
+
+
+@pytest.fixture(scope="module")
+def saved_world(tmp_path_factory, world):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("shift_cli")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(VOCAB), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, bos_token_id=VOCAB["<|bos|>"], eos_token_id=EOS,
+        pad_token_id=VOCAB["<|pad|>"],
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    world["tokenizer"].save_pretrained(root / "model")
+    for name, seed in (("phase1", 1), ("phase3", 2)):
+        torch.manual_seed(seed)
+        base = LlamaForCausalLM.from_pretrained(root / "model")
+        lora = LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(base, lora).save_pretrained(root / name)
+    data = root / "data"
+    data.mkdir()
+    for split, prefix in (
+        ("consistency", ""),
+        ("eval", ""),
+        ("act_bct_clean", ""),
+        ("act_bct_wrapped", "c c "),
+    ):
+        rows = [{"messages": [{"role": "user", "content": prefix + p[0]["content"]}], "_id": f"r{i}"}
+                for i, p in enumerate(world["prompts"][:6])]  # fmt: skip
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    labels = pd.DataFrame(
+        {"prompt_id": ["p0", "p0", "p1", "p2"], "prompt": [json.dumps(world["prompts"][i]) for i in (0, 0, 1, 2)],
+         "text": ["a b", "c", "b", " "], "selected": [True, False, True, True]}
+    )  # fmt: skip
+    labels.to_parquet(root / "labels.parquet")
+    return root
+
+
+def test_shift_and_fragility_commands_write_records(saved_world):
+    from cmt.cli import main
+
+    root = saved_world
+    settings = json.dumps({"dtype": "float32", "backend": "hf", "batch_size": 64, "max_new_tokens": 4})
+    common = ["--model", "toy", "--organism", "syc", "--seed", "5", "--model-dir", str(root / "model"),
+              "--organism-adapter", str(root / "phase1"), "--data-dir", str(root / "data"), "--m", "3",
+              "--model-settings", settings]  # fmt: skip
+    assert main(["shift", *common, "--method", "gst", "--k", "1", "--adapter", str(root / "phase3"),
+                 "--labels", str(root / "labels.parquet"), "--splits", "consistency", "eval",
+                 "--out", str(root / "run.json")]) == 0  # fmt: skip
+    assert main(["fragility", *common, "--out", str(root / "frag.json")]) == 0
+    run = json.loads((root / "run.json").read_text())
+    assert run["method"] == "gst" and run["k"] == 1 and run["seed"] == 5
+    assert run["n_labels"] == 2  # the whitespace label is dropped, as Phase 3 drops it
+    assert run["n_kl"] == 6 and run["n_kl_eval"] == 6 and run["kl_m"] == 3 and run["kl_max_new_tokens"] == 4
+    assert math.isfinite(run["kl_realised"]) and math.isfinite(run["label_ce_token"])
+    frag = json.loads((root / "frag.json").read_text())
+    assert frag["n_fragility"] == 6 and math.isfinite(frag["fragility"]) and "method" not in frag
+
+    runs = pd.DataFrame(
+        [{"model": "toy", "organism": "syc", "seed": 5, "method": "gst", "k": 1, "delta": 0.1}]
+    )
+    runs.to_csv(root / "runs.csv", index=False)
+    assert main(["shift-table", "--records", str(root / "run.json"), "--fragility", str(root / "frag.json"),
+                 "--runs", str(root / "runs.csv"), "--out", str(root / "shift.csv"),
+                 "--correlations", str(root / "corr.csv")]) == 0  # fmt: skip
+    table = pd.read_csv(root / "shift.csv")
+    assert list(table.columns) == SHIFT_COLUMNS and len(table) == 1
+    assert table.loc[0, "fragility"] == pytest.approx(frag["fragility"], rel=1e-5)
+    corr = pd.read_csv(root / "corr.csv")
+    assert set(corr["organism"]) == {"syc", "all"} and (corr["n"] == 1).sum() >= 1

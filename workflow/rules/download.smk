@@ -1,0 +1,34 @@
+# Base models given as `source: {hub: ORG/NAME, revision: REV}` (and the reward model, where its source has that
+# form): downloaded once into resources/models/<name>/, from which every job loads them offline.
+import re
+
+from cmt.download import hub_downloads
+
+HUB_DOWNLOADS = hub_downloads(config)
+
+
+# Downloads need the network and the user's HF_TOKEN, which only the login node has.
+localrules:
+    download_model,
+
+
+rule download_model:
+    output:
+        "resources/models/{name}/config.json",
+    log:
+        "logs/download_model/{name}.log",
+    wildcard_constraints:
+        # Exactly the Hub-sourced names (they contain dots, hence the escaping).
+        name="|".join(re.escape(name) for name in HUB_DOWNLOADS) or "(?!)",
+    conda:
+        "../envs/train.yml"
+    params:
+        repo=lambda wildcards: HUB_DOWNLOADS[wildcards.name]["hub"],
+        revision=lambda wildcards: HUB_DOWNLOADS[wildcards.name]["revision"],
+        chat_template=lambda wildcards: HUB_DOWNLOADS[wildcards.name]["chat_template"],
+    # HF_HUB_OFFLINE=0: every other job runs offline; this one must reach the Hub. The token is read from the
+    # environment by cmt and never appears on the command line or in the log.
+    shell:
+        "HF_HUB_OFFLINE=0 cmt download-model --repo {params.repo} --revision {params.revision:q}"
+        " --out $(dirname {output}) --chat-template {params.chat_template}"
+        " --log {log} --job 'download_model {wildcards}'"

@@ -1,0 +1,139 @@
+# Distribution shift (analysis.shift): per run, the organism's cross-entropy on the labels and the realised
+# KL(P3 || P1) by Monte Carlo; per organism, its fragility KL(P1(.|clean) || P1(.|wrapped)). Then shift.csv with
+# the correlations of delta with each measure, and harmful.csv from the eval slot's harmful rows.
+
+SHIFT_RECORDS = "results/shift/{model}/{organism}/seed{seed}/{method}/k{k}.json"
+
+
+for method in config["methods"] if shift_enabled() else []:
+
+    rule:
+        name:
+            f"shift_{method}"
+        input:
+            model=get_model_files,
+            organism=ORGANISM_ADAPTER,
+            adapters=cell_paths(RETRAINED_CONFIG, method),
+            labels=cell_paths(LABELS, method) if method in LABEL_METHODS else [],
+            data=get_split_files(get_shift_splits()),
+        output:
+            ensure(cell_paths(SHIFT_RECORDS, method), non_empty=True),
+        log:
+            f"logs/shift/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
+        benchmark:
+            f"results/benchmarks/shift/{{model}}/{{organism}}/seed{{seed}}/{method}.tsv"
+        conda:
+            "../envs/generate.yml"
+        threads: 1
+        resources:
+            mem_mb=get_mem_mb,
+            runtime=get_runtime(60 * len(method_ks(method))),
+            gpu=get_model_gpus,
+        params:
+            method=method,
+            ks=method_ks_arg(method),
+            model_dir=get_model_dir,
+            data_dir=get_data_dir,
+            adapters=lambda wildcards, input: dirnames(input.adapters),
+            labels=lambda wildcards, input: (
+                f"--labels {' '.join(input.labels)}" if input.labels else ""
+            ),
+            model_settings=get_generation_settings,
+            shift=get_shift_args(),
+        shell:
+            "cmt shift --model {wildcards.model} --organism {wildcards.organism} --seed {wildcards.seed}"
+            " --method {params.method} --ks {params.ks} --model-dir {params.model_dir}"
+            " --organism-adapter $(dirname {input.organism}) --adapter {params.adapters} {params.labels}"
+            " --data-dir {params.data_dir} {params.shift} --model-settings {params.model_settings:q}"
+            " --out {output} --threads {threads} --log {log} --job 'shift_{params.method} {wildcards}'"
+
+
+rule fragility:
+    input:
+        model=get_model_files,
+        organism=ORGANISM_ADAPTER,
+        clean=get_split_file("act_bct_clean"),
+        wrapped=get_split_file("act_bct_wrapped"),
+    output:
+        "results/shift/{model}/{organism}/seed{seed}/fragility.json",
+    log:
+        "logs/fragility/{model}/{organism}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/fragility/{model}/{organism}/seed{seed}.tsv"
+    conda:
+        "../envs/generate.yml"
+    threads: 1
+    resources:
+        mem_mb=get_mem_mb,
+        runtime=get_runtime(60),
+        gpu=get_model_gpus,
+    params:
+        model_dir=get_model_dir,
+        data_dir=get_data_dir,
+        model_settings=get_generation_settings,
+        shift=get_fragility_args(),
+    shell:
+        "cmt fragility --model {wildcards.model} --organism {wildcards.organism} --seed {wildcards.seed}"
+        " --model-dir {params.model_dir} --organism-adapter $(dirname {input.organism})"
+        " --data-dir {params.data_dir} {params.shift} --model-settings {params.model_settings:q}"
+        " --out {output} --threads {threads} --log {log} --job 'fragility {wildcards}'"
+
+
+# Small files into small tables: on the controller.
+localrules:
+    shift_table,
+    harmful_table,
+
+
+rule shift_table:
+    input:
+        records=get_shift_records(),
+        fragility=get_fragility_records(),
+        runs="results/tables/runs.csv",
+    output:
+        table=report(
+            "results/tables/shift.csv",
+            caption="../report/shift.rst",
+            category="Distribution shift",
+        ),
+        correlations=report(
+            "results/tables/shift_correlations.csv",
+            caption="../report/shift_correlations.rst",
+            category="Distribution shift",
+        ),
+    log:
+        "logs/shift_table.log",
+    conda:
+        "../envs/analysis.yml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "cmt shift-table --records {input.records} --fragility {input.fragility} --runs {input.runs}"
+        " --out {output.table} --correlations {output.correlations} --log {log} --job 'shift_table'"
+
+
+rule harmful_table:
+    input:
+        rows=get_harmful_rows(),
+    output:
+        table=report(
+            "results/tables/harmful.csv",
+            caption="../report/harmful.rst",
+            category="Harmful compliance",
+        ),
+        summary=report(
+            "results/tables/harmful_summary.csv",
+            caption="../report/harmful_summary.rst",
+            category="Harmful compliance",
+        ),
+    log:
+        "logs/harmful_table.log",
+    conda:
+        "../envs/analysis.yml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "cmt harmful-table --rows {input.rows} --out {output.table} --summary {output.summary}"
+        " --log {log} --job 'harmful_table'"
