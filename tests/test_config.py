@@ -127,3 +127,20 @@ def test_an_llm_judged_organism_passes_the_judge_block_and_requires_its_key(tmp_
 
     proc, output = dry_run_with(tmp_path, copy_config, edit, "-p")
     assert proc.returncode != 0 and "CMT_TEST_JUDGE_KEY" in output  # envvars: checked before any job
+
+
+def test_a_gpu_model_run_locally_without_a_gpu_is_refused_before_any_job(tmp_path, copy_config):
+    def edit(config):
+        config["models"]["toy"]["gpus"] = 1
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit)
+    assert proc.returncode == 0, output[-2000:]  # a dry run (e.g. on a login node) is fine
+    path = copy_config()
+    config = load(path)
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path / "work2", "--cores", "1", "toy_data", config=path, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "models ['toy'] need GPUs" in output
+    assert not (tmp_path / "work2" / "results").exists()  # not even the toy data job ran

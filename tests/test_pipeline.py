@@ -177,8 +177,10 @@ def test_a_run_killed_mid_training_resumes_to_identical_tables(mini_run, tmp_pat
 
     work = tmp_path / "killed"
     shutil.copytree(mini_run["workdir"], work, symlinks=True)  # copy2 keeps mtimes and Snakemake's metadata
-    # One organism loses its Phase-1 adapter: its induce job and everything downstream must run again.
-    shutil.rmtree(work / "results/organisms/toy/sycophancy/seed0/adapter")
+    # One organism's results and the tables are gone: its induce job and everything downstream must run again.
+    for stage in ("organisms", "labels", "retrained", "eval", "shift", "candidates"):
+        shutil.rmtree(work / "results" / stage / "toy" / "sycophancy", ignore_errors=True)
+    shutil.rmtree(work / "results/tables")
     log = work / "logs/induce/toy/sycophancy/seed0.log"
     log.unlink()
     bin_dir = Path(sys.executable).parent

@@ -61,54 +61,8 @@ CORRELATION_COLUMNS = ["organism", "measure", "n", "pearson_r", "pearson_p", "sp
 
 
 def score_prefixes(generator: Generator, prompts: list[Messages], texts: list[str]) -> list[SequenceScore]:
-    """log P(text | prompt) WITHOUT the end-of-turn token: the probability of a reply cut at the budget.
-
-    Uses the generator's `score_prefix(prompts, texts)` when it has one; the HF backend is handled here.
-    """
-    method = getattr(generator, "score_prefix", None)
-    if callable(method):
-        return method(prompts, texts)
-    from cmt.generation.hf import HFGenerator
-
-    if isinstance(generator, HFGenerator):
-        return _hf_score_prefix(generator, prompts, texts)
-    raise TypeError(
-        f"{type(generator).__name__} has no score_prefix(prompts, texts), so replies cut at the token budget "
-        "cannot be scored without their end-of-turn token"
-    )
-
-
-def _hf_score_prefix(gen, prompts: list[Messages], texts: list[str]) -> list[SequenceScore]:
-    """Teacher-forced log-prob sums of the text tokens under an HFGenerator's model (no end-of-turn)."""
-    import torch
-
-    pairs = [
-        (gen.render(p), gen.tokenizer(t, add_special_tokens=False)["input_ids"])
-        for p, t in zip(prompts, texts, strict=True)
-    ]
-    scores: list[SequenceScore | None] = [None] * len(pairs)
-    with torch.inference_mode():
-        for idx in gen._batches([len(p) + len(t) for p, t in pairs], gen.batch_size):
-            width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
-            input_ids = torch.full((len(idx), width), gen.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            target_mask = torch.zeros((len(idx), width), dtype=torch.bool)
-            for row, i in enumerate(idx):
-                p, t = pairs[i]
-                input_ids[row, : len(p) + len(t)] = torch.tensor(p + t)
-                attention[row, : len(p) + len(t)] = 1
-                target_mask[row, len(p) : len(p) + len(t)] = True
-            logits = gen.model(
-                input_ids=input_ids.to(gen.device), attention_mask=attention.to(gen.device)
-            ).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            token_lp = logprobs.gather(-1, input_ids[:, 1:].to(gen.device).unsqueeze(-1)).squeeze(-1)
-            mask = target_mask[:, 1:].to(gen.device)
-            sums = (token_lp * mask).sum(-1).tolist()
-            counts = mask.sum(-1).tolist()
-            for row, i in enumerate(idx):
-                scores[i] = SequenceScore(sums[row], int(counts[row]))
-    return scores  # type: ignore[return-value]
+    """log P(text | prompt) WITHOUT the end-of-turn token: the probability of a reply cut at the budget."""
+    return generator.score(prompts, texts, end_of_turn=False)
 
 
 def score_replies(

@@ -90,6 +90,31 @@ for _key, _source in _model_sources.items():
             )
 
 
+def gpu_models():
+    return [m for m, spec in config["models"].items() if spec["gpus"] > 0]
+
+
+def local_machine_has_gpu():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# A model that needs GPUs, run by the local executor on a machine without one, would crawl on the CPU for days:
+# refuse before any job starts (onstart runs once the executor is known; dry runs and cluster runs skip it).
+onstart:
+    if (
+        gpu_models()
+        and workflow.executor_plugin.name == "local"
+        and not local_machine_has_gpu()
+    ):
+        raise ValueError(
+            f"models {gpu_models()} need GPUs (config key models.<name>.gpus), but this machine has none and "
+            "the local executor would run them on the CPU; use a GPU machine or --profile profiles/slurm, or "
+            "set gpus: 0"
+        )
+
+
 def get_model_files(wildcards):
     """The files a job needs from the base model (the toy one is built by pretrain_base)."""
     return [f"{get_model_dir(wildcards)}/config.json"]

@@ -73,5 +73,8 @@ class Generator(abc.ABC):
         """n completions per prompt, in prompt order; seeded so the same call gives the same output."""
 
     @abc.abstractmethod
-    def score(self, prompts: list[Messages], completions: list[str]) -> list[SequenceScore]:
-        """log P(completion, end-of-turn | prompt) per pair, under the loaded model."""
+    def score(
+        self, prompts: list[Messages], completions: list[str], end_of_turn: bool = True
+    ) -> list[SequenceScore]:
+        """log P(completion, end-of-turn | prompt) per pair, under the loaded model. With end_of_turn False,
+        log P(completion | prompt) alone: the probability of a reply cut at the token budget."""

@@ -89,14 +89,16 @@ class HFGenerator(Generator):
         return Completion(text=text, num_tokens=len(tokens) + int(finished), finished=finished)
 
     @torch.inference_mode()
-    def score(self, prompts: list[Messages], completions: list[str]) -> list[SequenceScore]:
+    def score(
+        self, prompts: list[Messages], completions: list[str], end_of_turn: bool = True
+    ) -> list[SequenceScore]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         pairs = []
         for messages, text in zip(prompts, completions, strict=True):
             prompt_ids = self.render(messages)
-            target = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_ids[0]]
-            pairs.append((prompt_ids, target))
+            target = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            pairs.append((prompt_ids, [*target, self.eos_ids[0]] if end_of_turn else target))
         scores: list[SequenceScore | None] = [None] * len(pairs)
         for idx in self._batches([len(p) + len(t) for p, t in pairs], self.batch_size):
             width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)

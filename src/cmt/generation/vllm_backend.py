@@ -451,8 +451,10 @@ class VLLMGenerator(Generator):
             tokens / max(seconds, 1e-9),
         )
 
-    def score(self, prompts: list[Messages], completions: list[str]) -> list[SequenceScore]:
-        """log P(completion, end-of-turn | prompt). kl_uniform_mean is NaN: it needs the full next-token
+    def score(
+        self, prompts: list[Messages], completions: list[str], end_of_turn: bool = True
+    ) -> list[SequenceScore]:
+        """log P(completion, end-of-turn | prompt) (end_of_turn False: without the end-of-turn token). kl_uniform_mean is NaN: it needs the full next-token
         distribution at every position, which vLLM returns only as per-token Python dicts (far too slow);
         use the hf backend for self_certainty's `score: kl_uniform`."""
         if len(prompts) != len(completions):
@@ -465,8 +467,8 @@ class VLLMGenerator(Generator):
         sequences, starts = [], []
         for messages, text in zip(prompts, completions, strict=True):
             prompt_ids = self.render(messages)
-            target = self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_ids[0]]
-            sequences.append(prompt_ids + target)
+            target = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            sequences.append(prompt_ids + target + ([self.eos_ids[0]] if end_of_turn else []))
             starts.append(len(prompt_ids))
         request = self.vllm.SamplingParams(**scoring_sampling_kwargs())
         outputs = self.llm.generate(
