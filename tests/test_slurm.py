@@ -219,7 +219,7 @@ def test_the_partition_file_sends_gpu_jobs_to_gpu_and_cpu_jobs_to_cpu():
 
     profile = yaml.safe_load((PROFILES[0] / "profile.yaml").read_text())
     assert "slurm_partition" not in profile["default-resources"] and "set-resources" not in profile
-    partitions = read_partition_file(REPO / profile["slurm-partition-config"])
+    partitions = read_partition_file(PROFILES[0] / profile["slurm-partition-config"])
     logger = logging.getLogger("test")
     gpu_job = FakeJob("label_gst", 1, gpu=1, cpus_per_gpu=1, mem_mb=32000, runtime=120)
     big_gpu_job = FakeJob("evaluate", 8, gpu=8, cpus_per_gpu=8, mem_mb=256000, runtime=60)
