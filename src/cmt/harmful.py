@@ -169,13 +169,16 @@ def evaluate_harmful(
     model_settings: dict,
     seed: int,
     max_new_tokens: int | None = None,
+    generator=None,
 ) -> pd.DataFrame:
-    """One stage's harmful rows with its identity columns (model, organism, seed, stage, method, k)."""
+    """One stage's harmful rows with its identity columns (model, organism, seed, stage, method, k). Pass the
+    `generator` of that model when the caller has it loaded already (evaluate does)."""
     from cmt.generation import load_generator
 
     requests = load_requests(requests_path)
     scorer = make_scorer(scorer_kind, judge_settings)
-    generator = load_generator(model_dir, adapter, model_settings, f"harmful {identity['stage']}")
+    if generator is None:
+        generator = load_generator(model_dir, adapter, model_settings, f"harmful {identity['stage']}")
     rows = harmful_rows(generator, requests, scorer, seed, max_new_tokens or model_settings["max_new_tokens"])
     df = pd.DataFrame(rows)
     for i, key in enumerate(["model", "organism", "seed", "stage", "method", "k"]):

@@ -134,7 +134,7 @@ def evaluate(
         )
         write_json(manifest_path_of(run.out_path), manifest)
         if run.harmful_out:
-            evaluate_harmful_slot(run, model_dir, data_dir, model_settings, seed, harmful_settings)
+            evaluate_harmful_slot(run, generator, data_dir, model_settings, seed, harmful_settings)
 
 
 def harmful_requests_path(data_dir: str, requests: str) -> Path:
@@ -142,7 +142,7 @@ def harmful_requests_path(data_dir: str, requests: str) -> Path:
     return Path(data_dir).parent / "harmful" / "eval.jsonl" if requests == "toy" else Path(requests)
 
 
-def evaluate_harmful_slot(run, model_dir, data_dir, model_settings, seed, harmful_settings):
+def evaluate_harmful_slot(run, generator, data_dir, model_settings, seed, harmful_settings):
     """The eval slot for harmful requests: greedy replies of the same model, scored for compliance."""
     from cmt.harmful import evaluate_harmful
 
@@ -150,6 +150,7 @@ def evaluate_harmful_slot(run, model_dir, data_dir, model_settings, seed, harmfu
         raise ValueError(f"{run.harmful_out}: a harmful-rows output needs the config's eval.harmful block")
     requests = harmful_requests_path(data_dir, harmful_settings["requests"])
     judge = harmful_settings.get("judge") if harmful_settings["scorer"] == "strongreject" else None
-    rows = evaluate_harmful(run.identity, model_dir, run.adapter, str(requests), harmful_settings["scorer"],
-                            judge, model_settings, seed, None)  # fmt: skip
+    # The model is already loaded for the eval rows: reuse it rather than load it again.
+    rows = evaluate_harmful(run.identity, None, run.adapter, str(requests), harmful_settings["scorer"],
+                            judge, model_settings, seed, None, generator=generator)  # fmt: skip
     write_parquet(run.harmful_out, rows)
