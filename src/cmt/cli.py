@@ -275,17 +275,20 @@ def _shift_identity(args, run: bool) -> dict:
 
 
 def cmd_shift(args) -> None:
+    from cmt.generation import load_generator
     from cmt.io import write_json
     from cmt.shift import measure_run
 
     labels = args.labels or [None] * len(args.ks)
     if not len(args.ks) == len(args.adapter) == len(labels) == len(args.out):
         raise SystemExit("cmt shift: --ks, --adapter, --out (and --labels, when given) need one value per k")
+    # The organism (P1) is the same for every k: load it once.
+    p1 = load_generator(args.model_dir, args.organism_adapter, args.model_settings, "shift organism")
     for k, adapter, labels_path, out in zip(args.ks, args.adapter, labels, args.out, strict=True):
         identity = {**_shift_identity(args, run=False), "method": args.method, "k": k}
         record = measure_run(identity, args.model_dir, args.organism_adapter, adapter, labels_path,
                              args.data_dir, args.splits, args.m, args.seed, args.model_settings, args.size,
-                             args.max_new_tokens)  # fmt: skip
+                             args.max_new_tokens, p1=p1)  # fmt: skip
         write_json(out, record)
 
 

@@ -366,16 +366,19 @@ def measure_run(
     model_settings: dict,
     size: int | None = None,
     max_new_tokens: int | None = None,
+    p1=None,
 ) -> dict:
     """A run's shift record: label CE of the organism on `labels_path` (None: no labels, e.g. ACT/BCT) and the
-    realised KL(P3 || P1) on each split's prompts (a stratified subset of `size` when given)."""
+    realised KL(P3 || P1) on each split's prompts (a stratified subset of `size` when given). `p1`: the
+    organism's generator, when the caller measures several runs of one organism and loaded it once."""
     from cmt.generation import load_generator
 
     unknown = sorted(set(splits) - set(KL_SPLIT_PREFIX))
     if unknown:
         raise ValueError(f"realised KL on unknown split(s) {unknown}; valid: {sorted(KL_SPLIT_PREFIX)}")
     budget = max_new_tokens or model_settings["max_new_tokens"]
-    p1 = load_generator(model_dir, organism_adapter, model_settings, "shift organism")
+    if p1 is None:
+        p1 = load_generator(model_dir, organism_adapter, model_settings, "shift organism")
     p3 = load_generator(model_dir, adapter, model_settings, "shift retrained")
     label_ce = None
     if labels_path is not None:
