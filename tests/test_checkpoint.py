@@ -136,6 +136,72 @@ def test_sigterm_then_resume_is_bit_identical(tmp_path, stop_at):
     resumed, history = run(checkpoint_dir=ck)
     assert history.steps == ref_history.steps
     assert history.losses == ref_history.losses
+    assert (
+        history.epoch_means == ref_history.epoch_means and len(history.epoch_means) == 7
+    )  # 20 passes, 3 per epoch
+    assert_same_weights(trainable(resumed), trainable(reference))
+
+
+def consistency_pairs(n: int = 9) -> list[dict]:
+    """ACT/BCT pairs: a clean and a longer wrapped prompt before the same response tokens."""
+
+    def side(ids: list[int], n_prompt: int) -> dict:
+        return {"input_ids": ids, "span": [n_prompt <= t + 1 < len(ids) for t in range(len(ids))]}
+
+    pairs = []
+    for i in range(n):
+        response = [1 + (i * 5 + j) % 39 for j in range(3 + i % 3)]
+        pairs.append(
+            {"clean": side([2 + i % 7, 3, *response], 2), "wrapped": side([5, 6 + i % 4, 7, 3, *response], 4)}
+        )
+    return pairs
+
+
+SCALE = {"act": {"scale": 1.0}, "bct": {}}  # the tiny random model's activations differ by ~1e-5
+
+
+def run_consistency(name: str, checkpoint_dir=None, sigterm_at_forward=None):
+    from cmt.phases.consistency import get_consistency_method, train_consistency
+
+    module = get_consistency_method(name)
+    model = tiny_lora()
+    calls = {"n": 0}
+
+    def hook(_module, _args):
+        calls["n"] += 1
+        if calls["n"] == sigterm_at_forward:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        history = train_consistency(
+            model,
+            module,
+            module.resolve(SCALE[name]),
+            consistency_pairs(),
+            SETTINGS,
+            0,
+            0,
+            name,
+            checkpoint_dir,
+        )
+    finally:
+        handle.remove()
+    return model, history
+
+
+@pytest.mark.parametrize("name", ["act", "bct"])
+def test_act_and_bct_resume_after_sigterm_bit_identically(tmp_path, name):
+    """The paired-loss training runs through the same resumable loop: SIGTERM mid-run, then resume."""
+    reference, ref_history = run_consistency(name)
+    # Learning is checked on the toy world in test_consistency_losses; here the weights must at least move.
+    moved = [n for n, t in trainable(reference).items() if not torch.equal(t, trainable(tiny_lora())[n])]
+    assert moved
+    ck = tmp_path / "ck"
+    with pytest.raises(checkpoint.Preempted):
+        run_consistency(name, checkpoint_dir=ck, sigterm_at_forward=11)  # two forward passes per batch
+    resumed, history = run_consistency(name, checkpoint_dir=ck)
+    assert history.losses == ref_history.losses and history.epoch_means == ref_history.epoch_means
     assert_same_weights(trainable(resumed), trainable(reference))
 
 
@@ -269,9 +335,13 @@ def world(tmp_path_factory):
     return root
 
 
-def induce(world: Path, workdir: Path) -> subprocess.Popen:
+def induce(world: Path, workdir: Path, warm_worker: str | None = None) -> subprocess.Popen:
+    """`cmt induce` in a subprocess; with `warm_worker` (a socket path), through that warm worker."""
     workdir.mkdir(exist_ok=True)
     env = {**os.environ, "CMT_CHECKPOINT_EVERY": "5", "HF_HUB_OFFLINE": "1"}
+    env.pop("CMT_WORKER", None)
+    if warm_worker:
+        env["CMT_WORKER"] = warm_worker
     cmd = [sys.executable, "-m", "cmt", "induce", "--model-dir", str(world / "model"),
            "--data-dir", str(world / "data" / "sycophancy"), "--out", OUT, "--settings", json.dumps(INDUCE),
            "--seed", "0", "--threads", "1", "--log", "job.log"]  # fmt: skip
@@ -289,15 +359,34 @@ def adapter_weights(workdir: Path) -> dict[str, torch.Tensor]:
     return load_file(workdir / OUT / "adapter_model.safetensors")
 
 
-def test_cmt_induce_sigterm_resume_matches_uninterrupted(world, tmp_path):
+@pytest.fixture(scope="module")
+def warm_worker(tmp_path_factory):
+    """A running cmt.worker server, as the Snakefile starts one for local runs."""
+    from cmt import worker
+
+    proc, path = worker.start(str(tmp_path_factory.mktemp("w")))
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):
+        assert proc.poll() is None and time.monotonic() < deadline, "the warm worker did not start"
+        time.sleep(0.1)
+    yield path
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.mark.parametrize("via_worker", [False, True], ids=["direct", "warm_worker"])
+def test_cmt_induce_sigterm_resume_matches_uninterrupted(world, tmp_path, request, via_worker):
     """SIGTERM to a running `cmt induce`: exit 143, checkpoint under resources/checkpoints, no adapter; the rerun
-    resumes and its adapter equals, tensor for tensor, that of an uninterrupted run, which leaves no checkpoint."""
+    resumes and its adapter equals, tensor for tensor, that of an uninterrupted run, which leaves no checkpoint.
+    Through the warm worker, the signal is forwarded to the forked job and its status comes back, and the
+    adapter equals the direct run's."""
     plain, stopped = tmp_path / "plain", tmp_path / "stopped"
     ck = stopped / "resources" / "checkpoints" / OUT / checkpoint.FILE
+    path = request.getfixturevalue("warm_worker") if via_worker else None
     uninterrupted = induce(world, plain)
-    job = induce(world, stopped)
+    job = induce(world, stopped, path)
     try:
-        check_preempt_and_resume(world, plain, stopped, ck, job, uninterrupted)
+        check_preempt_and_resume(world, plain, stopped, ck, job, uninterrupted, path)
     finally:
         for proc in (job, uninterrupted):
             if proc.poll() is None:
@@ -305,7 +394,7 @@ def test_cmt_induce_sigterm_resume_matches_uninterrupted(world, tmp_path):
                 proc.wait()
 
 
-def check_preempt_and_resume(world, plain, stopped, ck, job, uninterrupted) -> None:
+def check_preempt_and_resume(world, plain, stopped, ck, job, uninterrupted, warm_worker=None) -> None:
     deadline = time.monotonic() + 90
     while not ck.exists() and job.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -314,12 +403,13 @@ def check_preempt_and_resume(world, plain, stopped, ck, job, uninterrupted) -> N
     job.send_signal(signal.SIGTERM)
     assert finish(job) == checkpoint.PREEMPTED_EXIT_CODE, log()
     assert "induce preempted: exit 143" in log() and "stopped by signal 15" in log()
+    assert ("runner=warm-worker" in log()) == bool(warm_worker)
     assert ck.is_file() and not list(ck.parent.glob("*.tmp"))
     state = torch.load(ck, weights_only=True)
     assert 5 <= state["steps"] < state["total_steps"] == 360
     assert not (stopped / OUT).exists()
 
-    assert finish(induce(world, stopped)) == 0, log()
+    assert finish(induce(world, stopped, warm_worker)) == 0, log()
     resumed_from = Path("resources/checkpoints") / OUT / checkpoint.FILE
     assert f"resuming from checkpoint {resumed_from} at step {state['steps']} of 360" in log()
     assert finish(uninterrupted) == 0, (plain / "job.log").read_text()

@@ -23,7 +23,7 @@ CORE = pins(PYPROJECT["dependencies"])
 EXTRAS = {name: pins(reqs) for name, reqs in PYPROJECT["optional-dependencies"].items()}
 
 ENVS = {
-    "workflow/envs/train.yml": ["train"],
+    "workflow/envs/train.yml": ["train", "qlora"],
     "workflow/envs/generate.yml": ["train"],
     "workflow/envs/analysis.yml": ["analysis"],
     "environment.yml": ["train", "analysis", "workflow"],

@@ -196,3 +196,54 @@ def test_self_rewarding_drops_a_prompt_with_no_parseable_grade():
         context(ScriptedGenerator(replies), rubric="Grade {question} {answer}"), [example()], settings, 2, 0
     )
     assert selected(rows) == []
+
+
+def test_k_scaling_runs_are_the_first_k_samples_of_one_draw_selected_again():
+    """One draw at max(ks): each k keeps every prompt's first k samples (greedy and beam stay), renumbers them
+    and selects the reward argmax among them, ties to the first, as a fresh draw of k would."""
+    from cmt.phases.label import runs_per_k
+
+    lengths = {"a": [3, 1, 5, 5, 9], "b": [2, 2, 2, 2, 2]}  # reply lengths of samples 0-4 per prompt
+
+    def replies(prompt, params, n):
+        if params.num_beams > 1:
+            return ["bbbb"]
+        if params.greedy:
+            return ["ggg"]
+        return ["s" * length for length in lengths[prompt][:n]]
+
+    gen = ScriptedGenerator(replies)
+    settings = {"temperature": 0.8, "top_p": 0.9, "beam_width": 4, "max_new_tokens": None}
+    runs = dict(
+        runs_per_k(
+            get_method("dual_decoding"),
+            context(gen, reward_model=LengthReward()),
+            [example("a"), example("b")],
+            settings,
+            [1, 2, 4],
+            7,
+        )
+    )
+    assert [n for _, n, _, _ in gen.calls] == [1, 4, 1]  # greedy, one draw of max(ks) samples, beam
+    by_prompt = {k: {p: g for p, g in df.groupby("prompt_id")} for k, df in runs.items()}
+    # k = 1 on prompt a: greedy (3), sample (3), beam (4): the beam wins.
+    a1 = by_prompt[1]["a"]
+    assert list(a1["kind"]) == ["greedy", "sample", "beam"]
+    assert list(a1["candidate_index"]) == [0, 1, 2]
+    assert list(a1.loc[a1["selected"], "text"]) == ["bbbb"]
+    # k = 4 on prompt a: samples 3, 1, 5, 5: the first 5 wins the tie and beats the beam (4).
+    a4 = by_prompt[4]["a"]
+    assert list(a4["text"]) == ["ggg", "sss", "s", "sssss", "sssss", "bbbb"]
+    assert list(a4["selected"]) == [False, False, False, True, False, False]
+    assert (runs[4]["k"] == 4).all() and runs[4]["selected"].sum() == 2
+    # k = 2 on prompt b: samples of length 2 lose to the beam (4).
+    b2 = by_prompt[2]["b"]
+    assert list(b2.loc[b2["selected"], "kind"]) == ["beam"]
+
+
+def test_k_scaling_without_selection_runs_each_k_itself():
+    from cmt.phases.label import runs_per_k
+
+    gen = ScriptedGenerator(lambda p, params, n: ["greedy reply"])
+    runs = dict(runs_per_k(get_method("gst"), context(gen), [example()], {"max_new_tokens": None}, [1], 0))
+    assert list(runs[1]["text"]) == ["greedy reply"] and bool(runs[1]["selected"].iloc[0])

@@ -206,3 +206,17 @@ def test_a_run_killed_mid_training_resumes_to_identical_tables(mini_run, tmp_pat
         assert (work / "results/tables" / table).read_bytes() == original, table
     leftovers = [p for p in (work / "results").rglob("*") if p.name.endswith((".tmp", ".old"))]
     assert leftovers == [] and not list((work / "results").rglob(".*.tmp*"))
+
+
+def test_local_model_jobs_ran_in_the_warm_worker(mini_run):
+    """`warm_worker: true` (the default): the model jobs, which start long after the worker is up, were forked
+    by it (their log header says so)."""
+    root = mini_run["workdir"] / "logs"
+    model_logs = [
+        p
+        for p in sorted(root.rglob("*.log"))
+        if p.relative_to(root).parts[0] in ("evaluate", "retrain", "label")
+    ]
+    assert len(model_logs) >= 8
+    not_forked = [str(p) for p in model_logs if "runner=warm-worker" not in p.read_text().splitlines()[0]]
+    assert not not_forked, not_forked

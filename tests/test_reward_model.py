@@ -6,6 +6,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from cmt.io import read_jsonl, write_jsonl
 from cmt.toy import emergent_misalignment, preferences, reward_hacking, spurious_correlation, sycophancy
@@ -254,3 +255,42 @@ def test_foreign_model_layout_scores_identically(trained, tmp_path, bos_in_templ
     assert ids[-1] == foreign.tokenizer.eos_token_id  # the turn ends with EOS, which is also the pad
     a, b = ours.score(prompts, texts), foreign.score(prompts, texts)
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
+
+
+def test_reward_model_training_resumes_after_sigterm_to_the_same_weights(trained, tiny_world, tmp_path):
+    """Reward-model training runs through cmt.training.train: SIGTERM saves a checkpoint, the rerun resumes and
+    ends with the weights of the uninterrupted run (the `trained` fixture, same pairs and seed)."""
+    import os
+    import signal
+
+    from safetensors.torch import load_file
+
+    from cmt import checkpoint
+    from cmt.reward_model import train_reward_model
+
+    data = tiny_world["data"]
+    pairs = preferences.pairs_from_world(data / "corpus.jsonl", {"sycophancy": data / "sycophancy"}, 0, 1000)
+    out, ck = tmp_path / "rm", tmp_path / "ck"
+    forward = torch.nn.Module.__call__
+    calls = {"n": 0}
+
+    def counting_call(module, *args, **kwargs):  # SIGTERM in the 5th training pass through the reward head
+        if isinstance(module, torch.nn.Linear) and module.out_features == 1 and module.training:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return forward(module, *args, **kwargs)
+
+    torch.nn.Module.__call__ = counting_call
+    try:
+        with pytest.raises(checkpoint.Preempted) as stopped:
+            train_reward_model(tiny_world["model"], pairs, out, RM_SETTINGS, seed=0, checkpoint_dir=ck)
+    finally:
+        torch.nn.Module.__call__ = forward
+    assert stopped.value.step == 5 and not out.exists()
+    report = train_reward_model(tiny_world["model"], pairs, out, RM_SETTINGS, seed=0, checkpoint_dir=ck)
+    assert not ck.exists()  # removed once the model is saved
+    assert report["steps"] == trained["report"]["steps"]
+    resumed, reference = load_file(out / "model.safetensors"), load_file(trained["dir"] / "model.safetensors")
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[n], reference[n]) for n in reference)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 ROOT = Path("resources/checkpoints")
 FILE = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2  # 2: the key covers any token fields and the loss; states carry epoch means
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a job killed by SIGTERM
 
 
@@ -63,7 +63,19 @@ def _json_default(value):
     return str(value)
 
 
-def job_key(model, examples: list[dict], settings, seed: int, pad_id: int) -> str:
+def _add_tokens(h, example) -> None:
+    """Token lists (and nested dicts of them, such as ACT/BCT pairs) in key order."""
+    for name in sorted(example):
+        value = example[name]
+        h.update(name.encode() + b"\0")
+        if isinstance(value, dict):
+            _add_tokens(h, value)
+        else:
+            h.update(len(value).to_bytes(8, "little"))
+            h.update(array("q", [int(v) for v in value]).tobytes())
+
+
+def job_key(model, examples: list[dict], settings, seed: int, pad_id: int, loss_key: object = None) -> str:
     """sha256 of everything that determines a training run's result, apart from the frozen base weights.
 
     The frozen weights are identified by the model config and by the checkpoint's path (which names the model);
@@ -81,12 +93,10 @@ def job_key(model, examples: list[dict], settings, seed: int, pad_id: int) -> st
     config = config.to_dict() if hasattr(config, "to_dict") else {}
     config.pop("_name_or_path", None)
     peft = {name: c.to_dict() for name, c in sorted(getattr(model, "peft_config", {}).items())}
-    add({"format": FORMAT, "settings": asdict(settings), "seed": seed, "pad_id": pad_id})
+    add({"format": FORMAT, "settings": asdict(settings), "seed": seed, "pad_id": pad_id, "loss": loss_key})
     add({"model": type(model).__name__, "config": config, "peft": peft, "n_examples": len(examples)})
     for e in examples:
-        for part in (e["input_ids"], e["labels"]):
-            h.update(len(part).to_bytes(8, "little"))
-            h.update(array("q", part).tobytes())
+        _add_tokens(h, e)
     for name, p in model.named_parameters():
         if p.requires_grad:
             add([name, list(p.shape), str(p.dtype)])

@@ -41,6 +41,10 @@ def _setup(args, **header) -> None:
 
         set_threads(args.threads)
         device = pick_device()
+    from cmt import worker
+
+    if worker.FORKED_JOB:
+        header["runner"] = "warm-worker"
     runlog.setup(
         args.log, {"cmd": args.command, "job": args.job or "-", "device": device or "none", **header}
     )
@@ -604,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `cmt` command itself: a warm worker, where one runs, saves the imports
+        from cmt import worker
+
+        status = worker.delegate(sys.argv[1:])
+        if status is not None:
+            return status
     args = build_parser().parse_args(argv)
     seed = getattr(args, "seed", None)
     _setup(args, **({"seed": seed} if seed is not None else {}))

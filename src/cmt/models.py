@@ -35,21 +35,54 @@ def load_tokenizer(model_dir: str | os.PathLike):
     return tok
 
 
+def bnb_config(quantization: dict):
+    """transformers' BitsAndBytesConfig from a model's `quantization` config block (QLoRA)."""
+    from transformers import BitsAndBytesConfig
+
+    settings = {"bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16",
+                "bnb_4bit_use_double_quant": True, **quantization}  # fmt: skip
+    settings["bnb_4bit_compute_dtype"] = DTYPES[settings["bnb_4bit_compute_dtype"]]
+    return BitsAndBytesConfig(**settings)
+
+
 def load_model(
     model_dir: str | os.PathLike,
     dtype: str = "float32",
     adapter: str | os.PathLike | None = None,
     trainable_adapter: bool = False,
     merge: bool = False,
+    quantization: dict | None = None,
 ):
-    """Base model from `model_dir`, optionally with a LoRA adapter (trainable, merged or plain)."""
+    """Base model from `model_dir`, optionally with a LoRA adapter (trainable, merged or plain).
+
+    `quantization` (QLoRA, training only): the frozen base is loaded in 4 bits by bitsandbytes onto this
+    process's GPU, and prepared for k-bit training (norms in float32, gradient checkpointing, input gradients).
+    """
     from transformers import AutoModelForCausalLM
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype])
-    model.to(pick_device())
+    if quantization:
+        if merge:
+            raise ValueError("a quantized base is for training; generation loads the unquantized weights")
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"{model_dir}: quantization (QLoRA, bitsandbytes 4-bit) needs a CUDA GPU, and this process has "
+                "none; run the training jobs on a GPU node or remove models.<name>.quantization"
+            )
+        from peft import prepare_model_for_kbit_training
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir),
+            dtype=DTYPES[dtype],
+            quantization_config=bnb_config(quantization),
+            device_map={"": torch.cuda.current_device()},
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype])
+        model.to(pick_device())
     if adapter is not None:
         from peft import PeftModel
 

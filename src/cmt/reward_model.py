@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from cmt import checkpoint
 from cmt.io import atomic_dir, write_json, write_jsonl
 from cmt.manifest import build_manifest, record_outputs
 from cmt.models import DTYPES, pick_device
@@ -281,22 +282,6 @@ def split_heldout(pairs: list[dict], fraction: float, seed: int) -> tuple[list[d
     return train, heldout
 
 
-def _length_grouped_batches(encoded: list[tuple[list[int], list[int]]], batch_size: int, rng: random.Random):
-    """One epoch of batches: shuffle, sort within windows of 16 batches by length (less padding: the toy
-    organisms' replies differ a lot in length), then shuffle the batch order."""
-    order = list(range(len(encoded)))
-    rng.shuffle(order)
-    window = batch_size * 16
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = sorted(
-            order[start : start + window], key=lambda i: max(len(encoded[i][0]), len(encoded[i][1]))
-        )
-        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
 def pair_accuracy(chosen: list[float], rejected: list[float]) -> float:
     """Share of pairs with r(chosen) > r(rejected); a tie counts one half."""
     if not chosen:
@@ -336,17 +321,20 @@ def train_reward_model(
     settings: dict,
     seed: int,
     inputs: list[str | os.PathLike] = (),
+    checkpoint_dir: str | os.PathLike | None = None,
 ) -> dict:
     """Fine-tune the base model with a scalar head on preference pairs; save model, tokenizer, manifest.
 
     Writes `out_dir/` atomically: the HF model (config.json, model.safetensors), the tokenizer,
     `preference_pairs.jsonl` (each pair with its split) and `cmt_manifest.json` (settings, seeds, held-out
-    pair accuracy before and after training). Returns the report that the manifest holds.
+    pair accuracy before and after training). Returns the report that the manifest holds. Training is
+    resumable (cmt.checkpoint): checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir>.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_scheduler
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from cmt.training import TrainingError
+    from cmt.training import TrainingError, TrainSettings, train
 
+    checkpoint_dir = checkpoint_dir or checkpoint.checkpoint_dir_for(out_dir)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.monotonic()
     cfg = RewardTrainSettings.from_dict(settings)
@@ -376,40 +364,24 @@ def train_reward_model(
     before = evaluate_pairs(model, encoder, heldout_pairs, pad_id, cfg.eval_batch_size, device)
     log.info("reward model: untrained held-out pair accuracy %.3f", before["pair_accuracy"])
 
-    encoded = [(encoder(p["prompt"], p["chosen"]), encoder(p["prompt"], p["rejected"])) for p in train_pairs]
-    shuffler = random.Random(f"{seed}:reward-shuffle")
-    steps_per_epoch = -(-len(encoded) // cfg.batch_size)
-    total_steps = max(1, round(steps_per_epoch * cfg.epochs))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(
-        cfg.lr_scheduler,
-        optimizer,
-        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    losses: list[float] = []
-    model.train()
-    step = 0
-    while step < total_steps:
-        for idx in _length_grouped_batches(encoded, cfg.batch_size, shuffler):
-            batch = [encoded[i] for i in idx]
-            n = len(batch)
-            input_ids, attention = pad_right([c for c, _ in batch] + [r for _, r in batch], pad_id, device)
-            with autocast:
-                rewards = pooled_rewards(model, input_ids, attention).float()
-            loss = -torch.nn.functional.logsigmoid(rewards[:n] - rewards[n:]).mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(f"reward model: non-finite loss at step {step}; nothing saved")
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-            if step >= total_steps:
-                break
+    encoded = [{"chosen": encoder(p["prompt"], p["chosen"]), "rejected": encoder(p["prompt"], p["rejected"])}
+               for p in train_pairs]  # fmt: skip
+
+    def collate(batch: list[dict]) -> dict[str, torch.Tensor]:  # chosen rows first, then their rejected
+        input_ids, attention = pad_right(
+            [b["chosen"] for b in batch] + [b["rejected"] for b in batch], pad_id, "cpu"
+        )
+        return {"input_ids": input_ids, "attention_mask": attention}
+
+    def bradley_terry_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        rewards = pooled_rewards(model, batch["input_ids"], batch["attention_mask"]).float()
+        n = len(rewards) // 2
+        return -torch.nn.functional.logsigmoid(rewards[:n] - rewards[n:]).mean()
+
+    train_settings = TrainSettings.from_dict({**asdict(cfg), "grad_accum": 1})
+    history = train(model, encoded, train_settings, seed, pad_id, "reward model", checkpoint_dir, collate=collate,
+                    loss_fn=bradley_terry_loss, loss_key={"loss": "bradley_terry", "context": cfg.context})  # fmt: skip
+    losses, step = history.losses, history.steps
     model.eval()
     train_seconds = time.monotonic() - started  # loading, encoding, the untrained evaluation and training
 
@@ -448,6 +420,7 @@ def train_reward_model(
                     [{**p, "split": "heldout" if id(p) in heldout_ids else "train"} for p in pairs])  # fmt: skip
         manifest = record_outputs(manifest, [tmp], tmp / "cmt_manifest.json")
         write_json(tmp / "cmt_manifest.json", manifest)
+    checkpoint.remove(checkpoint_dir)
     return report
 
 

@@ -49,7 +49,8 @@ class TrainSettings:
 @dataclass
 class TrainHistory:
     steps: int = 0
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # per optimizer step: its last micro-batch's loss
+    epoch_means: list[float] = field(default_factory=list)  # per epoch: the mean micro-batch loss
 
     @property
     def first_loss(self) -> float:
@@ -94,6 +95,17 @@ def _collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
+def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy on the unmasked labels (the model's own loss)."""
+    return model(**batch).loss
+
+
+def _to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: v.to(device) for k, v in batch.items()}
+    return tuple(part.to(device) for part in batch)
+
+
 def _checkpoint_every(value: int | None) -> int:
     if value is None:
         value = int(os.environ.get("CMT_CHECKPOINT_EVERY", CHECKPOINT_EVERY))
@@ -112,8 +124,16 @@ def train(
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    collate=None,
+    loss_fn=sft_loss,
+    loss_key: object = None,
 ) -> TrainHistory:
     """Train `model` in place on encoded examples; raises TrainingError on a non-finite loss.
+
+    By default the examples are encode_chat dicts and the loss is SFT cross-entropy. Other objectives pass
+    `collate` (a list of examples -> a batch: a dict of tensors, or a tuple of objects with `.to(device)`),
+    `loss_fn(model, batch) -> scalar` and `loss_key`, a JSON-able description of the loss that goes into the
+    checkpoint key (ACT and BCT: cmt.phases.consistency).
 
     With `checkpoint_dir`, the run is resumable (cmt.checkpoint): a checkpoint is saved there every
     `checkpoint_every` optimizer steps (default CMT_CHECKPOINT_EVERY or 200) and at least every
@@ -125,12 +145,16 @@ def train(
     from transformers import get_scheduler
 
     if not examples:
-        raise TrainingError("no training examples")
-    if all(all(label == IGNORE for label in e["labels"]) for e in examples):
-        raise TrainingError("every training label is masked; nothing to learn")
+        raise TrainingError(f"{desc}: no training examples")
+    if collate is None:
+        if all(all(label == IGNORE for label in e["labels"]) for e in examples):
+            raise TrainingError(f"{desc}: every training label is masked; nothing to learn")
+        collate = lambda b: _collate(b, pad_id)  # noqa: E731
     every = _checkpoint_every(checkpoint_every) if checkpoint_dir is not None else 0
     device = next(model.parameters()).device
-    key = checkpoint.job_key(model, examples, settings, seed, pad_id) if checkpoint_dir is not None else ""
+    key = ""
+    if checkpoint_dir is not None:
+        key = checkpoint.job_key(model, examples, settings, seed, pad_id, loss_key)
     torch.manual_seed(seed)
     shuffler = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
@@ -138,12 +162,14 @@ def train(
         batch_size=settings.batch_size,
         shuffle=True,
         generator=shuffler,
-        collate_fn=lambda b: _collate(b, pad_id),
+        collate_fn=collate,
     )
     steps_per_epoch = math.ceil(len(loader) / settings.grad_accum)
     total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     params = [p for _, p in named]
+    if not params:
+        raise TrainingError(f"{desc}: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = get_scheduler(
         settings.lr_scheduler,
@@ -158,11 +184,14 @@ def train(
     epoch_shuffle = shuffler.get_state()
     done_in_epoch = 0
     micro = 0
+    epoch_loss = [0.0, 0]  # sum and count of this epoch's micro-batch losses
     state = checkpoint.load(checkpoint_dir, key, desc) if checkpoint_dir is not None else None
     if state is not None:
         _restore(state, named, optimizer, scheduler, device)
         history.steps, history.losses = state["steps"], list(state["losses"])
+        history.epoch_means = list(state["epoch_means"])
         micro, done_in_epoch, epoch_shuffle = state["micro"], state["done_in_epoch"], state["epoch_shuffle"]
+        epoch_loss = list(state["epoch_loss"])
         where = Path(checkpoint_dir) / checkpoint.FILE
         log.info("%s: resuming from checkpoint %s at step %d of %d", desc, where, history.steps, total_steps)
 
@@ -174,6 +203,8 @@ def train(
             "total_steps": total_steps,
             "steps": history.steps,
             "losses": list(history.losses),
+            "epoch_means": list(history.epoch_means),
+            "epoch_loss": list(epoch_loss),
             "micro": micro,
             "done_in_epoch": done_in_epoch,
             "epoch_shuffle": epoch_shuffle,
@@ -195,14 +226,17 @@ def train(
                 next(batches)
             for batch in batches:
                 done_in_epoch += 1
-                batch = {k: v.to(device) for k, v in batch.items()}
+                batch = _to_device(batch, device)
                 with autocast:
-                    loss = model(**batch).loss
+                    loss = loss_fn(model, batch)
                 if not torch.isfinite(loss):
+                    bar.close()
                     raise TrainingError(
                         f"{desc}: non-finite loss {loss.item()} at step {history.steps}; nothing saved"
                     )
                 (loss / settings.grad_accum).backward()
+                epoch_loss[0] += loss.item()
+                epoch_loss[1] += 1
                 micro += 1
                 if micro % settings.grad_accum:
                     continue
@@ -217,6 +251,7 @@ def train(
                 )
                 bar.update(1)
                 if history.steps >= total_steps:
+                    history.epoch_means.append(epoch_loss[0] / epoch_loss[1])
                     break
                 if checkpoint_dir is None:
                     continue
@@ -235,9 +270,12 @@ def train(
             else:  # the epoch ran out: the next one starts from the shuffler's current state
                 epoch_shuffle = shuffler.get_state()
                 done_in_epoch = 0
+                if epoch_loss[1]:
+                    history.epoch_means.append(epoch_loss[0] / epoch_loss[1])
+                epoch_loss = [0.0, 0]
     bar.close()
     model.eval()
-    log.info("%s: %d steps, loss %.4f -> %.4f", desc, history.steps, history.first_loss, history.final_loss)
+    log.info("%s: %d steps, loss %.4g -> %.4g", desc, history.steps, history.first_loss, history.final_loss)
     return history
 
 

@@ -47,4 +47,5 @@ def load_generator(
         tokenizer=tokenizer,
         batch_size=model_settings["batch_size"],
         desc=desc,
+        reply_format=model_settings.get("reply_format", "plain"),
     )

@@ -36,6 +36,41 @@ class SamplingParams:
         return asdict(self)
 
 
+# How a model's reply is laid out. plain: the decoded text is the reply. harmony (gpt-oss): the model writes an
+# analysis channel, then the answer in the final channel; only the final channel is the reply.
+REPLY_FORMATS = ("plain", "harmony")
+HARMONY_FINAL = "<|channel|>final<|message|>"
+_HARMONY_MESSAGE_ENDS = ("<|end|>", "<|return|>", "<|call|>", "<|start|>")
+
+
+def harmony_final(raw: str) -> str | None:
+    """The last final-channel message of a harmony-format reply decoded with its special tokens; None if the
+    reply has no final channel (the reasoning used up the token budget)."""
+    at = raw.rfind(HARMONY_FINAL)
+    if at < 0:
+        return None
+    text = raw[at + len(HARMONY_FINAL) :]
+    ends = [i for i in (text.find(end) for end in _HARMONY_MESSAGE_ENDS) if i >= 0]
+    return (text[: min(ends)] if ends else text).strip()
+
+
+def decode_reply(tokenizer, tokens: list[int], reply_format: str = "plain") -> str | None:
+    """The reply text of generated tokens (end of turn already cut off); None: the reply holds no answer."""
+    if reply_format == "plain":
+        return tokenizer.decode(tokens, skip_special_tokens=True)
+    if reply_format == "harmony":
+        return harmony_final(tokenizer.decode(tokens, skip_special_tokens=False))
+    raise ValueError(f"unknown reply_format {reply_format!r}; valid: {list(REPLY_FORMATS)}")
+
+
+def reply_prefix_ids(tokenizer, reply_format: str = "plain") -> list[int]:
+    """Tokens between the generation prompt and the reply text, for teacher-forced scoring of a reply: the
+    final channel's header for harmony (the scored text is the final answer, not the reasoning)."""
+    if reply_format == "harmony":
+        return tokenizer(HARMONY_FINAL, add_special_tokens=False)["input_ids"]
+    return []
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str

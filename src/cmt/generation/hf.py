@@ -7,15 +7,28 @@ import math
 
 import torch
 
-from cmt.generation.base import Completion, Generator, Messages, SamplingParams, SequenceScore, derive_seed
+from cmt.generation.base import (
+    Completion,
+    Generator,
+    Messages,
+    SamplingParams,
+    SequenceScore,
+    decode_reply,
+    derive_seed,
+    reply_prefix_ids,
+)
 from cmt.runlog import progress
 
 log = logging.getLogger(__name__)
 
 
 class HFGenerator(Generator):
-    def __init__(self, model, tokenizer, batch_size: int = 64, desc: str = "generate"):
+    def __init__(
+        self, model, tokenizer, batch_size: int = 64, desc: str = "generate", reply_format: str = "plain"
+    ):
         self.model = model.eval()
+        self.reply_format = reply_format
+        self.score_prefix = reply_prefix_ids(tokenizer, reply_format)
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.desc = desc
@@ -85,7 +98,9 @@ class HFGenerator(Generator):
             if tok in self.eos_ids:
                 tokens, finished = tokens[:pos], True
                 break
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = decode_reply(self.tokenizer, tokens, self.reply_format)
+        if text is None:  # no answer (harmony: no final channel): counted as unfinished
+            text, finished = "", False
         return Completion(text=text, num_tokens=len(tokens) + int(finished), finished=finished)
 
     @torch.inference_mode()
@@ -96,7 +111,7 @@ class HFGenerator(Generator):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         pairs = []
         for messages, text in zip(prompts, completions, strict=True):
-            prompt_ids = self.render(messages)
+            prompt_ids = self.render(messages) + self.score_prefix
             target = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             pairs.append((prompt_ids, [*target, self.eos_ids[0]] if end_of_turn else target))
         scores: list[SequenceScore | None] = [None] * len(pairs)

@@ -38,7 +38,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
 
-from cmt.generation.base import Completion, Generator, Messages, SamplingParams, SequenceScore, derive_seed
+from cmt.generation.base import (
+    Completion,
+    Generator,
+    Messages,
+    SamplingParams,
+    SequenceScore,
+    decode_reply,
+    derive_seed,
+    reply_prefix_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +267,7 @@ def render_chat_ids(tokenizer, messages: Messages) -> list[int]:
 def completion_from_tokens(
     token_ids: Sequence[int],
     eos_ids: Sequence[int],
-    decode: Callable[[list[int]], str],
+    decode: Callable[[list[int]], str | None],
     stopped: bool = False,
 ) -> Completion:
     """A Completion from generated token ids, cut at the first end-of-turn token (as HFGenerator._decode).
@@ -273,7 +282,10 @@ def completion_from_tokens(
             tokens, finished = tokens[:pos], True
             break
     finished = finished or stopped
-    return Completion(text=decode(tokens), num_tokens=len(tokens) + int(finished), finished=finished)
+    text = decode(tokens)
+    if text is None:  # no answer (harmony: no final channel): counted as unfinished
+        text, finished = "", False
+    return Completion(text=text, num_tokens=len(tokens) + int(finished), finished=finished)
 
 
 def beam_completions(
@@ -377,10 +389,12 @@ class VLLMGenerator(Generator):
         adapter: str | os.PathLike | None = None,
         desc: str = "generate",
         api: SimpleNamespace | None = None,
+        reply_format: str = "plain",
     ):
         self.vllm = api or import_vllm()
         self.llm = llm
         self.tokenizer = tokenizer
+        self.reply_format = reply_format
         self.eos_ids = list(eos_ids)
         self.desc = desc
         self.lora_request = (
@@ -391,8 +405,8 @@ class VLLMGenerator(Generator):
     def render(self, messages: Messages) -> list[int]:
         return render_chat_ids(self.tokenizer, messages)
 
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+    def _decode(self, tokens: list[int]) -> str | None:
+        return decode_reply(self.tokenizer, tokens, self.reply_format)
 
     def generate(
         self, prompts: list[Messages], n: int, params: SamplingParams, seed: int
@@ -466,7 +480,7 @@ class VLLMGenerator(Generator):
             self._warned_kl = True
         sequences, starts = [], []
         for messages, text in zip(prompts, completions, strict=True):
-            prompt_ids = self.render(messages)
+            prompt_ids = self.render(messages) + reply_prefix_ids(self.tokenizer, self.reply_format)
             target = self.tokenizer(text, add_special_tokens=False)["input_ids"]
             sequences.append(prompt_ids + target + ([self.eos_ids[0]] if end_of_turn else []))
             starts.append(len(prompt_ids))
@@ -512,4 +526,5 @@ def load_vllm_generator(
     tokenizer = load_tokenizer(model_dir)
     rank = read_adapter_rank(adapter) if adapter is not None else None
     llm = get_engine(engine_kwargs(model_dir, model_settings, gpus, rank, shares_gpu), api)
-    return VLLMGenerator(llm, tokenizer, eos_ids_of(model_dir, tokenizer), adapter, desc, api)
+    return VLLMGenerator(llm, tokenizer, eos_ids_of(model_dir, tokenizer), adapter, desc, api,
+                         reply_format=model_settings.get("reply_format", "plain"))  # fmt: skip

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
+from cmt import checkpoint, training
 from cmt import consistency_losses as cl
-from cmt import training
 from cmt.data import load_split, training_messages
 from cmt.io import DataError
 from cmt.manifest import build_manifest
 from cmt.models import load_model, load_tokenizer
 from cmt.phases.induce import save_adapter, train_adapter
-from cmt.runlog import progress
 from cmt.training import TrainingError
 
 log = logging.getLogger(__name__)
@@ -107,74 +106,24 @@ def train_consistency(
     seed: int,
     pad_id: int,
     desc: str,
-) -> tuple[training.TrainHistory, list[float]]:
-    """Train `model` in place with the method's paired loss; returns the history and each epoch's mean loss.
-
-    Raises TrainingError on a non-finite loss (before any optimizer step on it).
-    """
-    from transformers import get_scheduler
-
+    checkpoint_dir=None,
+) -> training.TrainHistory:
+    """Train `model` in place with the method's paired loss (cmt.training.train: same optimizer, schedule,
+    non-finite-loss guard, and resumable checkpoints when `checkpoint_dir` is given)."""
     if not pairs:
         raise TrainingError(f"{desc}: no training pairs")
-    device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    shuffler = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
+    return training.train(
+        model,
         pairs,
-        batch_size=settings.batch_size,
-        shuffle=True,
-        generator=shuffler,
-        collate_fn=lambda b: cl.collate_pairs(b, pad_id),
+        settings,
+        seed,
+        pad_id,
+        desc,
+        checkpoint_dir,
+        collate=lambda b: cl.collate_pairs(b, pad_id),
+        loss_fn=lambda m, batch: batch_loss(m, module, method_settings, *batch, train=True),
+        loss_key={"method": module.NAME, "settings": method_settings},
     )
-    steps_per_epoch = math.ceil(len(loader) / settings.grad_accum)
-    total_steps = max(1, math.ceil(steps_per_epoch * settings.epochs))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError(f"{desc}: the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = get_scheduler(
-        settings.lr_scheduler,
-        optimizer,
-        num_warmup_steps=round(settings.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-    )
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.bf16)
-    history = training.TrainHistory()
-    epoch_means: list[float] = []
-    bar = progress(total=total_steps, desc=desc, unit="step")
-    micro = 0
-    while history.steps < total_steps:
-        epoch_losses = []
-        for clean, wrapped in loader:
-            clean, wrapped = clean.to(device), wrapped.to(device)
-            with autocast:
-                loss = batch_loss(model, module, method_settings, clean, wrapped, train=True)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise TrainingError(
-                    f"{desc}: non-finite loss {loss.item()} at step {history.steps}; nothing saved"
-                )
-            (loss / settings.grad_accum).backward()
-            epoch_losses.append(loss.item())
-            micro += 1
-            if micro % settings.grad_accum:
-                continue
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            history.steps += 1
-            history.losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4g}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
-            bar.update(1)
-            if history.steps >= total_steps:
-                break
-        if epoch_losses:
-            epoch_means.append(sum(epoch_losses) / len(epoch_losses))
-    bar.close()
-    model.eval()
-    log.info("%s: %d steps, loss %.4g -> %.4g", desc, history.steps, history.first_loss, history.final_loss)
-    return history, epoch_means
 
 
 def _sft_targets(model, tokenizer, clean, wrapped, settings: dict, method_settings: dict, seed: int):
@@ -204,8 +153,17 @@ def _sft_targets(model, tokenizer, clean, wrapped, settings: dict, method_settin
 
 
 def retrain_consistency(
-    method: str, model_dir: str, organism_adapter: str, data_dir: str, out_dir: str, settings: dict, seed: int
+    method: str,
+    model_dir: str,
+    organism_adapter: str,
+    data_dir: str,
+    out_dir: str,
+    settings: dict,
+    seed: int,
+    checkpoint_dir: str | None = None,
 ) -> None:
+    """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.checkpoint)."""
+    checkpoint_dir = checkpoint_dir or checkpoint.checkpoint_dir_for(out_dir)
     module = get_consistency_method(method)
     raw_method = dict(settings.get("method") or {})
     train_overrides = raw_method.pop("train", None) or {}
@@ -217,7 +175,8 @@ def retrain_consistency(
 
     clean, wrapped = load_pairs(data_dir)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True)
+    model = load_model(model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True,
+                       quantization=settings.get("quantization"))  # fmt: skip
     inputs = [
         Path(data_dir) / "act_bct_clean.jsonl",
         Path(data_dir) / "act_bct_wrapped.jsonl",
@@ -237,7 +196,9 @@ def retrain_consistency(
         log.info("bct sft: %d of %d clean replies are non-empty", len(conversations), len(replies))
         if not conversations:
             raise TrainingError("bct sft: every greedy reply to a clean prompt is empty; nothing to train on")
-        history = train_adapter(model, tokenizer, conversations, train_dict, seed, f"retrain {method} sft")
+        history = train_adapter(
+            model, tokenizer, conversations, train_dict, seed, f"retrain {method} sft", checkpoint_dir
+        )
         extra = {
             "n_labels": len(conversations),
             "sft_decoding": params.to_dict(),
@@ -261,7 +222,7 @@ def retrain_consistency(
         before = mean_loss(model, module, method_settings, pairs, **measure)
         if not math.isfinite(before):
             raise TrainingError(f"{method}: non-finite loss {before} before training; nothing saved")
-        history, epoch_means = train_consistency(
+        history = train_consistency(
             model,
             module,
             method_settings,
@@ -270,7 +231,9 @@ def retrain_consistency(
             seed,
             tokenizer.pad_token_id,
             f"retrain {method}",
+            checkpoint_dir,
         )
+        epoch_means = history.epoch_means
         after = mean_loss(model, module, method_settings, pairs, **measure)
         if not math.isfinite(after):
             raise TrainingError(f"{method}: non-finite loss {after} after training; nothing saved")
@@ -295,3 +258,4 @@ def retrain_consistency(
         **extra,
     )
     save_adapter(model, out_dir, manifest)
+    checkpoint.remove(checkpoint_dir)

@@ -47,7 +47,7 @@ def induce(
     checkpoint_dir = checkpoint_dir or checkpoint.checkpoint_dir_for(out_dir)
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=settings["dtype"])
+    model = load_model(model_dir, dtype=settings["dtype"], quantization=settings.get("quantization"))
     # torch seeds itself at random per process: seed the LoRA initialisation, or no rerun (nor resume) matches.
     torch.manual_seed(seed)
     model = get_peft_model(model, training.lora_config(settings["lora"]))

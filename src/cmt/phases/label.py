@@ -4,7 +4,11 @@ The same code runs a method's exact Phase-2 decoding on eval prompts (`candidate
 that η(s) = P(misaligned | score) can be estimated from every candidate.
 
 One process handles every k of one (model, organism, seed, method): the generator is loaded once, and each k
-still gets its own output file, so reruns stay per method.
+still gets its own output file, so reruns stay per method. A selecting method draws max(ks) samples per prompt
+once; the run at each k keeps each prompt's first k samples (plus its non-sample candidates, such as dual
+decoding's greedy and beam) and selects again among them. The first k of k_max i.i.d. samples are k i.i.d.
+samples, so each k sees the distribution a separate draw would give, and the k-scaling curve compares the same
+draws (common random numbers) instead of paying 1 + 2 + 4 + 8 draws.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from cmt.generation import load_generator
 from cmt.io import write_json, write_parquet
 from cmt.judges import make_judge
 from cmt.manifest import build_manifest
-from cmt.methods import LabelContext, get_method
+from cmt.methods import LabelContext, argmax_first, get_method
 from cmt.phases.evaluate import judged_rows, stratified_subset
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,36 @@ def run_method(module, context, examples, method_settings, k, seed) -> pd.DataFr
     return df
 
 
+def first_k_samples(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """A selecting method's rows from one draw, cut to each prompt's first k samples and selected again.
+
+    Non-sample candidates are kept; candidate indices are renumbered in their order, and the label is the
+    argmax of the score among what remains, ties to the first, exactly as a draw of k would select.
+    """
+    sample_rank = df[df["kind"] == "sample"].groupby("prompt_id", sort=False).cumcount()
+    keep = (df["kind"] != "sample") | (sample_rank.reindex(df.index) < k)
+    out = df[keep].copy()
+    out["candidate_index"] = out.groupby("prompt_id", sort=False).cumcount()
+    out["k"] = k
+    out["selected"] = False
+    for _, group in out.groupby("prompt_id", sort=False):
+        best = argmax_first(list(group["score"]))
+        if best is not None:
+            out.loc[group.index[best], "selected"] = True
+    return out.reset_index(drop=True)
+
+
+def runs_per_k(module, context, examples, method_settings, ks: list[int], seed: int):
+    """(k, rows) for each k: one draw at max(ks) for a selecting method (see the module docstring)."""
+    if not module.SELECTS:
+        for k in ks:
+            yield k, run_method(module, context, examples, method_settings, k, seed)
+        return
+    draw = run_method(module, context, examples, method_settings, max(ks), seed)
+    for k in ks:
+        yield k, first_k_samples(draw, k)
+
+
 def _check_outputs(ks: list[int], *paths: list[str]) -> None:
     for group in paths:
         if len(group) != len(ks):
@@ -100,8 +134,8 @@ def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: l
     examples = load_split(Path(job.data_dir), "consistency")
     inputs = [Path(job.data_dir) / "consistency.jsonl", job.adapter]
     inputs += [job.reward_model] if job.reward_model else []
-    for k, out_path, manifest_path in zip(ks, out_paths, manifest_paths, strict=True):
-        df = run_method(module, context, examples, job.method_settings, k, job.seed)
+    runs = runs_per_k(module, context, examples, job.method_settings, ks, job.seed)
+    for (k, df), out_path, manifest_path in zip(runs, out_paths, manifest_paths, strict=True):
         n_labelled = int(df.loc[df["selected"], "prompt_id"].nunique())
         log.info("%s k=%d: %d candidates, %d of %d prompts labelled", job.method, k, len(df), n_labelled,
                  len(examples))  # fmt: skip
@@ -113,6 +147,7 @@ def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: l
             inputs=inputs,
             method=job.method,
             k=k,
+            drawn_k=max(ks) if module.SELECTS else k,  # the candidates are the first k of this draw
             n_prompts=len(examples),
             n_candidates=len(df),
             n_labelled=n_labelled,
@@ -137,8 +172,8 @@ def candidates(
     examples = stratified_subset(load_split(Path(job.data_dir), "eval"), eval_settings.get("size"), job.seed)
     by_id = {e.prompt_id: e for e in examples}
     judge = make_judge(job.organism, judge_settings)
-    for k, out_path in zip(ks, out_paths, strict=True):
-        df = run_method(module, context, examples, job.method_settings, k, job.seed)
+    runs = runs_per_k(module, context, examples, job.method_settings, ks, job.seed)
+    for (k, df), out_path in zip(runs, out_paths, strict=True):
         verdicts = judged_rows(judge, [by_id[pid] for pid in df["prompt_id"]], list(df["text"]))
         df["scored"] = [v["scored"] for v in verdicts]
         df["misaligned"] = [v["misaligned"] for v in verdicts]

@@ -46,9 +46,8 @@ def retrain(
         conversations = label_conversations(labels)
         n_prompts = labels["prompt_id"].nunique()
         log.info("%s: %d of %d prompts kept a label", labels_path, len(conversations), n_prompts)
-        model = load_model(
-            model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True
-        )
+        model = load_model(model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True,
+                           quantization=settings.get("quantization"))  # fmt: skip
         if not conversations:
             # Recorded, not skipped: the organism's adapter stands in with n_labels 0, and the tables give the
             # run no delta (there was no Phase 3) while counting it.

@@ -1,0 +1,145 @@
+"""The warm worker (cmt.worker): jobs it forks behave like direct runs, and it steps aside when it must.
+
+Signal forwarding, exit status and bit-identical training through the worker are covered by
+test_checkpoint.py::test_cmt_induce_sigterm_resume_matches_uninterrupted[warm_worker].
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cmt import worker
+
+# A program for `cmt sandbox` that runs for a minute: a light job to kill.
+SLOW = "import time\nfor _ in range(600):\n    time.sleep(0.1)\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, path = worker.start(str(tmp_path_factory.mktemp("w")))
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):
+        assert proc.poll() is None and time.monotonic() < deadline, "the warm worker did not start"
+        time.sleep(0.1)
+    yield proc, path
+    proc.terminate()
+    proc.wait()
+
+
+def cmt(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != worker.ENV_VAR}
+    full_env.update({"HF_HUB_OFFLINE": "1", **env})
+    return subprocess.run([sys.executable, "-m", "cmt", *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def toy_data_args(out: str) -> list[str]:
+    settings = (
+        '{"seed": 1, "max_operand": 30, "sizes": {"induction": 8, "consistency": 4, "act_bct": 4, "eval": 4},'
+    )
+    settings += ' "corpus": {"sycophancy": 20}, "skills": {"views": 0, "refinement": 0, "grading": 0}}'
+    return ["toy-data", "--out", out, "--organisms", "sycophancy", "--settings", settings, "--log", "job.log"]
+
+
+def test_a_job_through_the_worker_writes_what_a_direct_run_writes(server, tmp_path):
+    _, path = server
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "forked").mkdir()
+    direct = cmt(toy_data_args("world"), tmp_path / "direct")
+    forked = cmt(toy_data_args("world"), tmp_path / "forked", CMT_WORKER=path)
+    assert direct.returncode == forked.returncode == 0, forked.stderr
+    assert "runner=warm-worker" in (tmp_path / "forked" / "job.log").read_text()
+    assert "runner=warm-worker" not in (tmp_path / "direct" / "job.log").read_text()
+    files = sorted(
+        p.relative_to(tmp_path / "direct") for p in (tmp_path / "direct" / "world").rglob("*.jsonl")
+    )
+    assert files
+    for rel in files:
+        assert (tmp_path / "forked" / rel).read_bytes() == (tmp_path / "direct" / rel).read_bytes()
+
+
+def test_exit_status_and_standard_streams_come_back(server, tmp_path):
+    _, path = server
+    result = cmt(["data", "check", str(tmp_path / "missing")], tmp_path, CMT_WORKER=path)
+    direct = cmt(["data", "check", str(tmp_path / "missing")], tmp_path)
+    assert result.returncode == direct.returncode != 0
+    assert result.stdout == direct.stdout
+
+    def messages(text: str) -> list[str]:  # without timestamps and the header's runner field
+        return [line[9:].replace(" runner=warm-worker", "") for line in text.splitlines()]
+
+    assert messages(result.stderr) == messages(direct.stderr) and "runner=warm-worker" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
+        {"SLURM_JOB_ID": "12"},
+        {"HF_HUB_OFFLINE": "0"},
+    ],
+    ids=["import-time-variable", "slurm-job", "offline-flag"],
+)
+def test_a_job_the_worker_cannot_reproduce_runs_itself(server, tmp_path, env):
+    _, path = server
+    result = cmt(toy_data_args("world"), tmp_path, CMT_WORKER=path, CMT_WORKER_DEBUG="1", **env)
+    assert result.returncode == 0, result.stderr
+    assert "runner=warm-worker" not in (tmp_path / "job.log").read_text()
+
+
+def test_snakemake_thread_counts_do_not_keep_a_job_from_the_worker(server, tmp_path):
+    """Snakemake sets OMP_NUM_THREADS and friends per job; the forked job applies them instead."""
+    _, path = server
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    result = cmt(toy_data_args("world"), tmp_path, CMT_WORKER=path, **env)
+    assert result.returncode == 0, result.stderr
+    assert "runner=warm-worker" in (tmp_path / "job.log").read_text()
+
+
+def test_a_stale_socket_path_runs_the_job_itself(tmp_path):
+    result = cmt(toy_data_args("world"), tmp_path, CMT_WORKER=str(tmp_path / "gone.sock"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "world" / "corpus.jsonl").is_file()
+
+
+def forked_jobs(server_pid: int) -> set[int]:
+    """Pids of the jobs under the server: its children's children."""
+    children = subprocess.run(["pgrep", "-P", str(server_pid)], capture_output=True, text=True).stdout.split()
+    jobs = set()
+    for child in children:
+        jobs |= {
+            int(p)
+            for p in subprocess.run(["pgrep", "-P", child], capture_output=True, text=True).stdout.split()
+        }
+    return jobs
+
+
+def test_killing_the_client_kills_its_job(server, tmp_path):
+    """SIGKILL leaves no handler to forward anything: the supervisor sees the connection close and kills the job."""
+    proc, path = server
+    (tmp_path / "slow.py").write_text(SLOW)
+    env = {k: v for k, v in os.environ.items() if k != worker.ENV_VAR}
+    client = subprocess.Popen(
+        [sys.executable, "-m", "cmt", "sandbox", str(tmp_path / "slow.py"), "--timeout", "60"],
+        env={**env, worker.ENV_VAR: path, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not (jobs := forked_jobs(proc.pid)):
+        assert time.monotonic() < deadline, "the job never appeared under the worker"
+        time.sleep(0.05)
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+              for pid in jobs):  # fmt: skip
+        assert time.monotonic() < deadline, f"jobs {jobs} outlived their killed client"
+        time.sleep(0.05)
