@@ -37,7 +37,7 @@ def test_a_quantized_load_without_a_gpu_is_refused_with_the_key_named(tiny_world
 def test_only_training_jobs_of_the_70b_models_get_the_quantization_block(tmp_path):
     """The paper grid's dry run: induce, retrain and retrain_consistency of a 70B model carry the block in their
     settings; an 8B model's do not (their params, and so their reruns, are unchanged by the key's existence)."""
-    from tests.helpers import run_snakemake
+    from helpers import run_snakemake
 
     proc = run_snakemake(
         tmp_path, "-n", "-p",

@@ -19,7 +19,7 @@ import yaml
 from helpers import REPO
 from test_slurm import PROFILES, TARGET, ok, queue, slurm_cluster, snakemake  # noqa: F401 - slurm_cluster: fixture
 
-SEEDS = 30
+SEEDS = 34  # about six cluster jobs per seed: 205 jobs
 MIN_JOBS = 200
 
 
