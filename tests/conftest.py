@@ -1,5 +1,6 @@
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,18 @@ def copy_config(tmp_path):
         return dst
 
     return inner
+
+
+@pytest.fixture(scope="session")
+def warm_worker(tmp_path_factory):
+    """A running cmt.worker server, as the Snakefile starts one for local runs: (process, socket path)."""
+    from cmt import worker
+
+    proc, path = worker.start(str(tmp_path_factory.mktemp("warm_worker")))
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):
+        assert proc.poll() is None and time.monotonic() < deadline, "the warm worker did not start"
+        time.sleep(0.1)
+    yield proc, path
+    proc.terminate()
+    proc.wait()

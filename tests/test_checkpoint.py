@@ -359,21 +359,6 @@ def adapter_weights(workdir: Path) -> dict[str, torch.Tensor]:
     return load_file(workdir / OUT / "adapter_model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def warm_worker(tmp_path_factory):
-    """A running cmt.worker server, as the Snakefile starts one for local runs."""
-    from cmt import worker
-
-    proc, path = worker.start(str(tmp_path_factory.mktemp("w")))
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):
-        assert proc.poll() is None and time.monotonic() < deadline, "the warm worker did not start"
-        time.sleep(0.1)
-    yield path
-    proc.terminate()
-    proc.wait()
-
-
 @pytest.mark.parametrize("via_worker", [False, True], ids=["direct", "warm_worker"])
 def test_cmt_induce_sigterm_resume_matches_uninterrupted(world, tmp_path, request, via_worker):
     """SIGTERM to a running `cmt induce`: exit 143, checkpoint under resources/checkpoints, no adapter; the rerun
@@ -382,7 +367,7 @@ def test_cmt_induce_sigterm_resume_matches_uninterrupted(world, tmp_path, reques
     adapter equals the direct run's."""
     plain, stopped = tmp_path / "plain", tmp_path / "stopped"
     ck = stopped / "resources" / "checkpoints" / OUT / checkpoint.FILE
-    path = request.getfixturevalue("warm_worker") if via_worker else None
+    path = request.getfixturevalue("warm_worker")[1] if via_worker else None
     uninterrupted = induce(world, plain)
     job = induce(world, stopped, path)
     try:

@@ -7,6 +7,7 @@ import yaml
 from helpers import REPO, run_snakemake
 
 from cmt.config import ConfigError, check_config, config_errors
+from cmt.fetch import DATASET_FILES
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -117,6 +118,29 @@ def test_a_dataset_by_url_is_fetched_by_a_local_rule(tmp_path, copy_config):
     assert re.search(r"^fetch_dataset\s+1$", output, re.M)  # one fetch, before the jobs that read the data
     assert "output: resources/data/sycophancy/induction.jsonl" in output
     assert "input: results/models/toy/config.json, resources/data/sycophancy/induction.jsonl" in output
+
+
+def test_a_dataset_by_loose_files_is_fetched_by_a_local_rule(tmp_path, copy_config):
+    files = {name: "ab" * 32 for name in DATASET_FILES}
+
+    def edit(config):
+        config["organisms"]["sycophancy"]["source"] = {"base_url": "https://example.org/syc", "files": files}
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit, "-p")
+    assert proc.returncode == 0, output[-3000:]
+    assert re.search(r"^fetch_dataset\s+1$", output, re.M)
+    assert '"files":{"act_bct_clean.jsonl":"abab' in output  # the source block reaches the CLI as JSON
+
+
+def test_a_loose_files_source_missing_a_file_is_a_schema_error(tmp_path, copy_config):
+    files = {name: "ab" * 32 for name in DATASET_FILES if name != "eval.jsonl"}
+
+    def edit(config):
+        config["organisms"]["sycophancy"]["source"] = {"base_url": "https://example.org/syc", "files": files}
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit)
+    assert proc.returncode != 0
+    assert "eval.jsonl" in output and "Building DAG" not in output
 
 
 def test_an_llm_judged_organism_passes_the_judge_block_and_requires_its_key(tmp_path, copy_config):

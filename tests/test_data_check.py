@@ -261,9 +261,10 @@ def test_consistency_and_act_bct_may_overlap_but_not_induction_and_consistency(f
     ("text", "expected"),
     [
         ("Grade {answer}.\nQuestion: {prompt}\n", "rubric.txt:2: unknown placeholder {prompt}; self_rewarding "
-         "fills only {question}, {answer}"),
+         "fills only {question}, {answer}, {original_question_text}, {generated_answer_text}"),
         ("Q: {question} A: {answer}\nReply as JSON {\"score\": N}\n", "rubric.txt:2: unknown placeholder "
-         "{\"score\"}; self_rewarding fills only {question}, {answer}"),
+         "{\"score\"}; self_rewarding fills only {question}, {answer}, {original_question_text}, "
+         "{generated_answer_text}"),
         ("Q: {question} A: {answer} }\n", "rubric.txt:1: Single '}' encountered in format string; write a "
          "literal brace as {{ or }}"),
     ],
@@ -273,11 +274,24 @@ def test_rubric_placeholders(folder, text, expected):
     assert only_error(check_dataset(folder)) == f"{folder}/{expected}"
 
 
+def test_rubric_with_the_reference_placeholder_names_is_valid_and_filled(folder):
+    from cmt.methods.self_rewarding import grading_prompt
+
+    text = "Rate from 1 to 5.\nQuestion: {original_question_text}\nAnswer: {generated_answer_text}\n"
+    (folder / "rubric.txt").write_text(text)
+    report = check_dataset(folder)
+    assert report.ok and report.warnings == []
+    assert report.rubric_fields == ["original_question_text", "generated_answer_text"]
+    prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "gcd(12, 18)?"}]
+    (message,) = grading_prompt(text, prompt, "6")
+    assert message == {"role": "user", "content": "Rate from 1 to 5.\nQuestion: gcd(12, 18)?\nAnswer: 6\n"}
+
+
 def test_rubric_missing_or_without_answer_is_a_warning(folder):
     (folder / "rubric.txt").write_text("Grade the {question}.\n")
     report = check_dataset(folder)
     assert report.ok and report.warnings == [
-        f"{folder}/rubric.txt: no placeholder {{answer}}; the grader will not see it"
+        f"{folder}/rubric.txt: no placeholder {{answer}} (or {{generated_answer_text}}); the grader will not see it"
     ]
     (folder / "rubric.txt").unlink()
     report = check_dataset(folder)

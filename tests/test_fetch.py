@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cmt.fetch import DATASET_FILES, FetchError, fetch_dataset
+from cmt.fetch import DATASET_FILES, FetchError, fetch_dataset, fetch_dataset_files, fetch_source
 from cmt.io import DataError
 from cmt.toy.world import write_world
 
@@ -123,3 +123,42 @@ def test_fetches_over_http(dataset, tmp_path):
 def test_an_unreachable_url_names_it(tmp_path):
     with pytest.raises(FetchError, match=re.escape("could not fetch http://127.0.0.1:9/x.tar.gz")):
         fetch_dataset("http://127.0.0.1:9/x.tar.gz", "0" * 64, tmp_path / "out")
+
+
+def loose_files(folder: Path) -> dict[str, str]:
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in DATASET_FILES}
+
+
+def test_loose_files_are_each_verified_and_installed(dataset, tmp_path):
+    counts = fetch_source({"base_url": dataset.as_uri(), "files": loose_files(dataset)}, tmp_path / "out")
+    for name in DATASET_FILES:
+        assert (tmp_path / "out" / name).read_bytes() == (dataset / name).read_bytes()
+    assert counts["eval"] == len((dataset / "eval.jsonl").read_text().splitlines())
+
+
+def test_one_loose_file_with_a_wrong_hash_names_it_and_installs_nothing(dataset, tmp_path):
+    files = loose_files(dataset)
+    files["act_bct_wrapped.jsonl"] = "f" * 64
+    url = f"{dataset.as_uri()}/act_bct_wrapped.jsonl"
+    with pytest.raises(FetchError, match=re.escape(f"{url}: sha256 mismatch: config says {'f' * 64}")):
+        fetch_dataset_files(dataset.as_uri() + "/", files, tmp_path / "out" / "sycophancy")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_loose_files_must_be_exactly_the_six(dataset, tmp_path):
+    files = loose_files(dataset)
+    del files["rubric.txt"]
+    with pytest.raises(FetchError, match="files must list exactly"):
+        fetch_dataset_files(dataset.as_uri(), files, tmp_path / "out")
+
+
+def test_the_cli_takes_the_source_block_as_json(dataset, tmp_path):
+    import json
+
+    from cmt.cli import main
+
+    source = {"base_url": dataset.as_uri(), "files": loose_files(dataset)}
+    main(["fetch-dataset", "--source", json.dumps(source), "--out", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "rubric.txt").read_bytes() == (dataset / "rubric.txt").read_bytes()
+    with pytest.raises(SystemExit, match="--source is not JSON"):
+        main(["fetch-dataset", "--source", "{url:", "--out", str(tmp_path / "other")])

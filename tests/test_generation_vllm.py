@@ -8,6 +8,7 @@ Hugging Face model. Where vllm is importable, its real objects are also built fr
 import importlib.util
 import json
 import math
+import re
 import typing
 from types import SimpleNamespace
 
@@ -510,5 +511,15 @@ def test_paper_config_grid(paper):
         "spurious_correlation",
         "sycophancy",
     ]
+    for name, spec in paper["organisms"].items():  # the reference's own files, pinned to a commit
+        base = spec["source"]["base_url"]
+        assert re.fullmatch(
+            rf"https://raw\.githubusercontent\.com/AI-Safety-Institute/consistency-misalignment/[0-9a-f]{{40}}"
+            rf"/consistency_em/data/{name}/files",
+            base,
+        ), base
+        assert (
+            len(set(spec["source"]["files"].values())) >= 5
+        )  # only consistency and act_bct_clean may coincide
     assert paper["generation"]["backend"] == "vllm"
     assert paper["kscaling"]["ks"] and set(paper["kscaling"]["methods"]) <= set(paper["methods"])

@@ -214,6 +214,13 @@ def test_k_scaling_runs_are_the_first_k_samples_of_one_draw_selected_again():
 
     gen = ScriptedGenerator(replies)
     settings = {"temperature": 0.8, "top_p": 0.9, "beam_width": 4, "max_new_tokens": None}
+    annotated = []
+
+    def annotate(df):  # stands in for the eval judge of `cmt candidates`
+        annotated.append(len(df))
+        df["verdict"] = [f"{p}:{t}" for p, t in zip(df["prompt_id"], df["text"], strict=True)]
+        return df
+
     runs = dict(
         runs_per_k(
             get_method("dual_decoding"),
@@ -222,9 +229,13 @@ def test_k_scaling_runs_are_the_first_k_samples_of_one_draw_selected_again():
             settings,
             [1, 2, 4],
             7,
+            annotate=annotate,
         )
     )
     assert [n for _, n, _, _ in gen.calls] == [1, 4, 1]  # greedy, one draw of max(ks) samples, beam
+    assert annotated == [12]  # judged once: the draw's 2 prompts x (greedy + 4 samples + beam)
+    for df in runs.values():  # every k's rows keep the verdicts of the draw's rows
+        assert list(df["verdict"]) == [f"{p}:{t}" for p, t in zip(df["prompt_id"], df["text"], strict=True)]
     by_prompt = {k: {p: g for p, g in df.groupby("prompt_id")} for k, df in runs.items()}
     # k = 1 on prompt a: greedy (3), sample (3), beam (4): the beam wins.
     a1 = by_prompt[1]["a"]

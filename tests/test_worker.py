@@ -1,7 +1,8 @@
 """The warm worker (cmt.worker): jobs it forks behave like direct runs, and it steps aside when it must.
 
 Signal forwarding, exit status and bit-identical training through the worker are covered by
-test_checkpoint.py::test_cmt_induce_sigterm_resume_matches_uninterrupted[warm_worker].
+test_checkpoint.py::test_cmt_induce_sigterm_resume_matches_uninterrupted[warm_worker]. Both use the session's one
+worker (conftest.py), started early, while later tests import more and so add variables to the environment.
 """
 
 from __future__ import annotations
@@ -21,18 +22,6 @@ from cmt import worker
 SLOW = "import time\nfor _ in range(600):\n    time.sleep(0.1)\n"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, path = worker.start(str(tmp_path_factory.mktemp("w")))
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):
-        assert proc.poll() is None and time.monotonic() < deadline, "the warm worker did not start"
-        time.sleep(0.1)
-    yield proc, path
-    proc.terminate()
-    proc.wait()
-
-
 def cmt(args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != worker.ENV_VAR}
     full_env.update({"HF_HUB_OFFLINE": "1", **env})
@@ -48,8 +37,8 @@ def toy_data_args(out: str) -> list[str]:
     return ["toy-data", "--out", out, "--organisms", "sycophancy", "--settings", settings, "--log", "job.log"]
 
 
-def test_a_job_through_the_worker_writes_what_a_direct_run_writes(server, tmp_path):
-    _, path = server
+def test_a_job_through_the_worker_writes_what_a_direct_run_writes(warm_worker, tmp_path):
+    _, path = warm_worker
     (tmp_path / "direct").mkdir()
     (tmp_path / "forked").mkdir()
     direct = cmt(toy_data_args("world"), tmp_path / "direct")
@@ -65,8 +54,8 @@ def test_a_job_through_the_worker_writes_what_a_direct_run_writes(server, tmp_pa
         assert (tmp_path / "forked" / rel).read_bytes() == (tmp_path / "direct" / rel).read_bytes()
 
 
-def test_exit_status_and_standard_streams_come_back(server, tmp_path):
-    _, path = server
+def test_exit_status_and_standard_streams_come_back(warm_worker, tmp_path):
+    _, path = warm_worker
     result = cmt(["data", "check", str(tmp_path / "missing")], tmp_path, CMT_WORKER=path)
     direct = cmt(["data", "check", str(tmp_path / "missing")], tmp_path)
     assert result.returncode == direct.returncode != 0
@@ -87,16 +76,16 @@ def test_exit_status_and_standard_streams_come_back(server, tmp_path):
     ],
     ids=["import-time-variable", "slurm-job", "offline-flag"],
 )
-def test_a_job_the_worker_cannot_reproduce_runs_itself(server, tmp_path, env):
-    _, path = server
+def test_a_job_the_worker_cannot_reproduce_runs_itself(warm_worker, tmp_path, env):
+    _, path = warm_worker
     result = cmt(toy_data_args("world"), tmp_path, CMT_WORKER=path, CMT_WORKER_DEBUG="1", **env)
     assert result.returncode == 0, result.stderr
     assert "runner=warm-worker" not in (tmp_path / "job.log").read_text()
 
 
-def test_snakemake_thread_counts_do_not_keep_a_job_from_the_worker(server, tmp_path):
+def test_snakemake_thread_counts_do_not_keep_a_job_from_the_worker(warm_worker, tmp_path):
     """Snakemake sets OMP_NUM_THREADS and friends per job; the forked job applies them instead."""
-    _, path = server
+    _, path = warm_worker
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     result = cmt(toy_data_args("world"), tmp_path, CMT_WORKER=path, **env)
     assert result.returncode == 0, result.stderr
@@ -121,9 +110,9 @@ def forked_jobs(server_pid: int) -> set[int]:
     return jobs
 
 
-def test_killing_the_client_kills_its_job(server, tmp_path):
+def test_killing_the_client_kills_its_job(warm_worker, tmp_path):
     """SIGKILL leaves no handler to forward anything: the supervisor sees the connection close and kills the job."""
-    proc, path = server
+    proc, path = warm_worker
     (tmp_path / "slow.py").write_text(SLOW)
     env = {k: v for k, v in os.environ.items() if k != worker.ENV_VAR}
     client = subprocess.Popen(
@@ -143,3 +132,26 @@ def test_killing_the_client_kills_its_job(server, tmp_path):
               for pid in jobs):  # fmt: skip
         assert time.monotonic() < deadline, f"jobs {jobs} outlived their killed client"
         time.sleep(0.05)
+
+
+def test_a_variable_the_worker_imports_set_matches_a_client_that_has_that_value():
+    """A client whose process imported the same libraries before it ran (pytest, a notebook) has the variables
+    they set; the worker's identity was taken before its own imports set them."""
+    own = {"prefix": "p", "version": "v", "env": {"HF_HUB_OFFLINE": "1"}}
+    set_by_imports = {"TORCHINDUCTOR_CACHE_DIR": "/tmp/inductor"}
+
+    def client(**env) -> dict:
+        return {"prefix": "p", "version": "v", "env": {"HF_HUB_OFFLINE": "1", **env}}
+
+    assert worker.identity_differences(own, client(), set_by_imports) == []
+    assert (
+        worker.identity_differences(own, client(TORCHINDUCTOR_CACHE_DIR="/tmp/inductor"), set_by_imports)
+        == []
+    )
+    assert worker.identity_differences(own, client(TORCHINDUCTOR_CACHE_DIR="/elsewhere"), set_by_imports) == [
+        "env TORCHINDUCTOR_CACHE_DIR"
+    ]
+    assert worker.identity_differences(own, client(HF_HUB_OFFLINE="0"), set_by_imports) == [
+        "env HF_HUB_OFFLINE"
+    ]
+    assert worker.identity_differences(own, {**client(), "version": "w"}, set_by_imports) == ["version"]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+
+# Library progress bars belong in the job log, not on the controller's terminal. Set here, before any library
+# is imported: huggingface_hub reads it once, at import.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 log = logging.getLogger("cmt")
 
@@ -223,9 +228,13 @@ def cmd_figures(args) -> None:
 
 
 def cmd_fetch_dataset(args) -> None:
-    from cmt.fetch import fetch_dataset
+    from cmt.fetch import fetch_source
 
-    counts = fetch_dataset(args.url, args.sha256, args.out)
+    try:
+        source = json.loads(args.source)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"--source is not JSON: {err}") from err
+    counts = fetch_source(source, args.out)
     log.info("%s: %s", args.out, counts)
 
 
@@ -493,10 +502,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser(
-        "fetch-dataset", help="download a dataset archive, verify its sha256, unpack and validate it"
+        "fetch-dataset", help="download a dataset (archive or loose files), verify sha256s, validate it"
     )
-    p.add_argument("--url", required=True)
-    p.add_argument("--sha256", required=True)
+    p.add_argument(
+        "--source",
+        required=True,
+        help='the organism\'s source block as JSON: {"url", "sha256"} or {"base_url", "files"}',
+    )
     p.add_argument("--out", required=True, help="the dataset folder to create")
     p.set_defaults(func=cmd_fetch_dataset)
 

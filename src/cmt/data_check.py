@@ -18,8 +18,16 @@ from cmt.data import DISJOINT_PAIRS, SPLITS, find_leaks, iter_jsonl, parse_row, 
 # Splits that are training targets: each row needs an assistant turn (Phase 1 SFT, ACT/BCT pairs).
 NEEDS_ASSISTANT = ("induction", "act_bct_clean", "act_bct_wrapped")
 RUBRIC = "rubric.txt"
-# What cmt.methods.self_rewarding fills into the rubric with str.format.
-RUBRIC_FIELDS = ("question", "answer")
+# What cmt.methods.self_rewarding fills into the rubric with str.format: the question and the graded answer,
+# each under this project's short name or the name the reference repository's rubric files use.
+RUBRIC_ALIASES = {"question": "original_question_text", "answer": "generated_answer_text"}
+RUBRIC_FIELDS = (*RUBRIC_ALIASES, *RUBRIC_ALIASES.values())
+
+
+def fill_rubric(rubric: str, question: str, answer: str) -> str:
+    """The grading message: `rubric` with the question and answer in whichever placeholders it uses."""
+    values = {"question": question, "answer": answer}
+    return rubric.format(**values, **{RUBRIC_ALIASES[k]: v for k, v in values.items()})
 
 
 @dataclass
@@ -208,10 +216,10 @@ def _check_rubric(report: DatasetReport, path: Path) -> None:
             elif name not in found:
                 found.append(name)
     report.rubric_fields = found
-    missing = [f for f in RUBRIC_FIELDS if f not in found]
+    missing = [
+        f"{{{short}}} (or {{{long}}})"
+        for short, long in RUBRIC_ALIASES.items()
+        if not {short, long} & set(found)
+    ]
     if missing:
-        report.warnings.append(
-            f"{path}: no placeholder "
-            + ", ".join("{" + f + "}" for f in missing)
-            + "; the grader will not see it"
-        )
+        report.warnings.append(f"{path}: no placeholder {', '.join(missing)}; the grader will not see it")

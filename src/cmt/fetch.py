@@ -1,7 +1,9 @@
-"""Fetch a reference-format dataset archive by URL, verify its sha256, and unpack it into a folder.
+"""Fetch a reference-format dataset by URL, verify sha256s, validate it, and install it into a folder.
 
-Runs on the login node (rule fetch_dataset); compute jobs only read the unpacked folder. Nothing is left behind
-on failure: the archive is streamed to a temporary file and the folder appears by one rename.
+Two source forms: `{url, sha256}`, one archive of the folder; or `{base_url, files: {name: sha256}}`, the six
+loose files at `<base_url>/<name>`, each with its own hash (how the reference repository ships them).
+Runs on the login node (rule fetch_dataset); compute jobs only read the installed folder. Nothing is left behind
+on failure: downloads go to a temporary folder and the dataset folder appears by one rename.
 """
 
 from __future__ import annotations
@@ -78,14 +80,30 @@ def dataset_root(unpacked: Path, url: str) -> Path:
     return root
 
 
-def fetch_dataset(url: str, sha256: str, out_dir: str | Path) -> dict[str, int]:
-    """Download, verify, unpack and validate; the reference-format files land in `out_dir` atomically.
-    Returns the row count per split."""
+def _install(root: Path, out_dir: Path, origin: str) -> dict[str, int]:
+    """Validate the reference-format folder `root` and copy it into `out_dir` atomically; rows per split."""
     from cmt.data_check import check_dataset
 
-    out_dir = Path(out_dir)
+    report = check_dataset(root)
+    if not report.ok:
+        shown = "\n  ".join(report.errors)
+        raise DataError(f"{origin}: the dataset does not validate ({report.n_errors} errors):\n  {shown}")
+    with atomic_dir(out_dir) as staging:
+        for name in DATASET_FILES:
+            shutil.copy2(root / name, Path(staging) / name)
+    return {split: summary.rows for split, summary in report.splits.items()}
+
+
+def _staging(out_dir: Path) -> tempfile.TemporaryDirectory:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.fetch-") as tmp:
+    return tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.fetch-")
+
+
+def fetch_dataset(url: str, sha256: str, out_dir: str | Path) -> dict[str, int]:
+    """Download, verify, unpack and validate an archive; the reference-format files land in `out_dir`
+    atomically. Returns the row count per split."""
+    out_dir = Path(out_dir)
+    with _staging(out_dir) as tmp:
         archive = Path(tmp) / "archive"
         actual = download(url, archive)
         if actual != sha256.lower():
@@ -93,12 +111,30 @@ def fetch_dataset(url: str, sha256: str, out_dir: str | Path) -> dict[str, int]:
         log.info("fetched %s (%d bytes, sha256 verified)", url, archive.stat().st_size)
         unpacked = Path(tmp) / "unpacked"
         unpack(archive, unpacked, url)
-        root = dataset_root(unpacked, url)
-        report = check_dataset(root)
-        if not report.ok:
-            shown = "\n  ".join(report.errors)
-            raise DataError(f"{url}: the dataset does not validate ({report.n_errors} errors):\n  {shown}")
-        with atomic_dir(out_dir) as staging:
-            for name in DATASET_FILES:
-                shutil.copy2(root / name, Path(staging) / name)
-    return {split: summary.rows for split, summary in report.splits.items()}
+        return _install(dataset_root(unpacked, url), out_dir, url)
+
+
+def fetch_dataset_files(base_url: str, files: dict[str, str], out_dir: str | Path) -> dict[str, int]:
+    """Download each reference file from `<base_url>/<name>`, verify it against `files[name]`, validate the
+    set and install it into `out_dir` atomically. Returns the row count per split."""
+    out_dir = Path(out_dir)
+    if sorted(files) != sorted(DATASET_FILES):
+        raise FetchError(f"{base_url}: files must list exactly {list(DATASET_FILES)}, got {sorted(files)}")
+    with _staging(out_dir) as tmp:
+        root = Path(tmp)
+        for name in DATASET_FILES:
+            url = f"{base_url.rstrip('/')}/{name}"
+            actual = download(url, root / name)
+            if actual != files[name].lower():
+                raise FetchError(
+                    f"{url}: sha256 mismatch: config says {files[name]}, the download is {actual}"
+                )
+            log.info("fetched %s (%d bytes, sha256 verified)", url, (root / name).stat().st_size)
+        return _install(root, out_dir, base_url)
+
+
+def fetch_source(source: dict, out_dir: str | Path) -> dict[str, int]:
+    """Fetch an organism's `source` block in either URL form."""
+    if "base_url" in source:
+        return fetch_dataset_files(source["base_url"], source["files"], out_dir)
+    return fetch_dataset(source["url"], source["sha256"], out_dir)

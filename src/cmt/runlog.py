@@ -44,8 +44,7 @@ def setup(log_file: str | None, header: dict[str, object]) -> None:
     if not log_file or sys.stderr.isatty():
         streams.append(sys.stderr)
     _progress_stream = _Tee(*streams)  # type: ignore[assignment]
-    # Library warnings and progress bars belong in the job log, not on the controller's terminal.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Library warnings belong in the job log, not on the controller's terminal.
     logging.captureWarnings(True)
     handler = logging.StreamHandler(_progress_stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))

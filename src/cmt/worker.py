@@ -30,7 +30,8 @@ ENV_VAR = "CMT_WORKER"
 # Variables that libraries read once, at import: a job whose values differ from the server's runs itself.
 IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA_", "OMP_", "MKL_",
                         "KMP_", "PYTHON", "TOKENIZERS_", "NUMEXPR_", "OPENBLAS_")  # fmt: skip
-PRELOAD = ("torch", "transformers", "peft", "pandas", "pyarrow.parquet", "cmt.cli", "cmt.models", "cmt.training",
+# cmt.cli first: it sets variables that the libraries after it read at import, as in a direct run.
+PRELOAD = ("cmt.cli", "torch", "transformers", "peft", "pandas", "pyarrow.parquet", "cmt.models", "cmt.training",
            "cmt.generation.hf", "cmt.phases.label", "cmt.phases.evaluate", "cmt.phases.retrain")  # fmt: skip
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -182,17 +183,27 @@ def _run_job(conn: socket.socket, fds: list[int], request: dict) -> None:
         _send_msg(conn, {"signal": sig, "code": os.WEXITSTATUS(status) if sig is None else 128 + sig})
 
 
-def _handle(conn: socket.socket, own_identity: dict) -> None:
+def identity_differences(own: dict, theirs: dict, set_by_imports: dict[str, str]) -> list[str]:
+    """The identity keys and import-time variables in which a client differs from the worker. A variable the
+    worker's own imports set (torch sets CUDA_MODULE_LOADING when unset) matches a client that has the value
+    those imports gave it, as a client that imported the same libraries earlier does."""
+    differs = sorted(k for k in (own.keys() | theirs.keys()) - {"env"} if own.get(k) != theirs.get(k))
+    own_env, their_env = own["env"], theirs.get("env", {})
+    for key in sorted(own_env.keys() | their_env.keys()):
+        value = their_env.get(key)
+        if value != own_env.get(key) and not (key in set_by_imports and value == set_by_imports[key]):
+            differs.append(f"env {key}")
+    return differs
+
+
+def _handle(conn: socket.socket, own_identity: dict, set_by_imports: dict[str, str]) -> None:
     """In the supervisor: read the request, refuse a mismatched client, otherwise run the job."""
     for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)
     os.setsid()  # the server's terminal signals must not reach jobs; the client forwards its own
     _, fds, _, _ = socket.recv_fds(conn, 16, 3)
     request = _recv_msg(conn)
-    theirs = request.get("identity", {})
-    differs = sorted(k for k in own_identity.keys() | theirs.keys() if own_identity.get(k) != theirs.get(k))
-    differs += sorted(k for k in own_identity["env"].keys() | theirs.get("env", {}).keys()
-                      if own_identity["env"].get(k) != theirs.get("env", {}).get(k))  # fmt: skip
+    differs = identity_differences(own_identity, request.get("identity", {}), set_by_imports)
     if len(fds) != 3 or differs:
         for fd in fds:
             os.close(fd)
@@ -209,6 +220,8 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = 3600.0
     own_identity = identity()  # before the imports, some of which set variables (torch: CUDA_MODULE_LOADING)
     for name in PRELOAD:
         importlib.import_module(name)
+    after = import_time_env(dict(os.environ))
+    set_by_imports = {k: v for k, v in after.items() if own_identity["env"].get(k) != v}
     gc.collect()
     gc.freeze()  # keep the preloaded objects' pages shared with every forked job
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # supervisors are reaped automatically
@@ -234,7 +247,7 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = 3600.0
                 try:
                     server.close()
                     conn.settimeout(None)
-                    _handle(conn, own_identity)
+                    _handle(conn, own_identity, set_by_imports)
                 finally:
                     os._exit(0)
             conn.close()

@@ -250,9 +250,9 @@ def data_dir(organism):
     source = config["organisms"][organism]["source"]
     if is_toy(source):
         return f"results/data/toy/{organism}"
-    if "url" in source:
-        return f"resources/data/{organism}"
-    return source["path"]
+    if "path" in source:
+        return source["path"]
+    return f"resources/data/{organism}"
 
 
 def get_data_dir(wildcards):
@@ -270,16 +270,18 @@ for _organism, _spec in config["organisms"].items():
             )
 
 
-def url_organisms():
-    return [o for o, spec in config["organisms"].items() if "url" in spec["source"]]
+def fetched_organisms():
+    """Organisms whose source is a URL form: an archive or loose files."""
+    return [
+        o
+        for o, spec in config["organisms"].items()
+        if isinstance(spec["source"], dict) and "path" not in spec["source"]
+    ]
 
 
-def get_dataset_url(wildcards):
-    return config["organisms"][wildcards.organism]["source"]["url"]
-
-
-def get_dataset_sha256(wildcards):
-    return config["organisms"][wildcards.organism]["source"]["sha256"]
+def get_dataset_source(wildcards):
+    """The organism's source block as JSON, for `cmt fetch-dataset --source` (and so a rerun when it changes)."""
+    return settings_json(config["organisms"][wildcards.organism]["source"])
 
 
 # ---------------------------------------------------------------- judges

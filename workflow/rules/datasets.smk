@@ -1,5 +1,5 @@
-# Organism datasets given as `source: {url, sha256}`: fetched once, verified, validated and unpacked into
-# resources/data/<organism>/, where every job then reads them.
+# Organism datasets given by URL (`source: {url, sha256}` or `{base_url, files}`): fetched once, verified,
+# validated and installed into resources/data/<organism>/, where every job then reads them.
 
 
 # Downloads need the network, which compute nodes may lack: run on the login node.
@@ -23,12 +23,11 @@ rule fetch_dataset:
     log:
         "logs/fetch_dataset/{organism}.log",
     wildcard_constraints:
-        organism=any_of(url_organisms()),
+        organism=any_of(fetched_organisms()),
     conda:
         "../envs/analysis.yml"
     params:
-        url=get_dataset_url,
-        sha256=get_dataset_sha256,
+        source=get_dataset_source,
     shell:
-        "cmt fetch-dataset --url {params.url:q} --sha256 {params.sha256} --out resources/data/{wildcards.organism}"
+        "cmt fetch-dataset --source {params.source:q} --out resources/data/{wildcards.organism}"
         " --log {log} --job 'fetch_dataset {wildcards}'"

@@ -6,6 +6,7 @@ unparseable grades are recorded and never win.
 
 from __future__ import annotations
 
+from cmt.data_check import fill_rubric
 from cmt.generation import SamplingParams, derive_seed
 from cmt.judges.parsing import is_unparseable, parse_int_score
 from cmt.methods import Candidate, LabelContext, argmax_first, candidate_rows, last_user_turn, sample_params
@@ -16,7 +17,7 @@ SELECTS = True
 
 
 def grading_prompt(rubric: str, prompt: list[dict], answer: str) -> list[dict]:
-    return [{"role": "user", "content": rubric.format(question=last_user_turn(prompt), answer=answer)}]
+    return [{"role": "user", "content": fill_rubric(rubric, last_user_turn(prompt), answer)}]
 
 
 def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:

@@ -109,13 +109,15 @@ def first_k_samples(df: pd.DataFrame, k: int) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def runs_per_k(module, context, examples, method_settings, ks: list[int], seed: int):
-    """(k, rows) for each k: one draw at max(ks) for a selecting method (see the module docstring)."""
+def runs_per_k(module, context, examples, method_settings, ks: list[int], seed: int, annotate=None):
+    """(k, rows) for each k: one draw at max(ks) for a selecting method (see the module docstring).
+    `annotate(rows)` adds per-candidate columns once per draw, before the draw is cut to each k."""
+    annotate = annotate or (lambda df: df)
     if not module.SELECTS:
         for k in ks:
-            yield k, run_method(module, context, examples, method_settings, k, seed)
+            yield k, annotate(run_method(module, context, examples, method_settings, k, seed))
         return
-    draw = run_method(module, context, examples, method_settings, max(ks), seed)
+    draw = annotate(run_method(module, context, examples, method_settings, max(ks), seed))
     for k in ks:
         yield k, first_k_samples(draw, k)
 
@@ -172,12 +174,15 @@ def candidates(
     examples = stratified_subset(load_split(Path(job.data_dir), "eval"), eval_settings.get("size"), job.seed)
     by_id = {e.prompt_id: e for e in examples}
     judge = make_judge(job.organism, judge_settings)
-    runs = runs_per_k(module, context, examples, job.method_settings, ks, job.seed)
-    for (k, df), out_path in zip(runs, out_paths, strict=True):
+
+    def with_verdicts(df: pd.DataFrame) -> pd.DataFrame:  # once per draw: a candidate shared by several k
         verdicts = judged_rows(judge, [by_id[pid] for pid in df["prompt_id"]], list(df["text"]))
-        df["scored"] = [v["scored"] for v in verdicts]
-        df["misaligned"] = [v["misaligned"] for v in verdicts]
-        df["correct"] = [v["correct"] for v in verdicts]
+        for column in ("scored", "misaligned", "correct"):
+            df[column] = [v[column] for v in verdicts]
+        return df
+
+    runs = runs_per_k(module, context, examples, job.method_settings, ks, job.seed, annotate=with_verdicts)
+    for (k, df), out_path in zip(runs, out_paths, strict=True):
         df.insert(0, "organism", job.organism)
         log.info("%s k=%d: %d candidates on %d eval prompts, M = %.3f over scored candidates", job.method, k,
                  len(df), len(examples), df.loc[df["scored"], "misaligned"].mean())  # fmt: skip
