@@ -12,6 +12,7 @@ deterministic even without an interruption; docs/checkpoints.md explains the bou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -84,20 +85,27 @@ def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@contextlib.contextmanager
+def sigterm_at(model, forward: int | None):
+    """SIGTERM this process during the model's forward pass number `forward` (None: never)."""
+    calls = {"n": 0}
+
+    def hook(_module, _args):
+        calls["n"] += 1
+        if calls["n"] == forward:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def run(settings=SETTINGS, data=None, seed=0, checkpoint_dir=None, sigterm_at_forward=None, every=3):
     """Train a fresh tiny model; optionally SIGTERM ourselves during forward pass number `sigterm_at_forward`."""
     model = tiny_lora()
-    handle = None
-    if sigterm_at_forward is not None:
-        calls = {"n": 0}
-
-        def hook(module, args):
-            calls["n"] += 1
-            if calls["n"] == sigterm_at_forward:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-        handle = model.register_forward_pre_hook(hook)
-    try:
+    with sigterm_at(model, sigterm_at_forward):
         history = training.train(
             model,
             data if data is not None else examples(),
@@ -108,9 +116,6 @@ def run(settings=SETTINGS, data=None, seed=0, checkpoint_dir=None, sigterm_at_fo
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=every,
         )
-    finally:
-        if handle is not None:
-            handle.remove()
     return model, history
 
 
@@ -165,15 +170,7 @@ def run_consistency(name: str, checkpoint_dir=None, sigterm_at_forward=None):
 
     module = get_consistency_method(name)
     model = tiny_lora()
-    calls = {"n": 0}
-
-    def hook(_module, _args):
-        calls["n"] += 1
-        if calls["n"] == sigterm_at_forward:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    handle = model.register_forward_pre_hook(hook)
-    try:
+    with sigterm_at(model, sigterm_at_forward):
         history = train_consistency(
             model,
             module,
@@ -185,8 +182,6 @@ def run_consistency(name: str, checkpoint_dir=None, sigterm_at_forward=None):
             name,
             checkpoint_dir,
         )
-    finally:
-        handle.remove()
     return model, history
 
 

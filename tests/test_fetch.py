@@ -152,7 +152,7 @@ def test_loose_files_must_be_exactly_the_six(dataset, tmp_path):
         fetch_dataset_files(dataset.as_uri(), files, tmp_path / "out")
 
 
-def test_the_cli_takes_the_source_block_as_json(dataset, tmp_path):
+def test_the_cli_takes_the_source_block_as_json(dataset, tmp_path, capsys):
     import json
 
     from cmt.cli import main
@@ -160,5 +160,7 @@ def test_the_cli_takes_the_source_block_as_json(dataset, tmp_path):
     source = {"base_url": dataset.as_uri(), "files": loose_files(dataset)}
     main(["fetch-dataset", "--source", json.dumps(source), "--out", str(tmp_path / "out")])
     assert (tmp_path / "out" / "rubric.txt").read_bytes() == (dataset / "rubric.txt").read_bytes()
-    with pytest.raises(SystemExit, match="--source is not JSON"):
+    with pytest.raises(SystemExit):
         main(["fetch-dataset", "--source", "{url:", "--out", str(tmp_path / "other")])
+    assert "argument --source: not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

@@ -230,11 +230,7 @@ def cmd_figures(args) -> None:
 def cmd_fetch_dataset(args) -> None:
     from cmt.fetch import fetch_source
 
-    try:
-        source = json.loads(args.source)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"--source is not JSON: {err}") from err
-    counts = fetch_source(source, args.out)
+    counts = fetch_source(args.source, args.out)
     log.info("%s: %s", args.out, counts)
 
 
@@ -506,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--source",
+        type=_json,
         required=True,
         help='the organism\'s source block as JSON: {"url", "sha256"} or {"base_url", "files"}',
     )

@@ -185,7 +185,7 @@ def _run_job(conn: socket.socket, fds: list[int], request: dict) -> None:
 
 def identity_differences(own: dict, theirs: dict, set_by_imports: dict[str, str]) -> list[str]:
     """The identity keys and import-time variables in which a client differs from the worker. A variable the
-    worker's own imports set (torch sets CUDA_MODULE_LOADING when unset) matches a client that has the value
+    worker's own imports set (torch sets TORCHINDUCTOR_CACHE_DIR when unset) matches a client that has the value
     those imports gave it, as a client that imported the same libraries earlier does."""
     differs = sorted(k for k in (own.keys() | theirs.keys()) - {"env"} if own.get(k) != theirs.get(k))
     own_env, their_env = own["env"], theirs.get("env", {})
@@ -217,7 +217,7 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = 3600.0
     import gc
     import importlib
 
-    own_identity = identity()  # before the imports, some of which set variables (torch: CUDA_MODULE_LOADING)
+    own_identity = identity()  # before the imports, some of which set variables
     for name in PRELOAD:
         importlib.import_module(name)
     after = import_time_env(dict(os.environ))
