@@ -88,6 +88,8 @@ def warm_worker(tmp_path_factory):
     """A running cmt.worker server, as the Snakefile starts one for local runs: (process, socket path)."""
     from cmt import worker
 
+    if refusal := worker.fork_refusal():
+        pytest.skip(f"the warm worker forks no job here: {refusal} (tests/test_gpu.py checks that)")
     proc, path = worker.start(str(tmp_path_factory.mktemp("warm_worker")))
     deadline = time.monotonic() + 120
     while not os.path.exists(path):

@@ -216,7 +216,7 @@ def test_gradient_flows_only_through_the_wrapped_pass(tiny_world, organism):
     model = load_model(tiny_world["model"], adapter=organism, trainable_adapter=True)
     clean_ex, wrapped_ex = load_pairs(tiny_world["data"] / "sycophancy")
     pairs = encode_pairs(tok, clean_ex[:3], wrapped_ex[:3], 128)
-    clean, wrapped = cl.collate_pairs(pairs, tok.pad_token_id)
+    clean, wrapped = (side.to(model.device) for side in cl.collate_pairs(pairs, tok.pad_token_id))
     torch.manual_seed(0)
     c, w = cl.paired_forward(model, clean, wrapped, need_hidden=True, need_logits=True)
     assert model.training  # the wrapped pass ran in train mode

@@ -67,7 +67,7 @@ def test_score_matches_a_manual_forward_pass(model_and_prompts):
     for prompt, text, score in zip(prompts[:12], completions, scores, strict=True):
         prompt_ids = gen.render(prompt)
         target = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = torch.tensor([prompt_ids + target])
+        ids = torch.tensor([prompt_ids + target], device=model.device)
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0].float(), -1)
         expected = sum(logp[len(prompt_ids) + i - 1, t].item() for i, t in enumerate(target))

@@ -155,3 +155,35 @@ def test_a_variable_the_worker_imports_set_matches_a_client_that_has_that_value(
         "env HF_HUB_OFFLINE"
     ]
     assert worker.identity_differences(own, {**client(), "version": "w"}, set_by_imports) == ["version"]
+
+
+def test_fork_refusal_names_cuda_only_where_a_gpu_is_visible(monkeypatch):
+    import torch
+
+    assert (worker.fork_refusal() is None) == (not torch.cuda.is_available())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert "CUDA does not survive fork" in worker.fork_refusal()
+
+
+def test_on_a_gpu_machine_every_job_runs_itself(tmp_path):
+    """A server that sees a GPU refuses every job: found on an H200, where bitsandbytes (imported by peft)
+    initializes CUDA in the server and a forked `cmt induce` then failed at its first CUDA call."""
+    path = str(tmp_path / "gpu.sock")
+    serve = "import sys, torch\ntorch.cuda.is_available = lambda: True\nfrom cmt import worker\n"
+    serve += "worker.serve(sys.argv[1], parent_pid=int(sys.argv[2]))\n"
+    env = {k: v for k, v in os.environ.items() if k != worker.ENV_VAR}
+    server = subprocess.Popen([sys.executable, "-c", serve, path, str(os.getpid())],
+                              env={**env, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path):
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        result = cmt(toy_data_args("world"), tmp_path, CMT_WORKER=path, CMT_WORKER_DEBUG="1")
+    finally:
+        server.terminate()
+        server.wait()
+    assert result.returncode == 0, result.stderr
+    assert "warm worker not used: this machine has a CUDA GPU" in result.stderr
+    assert "runner=warm-worker" not in (tmp_path / "job.log").read_text()
+    assert (tmp_path / "world" / "corpus.jsonl").is_file()

@@ -8,7 +8,9 @@ with its status (re-raising the same signal if it was killed by one). Snakemake 
 
 The client runs the command itself, as if no server existed, whenever delegating could change behaviour:
 `CMT_WORKER` unset or stale, a Slurm job (its allocation must hold the work), another Python environment (conda
-rules), or an environment variable read at import time that differs from the server's.
+rules), an environment variable read at import time that differs from the server's, or a machine with a CUDA GPU:
+CUDA does not survive fork(), and a job forked there could not use the GPU (bitsandbytes, imported by peft, even
+initializes CUDA in the server).
 
 Processes: server -> supervisor (one per job; waits on the job and watches the client) -> job. If the client
 dies (SIGKILL), the supervisor kills the job, so nothing outlives the command that started it.
@@ -183,6 +185,16 @@ def _run_job(conn: socket.socket, fds: list[int], request: dict) -> None:
         _send_msg(conn, {"signal": sig, "code": os.WEXITSTATUS(status) if sig is None else 128 + sig})
 
 
+def fork_refusal() -> str | None:
+    """Why no job may be forked from this process, or None. CUDA does not survive fork(): a child of a process
+    that initialized CUDA (or merely asked the driver for its devices) fails at its first CUDA call."""
+    import torch
+
+    if torch.cuda.is_initialized() or torch.cuda.is_available():
+        return "this machine has a CUDA GPU, and CUDA does not survive fork(); GPU jobs run themselves"
+    return None
+
+
 def identity_differences(own: dict, theirs: dict, set_by_imports: dict[str, str]) -> list[str]:
     """The identity keys and import-time variables in which a client differs from the worker. A variable the
     worker's own imports set (torch sets TORCHINDUCTOR_CACHE_DIR when unset) matches a client that has the value
@@ -196,18 +208,21 @@ def identity_differences(own: dict, theirs: dict, set_by_imports: dict[str, str]
     return differs
 
 
-def _handle(conn: socket.socket, own_identity: dict, set_by_imports: dict[str, str]) -> None:
-    """In the supervisor: read the request, refuse a mismatched client, otherwise run the job."""
+def _handle(
+    conn: socket.socket, own_identity: dict, set_by_imports: dict[str, str], refusal: str | None = None
+) -> None:
+    """In the supervisor: read the request, refuse a mismatched client (or every client, with `refusal`),
+    otherwise run the job."""
     for s in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, signal.SIG_DFL)
     os.setsid()  # the server's terminal signals must not reach jobs; the client forwards its own
     _, fds, _, _ = socket.recv_fds(conn, 16, 3)
     request = _recv_msg(conn)
     differs = identity_differences(own_identity, request.get("identity", {}), set_by_imports)
-    if len(fds) != 3 or differs:
+    if len(fds) != 3 or differs or refusal:
         for fd in fds:
             os.close(fd)
-        _send_msg(conn, {"refused": f"differs from the warm worker: {differs}"})
+        _send_msg(conn, {"refused": refusal or f"differs from the warm worker: {differs}"})
         return
     _run_job(conn, fds, request)
 
@@ -218,7 +233,9 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = 3600.0
     import importlib
 
     own_identity = identity()  # before the imports, some of which set variables
-    for name in PRELOAD:
+    importlib.import_module(PRELOAD[0])  # cmt.cli, before torch (see PRELOAD)
+    refusal = fork_refusal()  # on a GPU machine: preload nothing more, refuse every job
+    for name in PRELOAD[1:] if refusal is None else ():
         importlib.import_module(name)
     after = import_time_env(dict(os.environ))
     set_by_imports = {k: v for k, v in after.items() if own_identity["env"].get(k) != v}
@@ -247,7 +264,7 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = 3600.0
                 try:
                     server.close()
                     conn.settimeout(None)
-                    _handle(conn, own_identity, set_by_imports)
+                    _handle(conn, own_identity, set_by_imports, refusal)
                 finally:
                     os._exit(0)
             conn.close()
