@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# GPU check for one short interactive allocation (about 4 minutes on a fresh node, no network):
+# GPU check for one short interactive allocation (about 7 minutes on a fresh node, no network):
 #   1. what the node has: GPU, driver, torch/CUDA and the library versions cmt will use;
 #   2. the tests that need CUDA (tests/test_gpu.py: HF backend on CUDA against the CPU, bf16 inference, QLoRA
 #      through `induce`), with the training, generation, checkpoint, consistency-loss and reward-model tests,
 #      which then run on the GPU too;
-#   3. the HF half of benchmarks/gpu_smoke.sh (tokens/s), and its vLLM half where vllm is importable.
+#   3. the HF half of benchmarks/gpu_smoke.sh (tokens/s), and its vLLM half where vllm is importable;
+#   4. where snakemake is importable, one cell of tests/configs/mini.yaml (first organism and method, one seed,
+#      gpus: 1 on a GPU node) through the snakemake CLI on this node, to results/tables/main.csv.
 #
 # Usage: benchmarks/gpu_check.sh [OUT_DIR]
 # Environment: PYTHON (default python): an env with cmt's train and qlora extras (bitsandbytes).
 # Output: a summary on stdout; OUT_DIR (default: a fresh temporary directory) holds each step's full log,
-#   the tests' junit.xml and the smoke benchmark's <backend>.json.
+#   the tests' junit.xml, the smoke benchmark's <backend>.json and the cell's main.csv.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$(mktemp -d)}"
@@ -63,6 +65,39 @@ smoke_work="$(mktemp -d)"  # the model it builds is large; only the JSON results
 step smoke 240 env BACKENDS="$backends" PYTHON="$python" WORKDIR="$smoke_work" benchmarks/gpu_smoke.sh
 cp "$smoke_work"/*.json "$out/" 2>/dev/null
 tail -n 14 "$out/smoke.log"
+
+if "$python" -c "import snakemake" 2>/dev/null; then
+    cell="$(mktemp -d)"
+    interpreter="$("$python" -c 'import sys; print(sys.executable)')"
+    # The rules call `cmt`: the env's console script, or a stand-in where the env has none (PYTHONPATH installs).
+    mkdir -p "$cell/bin"
+    cell_path="$(dirname "$interpreter"):$PATH"
+    if ! PATH="$cell_path" command -v cmt >/dev/null; then
+        printf '#!/bin/sh\nexec "%s" -m cmt "$@"\n' "$interpreter" >"$cell/bin/cmt"
+        chmod +x "$cell/bin/cmt"
+    fi
+    "$python" - "$cell/one_cell.yaml" <<'PY'
+import sys
+
+import torch
+import yaml
+
+config = yaml.safe_load(open("tests/configs/mini.yaml"))
+for key in ("organisms", "methods"):
+    first = next(iter(config[key]))
+    config[key] = {first: config[key][first]}
+config["seeds"] = config["seeds"][:1]
+for spec in config["models"].values():
+    spec["gpus"] = int(torch.cuda.is_available())
+open(sys.argv[1], "w").write(yaml.safe_dump(config, sort_keys=False))
+PY
+    step pipeline 300 env PATH="$cell/bin:$cell_path" "$interpreter" -m snakemake -s Snakefile --directory "$cell/work" \
+        --configfile "$cell/one_cell.yaml" --replace-workflow-config --cores "$(nproc)" results/tables/main.csv
+    grep -rh "INFO job cmd=" "$cell/work/logs" | cut -c10-140 | sort
+    cp "$cell/work/results/tables/main.csv" "$out/" 2>/dev/null && cat "$out/main.csv"
+else
+    echo "== pipeline: skipped (snakemake is not importable by $python)"
+fi
 
 if ((${#failed[@]})); then
     echo "gpu_check: failed steps: ${failed[*]}"
