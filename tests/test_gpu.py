@@ -1,6 +1,7 @@
-"""Checks that need a CUDA GPU: the HF backend on CUDA against CPU, bf16 inference, and QLoRA (a 4-bit
-bitsandbytes base) through the pipeline's own `induce`. Skipped without a GPU; benchmarks/gpu_check.sh runs them
-on a GPU node, together with the training and checkpoint tests, which then run on CUDA too.
+"""Checks that need a CUDA GPU: the HF backend on CUDA against the CPU, bf16 inference, QLoRA (a 4-bit
+bitsandbytes base) through the pipeline's own `induce`, and the warm worker stepping aside. Skipped without a GPU;
+benchmarks/gpu_check.sh runs them on a GPU node, together with the training and checkpoint tests, which then run
+on CUDA too.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def eval_prompts(tiny_world) -> list:
     return [e.prompt for e in load_split(tiny_world["data"] / "sycophancy", "eval")]
 
 
-def greedy_and_scores(gen, prompts, texts=None):
+def greedy_and_scores(gen, prompts):
     replies = [c[0].text for c in gen.generate(prompts, 1, GREEDY, seed=0)]
-    return replies, [s.logprob_sum for s in gen.score(prompts, texts or replies)]
+    return replies, [s.logprob_sum for s in gen.score(prompts, replies)]
 
 
 def test_hf_backend_on_cuda_matches_the_cpu(tiny_world):
@@ -77,7 +78,7 @@ def test_bf16_inference_on_cuda_stays_close_to_float32(tiny_world):
     bf16 = load_generator(str(tiny_world["model"]), None, {**HF, "dtype": "bfloat16"}, "bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
     bf16_texts, _ = greedy_and_scores(bf16, prompts)
-    bf16_scores = [s for s in bf16.score(prompts, texts)]
+    bf16_scores = bf16.score(prompts, texts)
     same = sum(a == b for a, b in zip(texts, bf16_texts, strict=True))
     per_token = [abs(b.logprob_sum - a) / b.num_tokens for a, b in zip(scores, bf16_scores, strict=True)]
     print(
