@@ -1,10 +1,9 @@
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_snakemake
+from helpers import REPO, run_snakemake, wait_for_socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -38,6 +37,22 @@ TINY_TOY = {
         "min_heldout_accuracy": 0.0,
     },
 }
+
+
+@pytest.fixture(autouse=True)
+def restore_job_logging():
+    """`cmt.cli.main` run in-process (runlog.setup) points the root logger and the progress bars at this test's
+    stderr, which pytest closes afterwards; later tests would then fail on a closed file. Put both back."""
+    import logging
+
+    from cmt import runlog
+
+    root = logging.getLogger()
+    handlers, level, stream = root.handlers[:], root.level, runlog._progress_stream
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    runlog._progress_stream = stream
 
 
 @pytest.fixture(scope="session")
@@ -91,10 +106,7 @@ def warm_worker(tmp_path_factory):
     if refusal := worker.fork_refusal():
         pytest.skip(f"the warm worker forks no job here: {refusal} (tests/test_gpu.py checks that)")
     proc, path = worker.start(str(tmp_path_factory.mktemp("warm_worker")))
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):
-        assert proc.poll() is None and time.monotonic() < deadline, "the warm worker did not start"
-        time.sleep(0.1)
+    wait_for_socket(proc, path)
     yield proc, path
     proc.terminate()
     proc.wait()

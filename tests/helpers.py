@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,3 +72,11 @@ def run_snakemake(
             f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+def wait_for_socket(proc: subprocess.Popen, path: str, timeout: float = 120) -> None:
+    """Wait until the warm worker `proc` listens on `path` (it binds only once its imports are done)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert proc.poll() is None and time.monotonic() < deadline, f"the warm worker did not start ({path})"
+        time.sleep(0.1)

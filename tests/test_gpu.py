@@ -10,11 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from conftest import TINY_TOY
+from helpers import wait_for_socket
 
 from cmt.data import load_split, training_messages
 from cmt.generation import SamplingParams, load_generator
@@ -162,10 +162,7 @@ def test_a_gpu_job_sent_to_the_warm_worker_runs_itself(tiny_world, tmp_path):
 
     proc, path = worker.start(str(tmp_path))
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(path):
-            assert proc.poll() is None and time.monotonic() < deadline, "the warm worker did not start"
-            time.sleep(0.1)
+        wait_for_socket(proc, path)
         settings = {**INDUCE, "train": {**INDUCE["train"], "epochs": 1}}
         env = {**os.environ, worker.ENV_VAR: path, "CMT_WORKER_DEBUG": "1", "HF_HUB_OFFLINE": "1"}
         job = subprocess.run(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for_socket
 
 from cmt import worker
 
@@ -175,10 +176,7 @@ def test_on_a_gpu_machine_every_job_runs_itself(tmp_path):
     server = subprocess.Popen([sys.executable, "-c", serve, path, str(os.getpid())],
                               env={**env, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL)  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(path):
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
+        wait_for_socket(server, path)
         result = cmt(toy_data_args("world"), tmp_path, CMT_WORKER=path, CMT_WORKER_DEBUG="1")
     finally:
         server.terminate()

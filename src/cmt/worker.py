@@ -187,10 +187,11 @@ def _run_job(conn: socket.socket, fds: list[int], request: dict) -> None:
 
 def fork_refusal() -> str | None:
     """Why no job may be forked from this process, or None. CUDA does not survive fork(): a child of a process
-    that initialized CUDA (or merely asked the driver for its devices) fails at its first CUDA call."""
+    that initialized CUDA (or merely asked the driver for its devices, as this check does) fails at its first
+    CUDA call. So wherever a GPU is visible, no job is forked."""
     import torch
 
-    if torch.cuda.is_initialized() or torch.cuda.is_available():
+    if torch.cuda.is_available():
         return "this machine has a CUDA GPU, and CUDA does not survive fork(); GPU jobs run themselves"
     return None
 
