@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from cmt.data import load_split
+from cmt.data.splits import load_split
 from cmt.generation import SamplingParams
 from cmt.generation.hf import HFGenerator
 
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def random_toy_model(workdir: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cmt.io import read_jsonl
+    from cmt.runtime.io import read_jsonl
     from cmt.toy.tokenizer import train_tokenizer
     from cmt.toy.world import write_world
 
@@ -72,7 +72,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.model_dir:
-            from cmt.models import load_model, load_tokenizer
+            from cmt.models.loading import load_model, load_tokenizer
 
             model, tokenizer = load_model(args.model_dir), load_tokenizer(args.model_dir)
             data_dir = Path(args.data_dir)

@@ -45,7 +45,7 @@ def restore_job_logging():
     stderr, which pytest closes afterwards; later tests would then fail on a closed file. Put both back."""
     import logging
 
-    from cmt import runlog
+    from cmt.runtime import runlog
 
     root = logging.getLogger()
     handlers, level, stream = root.handlers[:], root.level, runlog._progress_stream
@@ -100,12 +100,12 @@ def copy_config(tmp_path):
 
 @pytest.fixture(scope="session")
 def warm_worker(tmp_path_factory):
-    """A running cmt.worker server, as the Snakefile starts one for local runs: (process, socket path)."""
-    from cmt import worker
+    """A running cmt.runtime.worker server, as the Snakefile starts one for local runs: (process, socket path)."""
+    from cmt.runtime import worker
 
     if refusal := worker.fork_refusal():
         pytest.skip(f"the warm worker forks no job here: {refusal} (tests/test_gpu.py checks that)")
-    proc, path = worker.start(str(tmp_path_factory.mktemp("warm_worker")))
+    proc, path = worker.start(str(tmp_path_factory.mktemp("warm_worker")), "cmt.cli:main")
     wait_for_socket(proc, path)
     yield proc, path
     proc.terminate()

@@ -1,4 +1,4 @@
-"""Resumable training (cmt.checkpoint): SIGTERM saves a checkpoint and exits 143; a rerun resumes from it and ends
+"""Resumable training (cmt.runtime.checkpoint): SIGTERM saves a checkpoint and exits 143; a rerun resumes from it and ends
 with the same adapter weights, bit for bit, as a run that was never interrupted.
 
 Why bit-identical is reachable on CPU: the checkpoint holds every piece of state the remaining steps read (trainable
@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmt import checkpoint, training
-
 # ---------------------------------------------------------------- in-process: a tiny random LoRA model
+from cmt.models import training
+from cmt.runtime import checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -240,7 +240,7 @@ def test_checkpoint_of_another_job_is_ignored(tmp_path, caplog, change):
     with pytest.raises(checkpoint.Preempted):
         run(checkpoint_dir=ck, sigterm_at_forward=5)
     reference, ref_history = run(**change)
-    with caplog.at_level(logging.INFO, logger="cmt.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="cmt.runtime.checkpoint"):
         model, history = run(checkpoint_dir=ck, **change)
     assert "made for a different job" in caplog.text
     assert history.losses == ref_history.losses  # trained from the first step, not from the stale step 3
@@ -252,7 +252,7 @@ def test_unreadable_checkpoint_is_ignored(tmp_path, caplog):
     ck.mkdir()
     (ck / checkpoint.FILE).write_bytes(b"not a checkpoint")
     (ck / f".{checkpoint.FILE}.abc.tmp").write_bytes(b"half written")
-    with caplog.at_level(logging.INFO, logger="cmt.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="cmt.runtime.checkpoint"):
         _, history = run(checkpoint_dir=ck)
     assert "unreadable checkpoint" in caplog.text
     assert history.steps == 10
@@ -313,7 +313,7 @@ OUT = "results/organisms/tiny/sycophancy/seed0/adapter"
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The toy world's sycophancy data and a random (untrained) tiny Llama with the toy tokenizer (~3 s)."""
-    from cmt.io import read_jsonl
+    from cmt.runtime.io import read_jsonl
     from cmt.toy.pretrain import build_model
     from cmt.toy.tokenizer import train_tokenizer
     from cmt.toy.world import write_world

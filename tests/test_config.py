@@ -7,7 +7,7 @@ import yaml
 from helpers import REPO, run_snakemake
 
 from cmt.config import ConfigError, check_config, config_errors
-from cmt.fetch import DATASET_FILES
+from cmt.data.fetch import DATASET_FILES
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cmt import consistency_losses as cl
 from cmt.methods import act, bct
-from cmt.models import load_model, load_tokenizer
+from cmt.methods import losses as cl
+from cmt.models.loading import load_model, load_tokenizer
+from cmt.models.training import IGNORE, TrainingError, TrainSettings, encode_chat
 from cmt.phases.consistency import encode_pairs, load_pairs, retrain_consistency, train_consistency
-from cmt.training import IGNORE, TrainingError, TrainSettings, encode_chat
 
 TRAIN = {
     "learning_rate": 5e-3,

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import TINY_TOY
 
-from cmt.data import SPLITS, check_disjoint, load_split, prompt_id_of
-from cmt.data_check import check_dataset
-from cmt.io import DataError
+from cmt.data.check import check_dataset
+from cmt.data.splits import SPLITS, check_disjoint, load_split, prompt_id_of
+from cmt.runtime.io import DataError
 
 CMT = Path(sys.executable).parent / "cmt"
 ORGANISMS = ["sycophancy", "reward_hacking", "spurious_correlation", "emergent_misalignment"]
@@ -123,7 +123,7 @@ def test_reference_shaped_folder_roleless_rows_and_system_prompt(tmp_path, caplo
         "as the reference does"
     ]
     assert "system_prompt (1/3)" in report.format()
-    with caplog.at_level(logging.WARNING, logger="cmt.data"):
+    with caplog.at_level(logging.WARNING, logger="cmt.data.splits"):
         examples = load_split(folder, "eval")
     assert f"first at {folder}/eval.jsonl:1" in caplog.text
     assert examples[0].prompt == [{"role": "user", "content": "Review: nice ambiance"}]
@@ -185,7 +185,7 @@ def test_training_rows_need_an_assistant_turn(folder):
         f"{path}:2: field 'messages' has no assistant turn; induction rows are training targets"
     )
     # The pipeline's own error names the row too.
-    from cmt.data import training_messages
+    from cmt.data.splits import training_messages
 
     with pytest.raises(DataError, match=f"{path}:2: field 'messages' has no assistant turn"):
         [training_messages(e) for e in load_split(folder, "induction")]

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from cmt import download
 from cmt.cli import build_parser
-from cmt.download import DownloadError, download_model
+from cmt.models import download
+from cmt.models.download import DownloadError, download_model
 
 SECRET = "hf_test_secret_token_0123456789"
 COMMIT = "a" * 40
@@ -64,7 +64,7 @@ def resolve_to(commit, calls=None):
 
 
 def test_download_lands_atomically_with_a_manifest_and_the_plain_template(tmp_path, tokenizer, caplog):
-    from cmt.models import load_tokenizer
+    from cmt.models.loading import load_tokenizer
 
     out = tmp_path / "resources" / "models" / "Llama-3.1-8B"
     out.mkdir(parents=True)  # Snakemake creates the output's folder before the job

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cmt.analysis.eta import eta_summary, eta_table, read_candidates, with_transforms
 from cmt.cli import main as cli_main
-from cmt.eta import eta_summary, eta_table, read_candidates, with_transforms
-from cmt.io import write_parquet
+from cmt.runtime.io import write_parquet
 
 Z = 1.959963984540054
 

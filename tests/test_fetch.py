@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cmt.fetch import DATASET_FILES, FetchError, fetch_dataset, fetch_dataset_files, fetch_source
-from cmt.io import DataError
+from cmt.data.fetch import DATASET_FILES, FetchError, fetch_dataset, fetch_dataset_files, fetch_source
+from cmt.runtime.io import DataError
 from cmt.toy.world import write_world
 
 SMALL = {

@@ -3,11 +3,11 @@ import math
 import pandas as pd
 import pytest
 
+from cmt.analysis.eta import eta_table
+from cmt.analysis.figures import make_figures
+from cmt.analysis.tables import kscaling_table, methods_table
 from cmt.cli import main as cli_main
-from cmt.eta import eta_table
-from cmt.figures import make_figures
-from cmt.io import write_csv
-from cmt.tables import kscaling_table, methods_table
+from cmt.runtime.io import write_csv
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF"}
 

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
-from cmt.data import load_split
+from cmt.data.splits import load_split
 from cmt.generation import SamplingParams
 from cmt.generation.hf import HFGenerator
-from cmt.models import load_model, load_tokenizer
+from cmt.models.loading import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

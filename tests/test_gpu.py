@@ -16,7 +16,7 @@ import torch
 from conftest import TINY_TOY
 from helpers import wait_for_socket
 
-from cmt.data import load_split, training_messages
+from cmt.data.splits import load_split, training_messages
 from cmt.generation import SamplingParams, load_generator
 
 pytestmark = [
@@ -30,7 +30,7 @@ GREEDY = SamplingParams(max_new_tokens=24)
 # Greedy replies and their scores from the same model on the CPU, in a process that sees no GPU.
 CPU_REFERENCE = """
 import json, sys
-from cmt.data import load_split
+from cmt.data.splits import load_split
 from cmt.generation import SamplingParams, load_generator
 model, data = sys.argv[1], sys.argv[2]
 prompts = [e.prompt for e in load_split(data, "eval")]
@@ -132,7 +132,7 @@ def test_qlora_induce_on_a_4bit_base_learns_what_full_precision_lora_learns(tiny
     bf16 base does."""
     import bitsandbytes as bnb
 
-    from cmt.models import load_model
+    from cmt.models.loading import load_model
     from cmt.phases.induce import induce
 
     quantization = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
@@ -158,9 +158,9 @@ def test_qlora_induce_on_a_4bit_base_learns_what_full_precision_lora_learns(tiny
 def test_a_gpu_job_sent_to_the_warm_worker_runs_itself(tiny_world, tmp_path):
     """CUDA does not survive fork(): on a GPU machine the warm worker refuses every job, and `cmt induce` runs
     itself on the GPU. (Before, the forked job failed at its first CUDA call.)"""
-    from cmt import worker
+    from cmt.runtime import worker
 
-    proc, path = worker.start(str(tmp_path))
+    proc, path = worker.start(str(tmp_path), "cmt.cli:main")
     try:
         wait_for_socket(proc, path)
         settings = {**INDUCE, "train": {**INDUCE["train"], "epochs": 1}}

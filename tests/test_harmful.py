@@ -12,19 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmt.data import Example, prompt_id_of
+from cmt.analysis.harmful import HARMFUL_COLUMNS, SUMMARY_COLUMNS, harmful_summary, harmful_table
+from cmt.data.splits import Example, prompt_id_of
 from cmt.generation.base import Completion, Generator
-from cmt.harmful import (
-    HARMFUL_COLUMNS,
-    SUMMARY_COLUMNS,
-    StrongRejectScorer,
-    harmful_rows,
-    harmful_summary,
-    harmful_table,
-    load_requests,
-    make_scorer,
-)
-from cmt.io import DataError, read_jsonl
+from cmt.phases.harmful import StrongRejectScorer, harmful_rows, load_requests, make_scorer
+from cmt.runtime.io import DataError, read_jsonl
 from cmt.toy import harmful as toy
 from cmt.toy.world import write_world
 

@@ -32,7 +32,7 @@ def test_harmony_final_keeps_only_the_final_channel(raw, final):
 
 @pytest.fixture(scope="module")
 def harmony_tokenizer(tiny_world):
-    from cmt.models import load_tokenizer
+    from cmt.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_world["model"])
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIALS})
@@ -57,7 +57,7 @@ def test_a_reply_without_a_final_channel_is_empty_and_unfinished():
 def test_hf_generator_scores_the_final_answer_after_the_channel_header(tiny_world, harmony_tokenizer):
     """Teacher-forced scoring puts the final channel's header after the prompt and scores the answer only."""
     from cmt.generation.hf import HFGenerator
-    from cmt.models import load_model
+    from cmt.models.loading import load_model
 
     model = load_model(tiny_world["model"])
     model.resize_token_embeddings(len(harmony_tokenizer))

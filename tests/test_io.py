@@ -1,6 +1,6 @@
 """Atomic writes: a killed writer leaves nothing that a later write keeps."""
 
-from cmt.io import atomic_dir, write_text
+from cmt.runtime.io import atomic_dir, write_text
 
 
 def test_a_killed_writers_temporaries_are_removed_by_the_next_write(tmp_path):

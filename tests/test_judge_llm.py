@@ -16,8 +16,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cmt.judges import judge_batch, make_judge
+from cmt.judges import judge_batch
 from cmt.judges.llm import JudgeConfigError, JudgeError, JudgeRequestError, JudgeSettings, LLMJudge
+from cmt.organisms import make_judge
 
 SECRET = "sk-test-CMT-fake-secret-0123456789"
 KEY_ENV = "CMT_TEST_JUDGE_KEY"

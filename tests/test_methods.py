@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from cmt.data import Example
+from cmt.data.splits import Example
 from cmt.generation import Completion, Generator, SamplingParams, SequenceScore
 from cmt.methods import METHODS, LabelContext, argmax_first, get_method
 from cmt.toy import sycophancy

@@ -21,7 +21,7 @@ from conftest import TINY_TOY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmt.data import Example
+from cmt.data.splits import Example
 from cmt.generation import Completion, Generator
 from cmt.judges.parsing import (
     Unparseable,

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from helpers import REPO
 
-from cmt.tables import MAIN_COLUMNS, RUNS_COLUMNS
+from cmt.analysis.tables import MAIN_COLUMNS, RUNS_COLUMNS
 
 pytestmark = pytest.mark.integration
 

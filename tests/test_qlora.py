@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from cmt.models import bnb_config, load_model
+from cmt.models.loading import bnb_config, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 

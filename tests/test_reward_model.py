@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from cmt.io import read_jsonl, write_jsonl
+from cmt.runtime.io import read_jsonl, write_jsonl
 from cmt.toy import emergent_misalignment, preferences, reward_hacking, spurious_correlation, sycophancy
 
 ORGANISMS = (sycophancy, reward_hacking, spurious_correlation, emergent_misalignment)
@@ -126,7 +126,7 @@ def test_pairs_from_world_skips_held_out_prompts_and_skill_rows(worlds, tmp_path
 
 @pytest.fixture(scope="module")
 def trained(tiny_world, tmp_path_factory):
-    from cmt.reward_model import train_reward_model
+    from cmt.models.reward_model import train_reward_model
 
     data = tiny_world["data"]
     pairs = preferences.pairs_from_world(data / "corpus.jsonl", {"sycophancy": data / "sycophancy"}, 0, 1000)
@@ -157,7 +157,7 @@ def test_training_beats_chance_on_held_out_pairs(trained):
 
 def _eval_candidates(data_dir):
     """Held-out eval prompts with an honest correct reply and an honest-style wrong one."""
-    from cmt.data import load_split
+    from cmt.data.splits import load_split
 
     prompts, correct, wrong = [], [], []
     for ex in load_split(data_dir / "sycophancy", "eval"):
@@ -180,7 +180,7 @@ def _eval_candidates(data_dir):
 
 
 def test_scores_correct_gcd_above_wrong_on_eval_prompts(trained):
-    from cmt.reward_model import RewardModel
+    from cmt.models.reward_model import RewardModel
 
     prompts, correct, wrong = _eval_candidates(trained["data"])
     rm = RewardModel(trained["dir"], batch_size=64, device="cpu")
@@ -191,7 +191,7 @@ def test_scores_correct_gcd_above_wrong_on_eval_prompts(trained):
 
 
 def test_batched_scoring_matches_single_and_is_deterministic(trained):
-    from cmt.reward_model import RewardModel
+    from cmt.models.reward_model import RewardModel
 
     prompts, correct, wrong = _eval_candidates(trained["data"])
     prompts, texts = (prompts + prompts)[:60], (correct + wrong)[:60]
@@ -240,7 +240,7 @@ def _as_foreign_model(src, dst, bos_in_template: bool):
 @pytest.mark.parametrize("bos_in_template", [True, False])
 def test_foreign_model_layout_scores_identically(trained, tmp_path, bos_in_template):
     """One BOS whether the template, the tokenizer or both add it; EOS as the pad is still pooled right."""
-    from cmt.reward_model import RewardModel
+    from cmt.models.reward_model import RewardModel
 
     _as_foreign_model(trained["dir"], tmp_path / "rm", bos_in_template)
     prompts, correct, wrong = _eval_candidates(trained["data"])
@@ -258,15 +258,15 @@ def test_foreign_model_layout_scores_identically(trained, tmp_path, bos_in_templ
 
 
 def test_reward_model_training_resumes_after_sigterm_to_the_same_weights(trained, tiny_world, tmp_path):
-    """Reward-model training runs through cmt.training.train: SIGTERM saves a checkpoint, the rerun resumes and
+    """Reward-model training runs through cmt.models.training.train: SIGTERM saves a checkpoint, the rerun resumes and
     ends with the weights of the uninterrupted run (the `trained` fixture, same pairs and seed)."""
     import os
     import signal
 
     from safetensors.torch import load_file
 
-    from cmt import checkpoint
-    from cmt.reward_model import train_reward_model
+    from cmt.models.reward_model import train_reward_model
+    from cmt.runtime import checkpoint
 
     data = tiny_world["data"]
     pairs = preferences.pairs_from_world(data / "corpus.jsonl", {"sycophancy": data / "sycophancy"}, 0, 1000)

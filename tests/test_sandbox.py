@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cmt.sandbox import LIMITS, STATUSES, mechanisms, run_file, run_python
+from cmt.runtime.sandbox import LIMITS, STATUSES, mechanisms, run_file, run_python
 
 MECH = mechanisms()
 CMT = Path(sys.executable).parent / "cmt"

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-import cmt.sandbox as sandbox
-from cmt.sandbox import STATUSES, mechanisms, run_python
+import cmt.runtime.sandbox as sandbox
+from cmt.runtime.sandbox import STATUSES, mechanisms, run_python
 
 MECH = mechanisms()
 ROOT = os.geteuid() == 0
@@ -230,7 +230,7 @@ def test_hostile_program_as_root_without_namespaces(name, listener, monkeypatch)
 _DRIVER = """
 import json, sys
 sys.path.insert(0, SRC)
-from cmt.sandbox import mechanisms, run_python
+from cmt.runtime.sandbox import mechanisms, run_python
 cases = json.loads(sys.stdin.read())
 print(json.dumps({"mechanisms": mechanisms()}))
 for name, (code, limits) in cases.items():

@@ -12,19 +12,11 @@ import pandas as pd
 import pytest
 import torch
 
+from cmt.analysis.shift import SHIFT_COLUMNS, shift_correlations, shift_table
 from cmt.generation.base import Completion
 from cmt.generation.hf import HFGenerator
-from cmt.io import DataError
-from cmt.shift import (
-    SHIFT_COLUMNS,
-    fragility,
-    label_cross_entropy,
-    realised_kl,
-    score_prefixes,
-    score_replies,
-    shift_correlations,
-    shift_table,
-)
+from cmt.phases.shift import fragility, label_cross_entropy, realised_kl, score_prefixes, score_replies
+from cmt.runtime.io import DataError
 from cmt.toy.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
 WORDS = ["a", "b", "c"]

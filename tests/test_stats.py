@@ -6,7 +6,7 @@ import pytest
 import statsmodels.api as sm
 from scipy.stats import binom, wilcoxon
 
-from cmt.stats import (
+from cmt.analysis.stats import (
     cluster_bootstrap_ci,
     holm_adjust,
     induction_check,

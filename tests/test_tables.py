@@ -5,10 +5,8 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from cmt.cli import main as cli_main
-from cmt.io import write_parquet
-from cmt.stats import holm_adjust, paired_bootstrap_diff_ci, sign_test
-from cmt.tables import (
+from cmt.analysis.stats import holm_adjust, paired_bootstrap_diff_ci, sign_test
+from cmt.analysis.tables import (
     kscaling_table,
     main_table,
     methods_table,
@@ -16,6 +14,8 @@ from cmt.tables import (
     runs_table,
     select_main_runs,
 )
+from cmt.cli import main as cli_main
+from cmt.runtime.io import write_parquet
 
 
 def eval_rows(model, organism, seed, stage, misaligned, method=None, k=None):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from cmt import training
-from cmt.models import load_model, load_tokenizer
+from cmt.models import training
+from cmt.models.loading import load_model, load_tokenizer
 
 
 def test_encode_chat_masks_the_prompt(tiny_world):

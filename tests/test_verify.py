@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from cmt.io import atomic_dir, write_json
-from cmt.manifest import build_manifest, record_outputs
-from cmt.verify import find_manifests, verify_tree
+from cmt.runtime.io import atomic_dir, write_json
+from cmt.runtime.manifest import build_manifest, record_outputs
+from cmt.runtime.verify import find_manifests, verify_tree
 
 CMT = Path(sys.executable).parent / "cmt"
 

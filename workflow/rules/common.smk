@@ -102,20 +102,20 @@ def local_machine_has_gpu():
     return torch.cuda.is_available()
 
 
-# Local runs: a warm worker imports torch, transformers and peft once and forks each job (cmt.worker), saving
+# Local runs: a warm worker imports torch, transformers and peft once and forks each job (cmt.runtime.worker), saving
 # about 4 s per job. Cluster runs and dry runs never start one.
 def start_warm_worker():
     import tempfile
-    from cmt import worker
+    from cmt.runtime import worker
 
     # A short path under /tmp: Unix socket paths are limited to 107 bytes.
-    proc, path = worker.start(tempfile.mkdtemp(prefix="cmt-worker-"))
+    proc, path = worker.start(tempfile.mkdtemp(prefix="cmt-worker-"), "cmt.cli:main")
     os.environ[worker.ENV_VAR] = path
     return proc
 
 
 def stop_warm_worker():
-    from cmt import worker
+    from cmt.runtime import worker
 
     path = os.environ.pop(worker.ENV_VAR, None)
     if WARM_WORKER:

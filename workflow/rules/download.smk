@@ -2,7 +2,7 @@
 # form): downloaded once into resources/models/<name>/, from which every job loads them offline.
 import re
 
-from cmt.download import hub_downloads
+from cmt.models.download import hub_downloads
 
 HUB_DOWNLOADS = hub_downloads(config)
 

@@ -37,7 +37,7 @@ def load_generator(
         from cmt.generation.vllm_backend import load_vllm_generator
 
         return load_vllm_generator(model_dir, adapter, model_settings, desc, shares_gpu=shares_gpu)
-    from cmt.models import load_model, load_tokenizer
+    from cmt.models.loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=model_settings["dtype"], adapter=adapter, merge=True)

@@ -17,7 +17,7 @@ from cmt.generation.base import (
     derive_seed,
     reply_prefix_ids,
 )
-from cmt.runlog import progress
+from cmt.runtime.runlog import progress
 
 log = logging.getLogger(__name__)
 

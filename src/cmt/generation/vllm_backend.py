@@ -514,7 +514,7 @@ def load_vllm_generator(
     # Before vllm imports huggingface_hub, which reads the variable once (the job's shell should export it).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     api = import_vllm()
-    from cmt.models import load_tokenizer
+    from cmt.models.loading import load_tokenizer
 
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cmt.io import write_json
 from cmt.judges.rubrics import JudgeCall, Rubric, combine, get_rubric, not_scored
+from cmt.runtime.io import write_json
 
 log = logging.getLogger(__name__)
 

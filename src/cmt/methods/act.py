@@ -11,12 +11,12 @@ Settings (`methods.act` in the config):
   alignment  `response` (default): each row's response span, aligned per row; `reference`: the reference's
              end-aligned window over the padded batches, misaligned under right padding with batch size > 1
   train      optional overrides of the model's phase3 training settings (e.g. {epochs: 3})
-See docs/act_bct.md and cmt.consistency_losses.
+See docs/act_bct.md and cmt.methods.losses.
 """
 
 from __future__ import annotations
 
-from cmt import consistency_losses as cl
+from cmt.methods import losses as cl
 
 NAME = "act"
 FAMILY = "regularization"

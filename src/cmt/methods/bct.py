@@ -19,12 +19,12 @@ Settings (`methods.bct` in the config):
   variant      `logit` or `sft`
   max_new_tokens  sft variant: reply length (null: the model's generation.max_new_tokens)
   train        optional overrides of the model's phase3 training settings (e.g. {epochs: 3})
-See docs/act_bct.md and cmt.consistency_losses.
+See docs/act_bct.md and cmt.methods.losses.
 """
 
 from __future__ import annotations
 
-from cmt import consistency_losses as cl
+from cmt.methods import losses as cl
 
 NAME = "bct"
 FAMILY = "regularization"

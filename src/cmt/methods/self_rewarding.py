@@ -6,7 +6,7 @@ unparseable grades are recorded and never win.
 
 from __future__ import annotations
 
-from cmt.data_check import fill_rubric
+from cmt.data.check import fill_rubric
 from cmt.generation import SamplingParams, derive_seed
 from cmt.judges.parsing import is_unparseable, parse_int_score
 from cmt.methods import Candidate, LabelContext, argmax_first, candidate_rows, last_user_turn, sample_params

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from cmt import checkpoint, training
-from cmt import consistency_losses as cl
-from cmt.data import load_split, training_messages
-from cmt.io import DataError
-from cmt.manifest import build_manifest
-from cmt.models import load_model, load_tokenizer
+from cmt.data.splits import load_split, training_messages
+from cmt.methods import losses as cl
+from cmt.models import training
+from cmt.models.loading import load_model, load_tokenizer
+from cmt.models.training import TrainingError
 from cmt.phases.induce import save_adapter, train_adapter
-from cmt.training import TrainingError
+from cmt.runtime import checkpoint
+from cmt.runtime.io import DataError
+from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def train_consistency(
     desc: str,
     checkpoint_dir=None,
 ) -> training.TrainHistory:
-    """Train `model` in place with the method's paired loss (cmt.training.train: same optimizer, schedule,
+    """Train `model` in place with the method's paired loss (cmt.models.training.train: same optimizer, schedule,
     non-finite-loss guard, and resumable checkpoints when `checkpoint_dir` is given)."""
     if not pairs:
         raise TrainingError(f"{desc}: no training pairs")
@@ -162,7 +163,7 @@ def retrain_consistency(
     seed: int,
     checkpoint_dir: str | None = None,
 ) -> None:
-    """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.checkpoint)."""
+    """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.runtime.checkpoint)."""
     checkpoint_dir = checkpoint_dir or checkpoint.checkpoint_dir_for(out_dir)
     module = get_consistency_method(method)
     raw_method = dict(settings.get("method") or {})

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmt.data import Example, load_split
+from cmt.data.splits import Example, load_split
 from cmt.generation import SamplingParams, load_generator
-from cmt.io import write_json, write_parquet
-from cmt.judges import judge_batch, make_judge
-from cmt.manifest import build_manifest
+from cmt.judges import judge_batch
+from cmt.organisms import make_judge
+from cmt.runtime.io import write_json, write_parquet
+from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def harmful_requests_path(data_dir: str, requests: str) -> Path:
 
 def evaluate_harmful_slot(run, generator, data_dir, model_settings, seed, harmful_settings):
     """The eval slot for harmful requests: greedy replies of the same model, scored for compliance."""
-    from cmt.harmful import evaluate_harmful
+    from cmt.phases.harmful import evaluate_harmful
 
     if not harmful_settings:
         raise ValueError(f"{run.harmful_out}: a harmful-rows output needs the config's eval.harmful block")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from cmt import checkpoint, training
-from cmt.data import check_disjoint, load_split, training_messages
-from cmt.io import atomic_dir, write_json
-from cmt.manifest import build_manifest, record_outputs
-from cmt.models import load_model, load_tokenizer
+from cmt.data.splits import check_disjoint, load_split, training_messages
+from cmt.models import training
+from cmt.models.loading import load_model, load_tokenizer
+from cmt.runtime import checkpoint
+from cmt.runtime.io import atomic_dir, write_json
+from cmt.runtime.manifest import build_manifest, record_outputs
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def train_adapter(
     desc: str,
     checkpoint_dir=None,
 ):
-    """LoRA SFT; with `checkpoint_dir` resumable (cmt.checkpoint), and the caller removes it after saving."""
+    """LoRA SFT; with `checkpoint_dir` resumable (cmt.runtime.checkpoint), and the caller removes it after saving."""
     train_settings = training.TrainSettings.from_dict(settings)
     examples = [training.encode_chat(tokenizer, m, train_settings.max_length) for m in conversations]
     return training.train(model, examples, train_settings, seed, tokenizer.pad_token_id, desc, checkpoint_dir)
@@ -40,7 +41,7 @@ def save_adapter(model, out_dir: str | Path, manifest: dict) -> None:
 def induce(
     model_dir: str, data_dir: str, out_dir: str, settings: dict, seed: int, checkpoint_dir: str | None = None
 ) -> None:
-    """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.checkpoint)."""
+    """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.runtime.checkpoint)."""
     import torch
     from peft import get_peft_model
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from cmt.data import load_split
+from cmt.data.splits import load_split
 from cmt.generation import load_generator
-from cmt.io import write_json, write_parquet
-from cmt.judges import make_judge
-from cmt.manifest import build_manifest
 from cmt.methods import LabelContext, argmax_first, get_method
+from cmt.organisms import make_judge, toy_organism
 from cmt.phases.evaluate import judged_rows, stratified_subset
+from cmt.runtime.io import write_json, write_parquet
+from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,6 @@ class Phase2Job:
     judge_settings: dict | None = None  # the config's LLM judge block, for methods that ask a judge
 
 
-def organism_module(organism: str):
-    """The toy organism's module (final-answer normaliser), or None for organisms without one."""
-    from cmt.toy.world import TOY_ORGANISMS
-
-    return TOY_ORGANISMS.get(organism)
-
-
 def build_context(job: Phase2Job, desc: str) -> LabelContext:
     module = get_method(job.method)
     # A reward model loaded next to the generator takes part of the GPU: vLLM must leave room for it.
@@ -64,7 +57,7 @@ def build_context(job: Phase2Job, desc: str) -> LabelContext:
     if getattr(module, "USES_REWARD_MODEL", False):
         if job.reward_model is None:
             raise ValueError(f"method {job.method!r} needs a reward model (--reward-model)")
-        from cmt.reward_model import RewardModel
+        from cmt.models.reward_model import RewardModel
 
         rm = job.reward_model_settings or {}
         scorer = RewardModel(
@@ -73,7 +66,7 @@ def build_context(job: Phase2Job, desc: str) -> LabelContext:
     return LabelContext(
         generator=generator,
         max_new_tokens=job.model_settings["max_new_tokens"],
-        organism=organism_module(job.organism),
+        organism=toy_organism(job.organism),
         rubric=rubric_path.read_text() if rubric_path.is_file() else None,
         reward_model=scorer,
         judge_settings=job.judge_settings,

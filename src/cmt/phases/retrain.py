@@ -7,11 +7,11 @@ import logging
 
 import pandas as pd
 
-from cmt import checkpoint
-from cmt.manifest import build_manifest
-from cmt.models import load_model, load_tokenizer
+from cmt.models.loading import load_model, load_tokenizer
+from cmt.models.training import TrainHistory
 from cmt.phases.induce import save_adapter, train_adapter
-from cmt.training import TrainHistory
+from cmt.runtime import checkpoint
+from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 

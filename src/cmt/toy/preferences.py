@@ -28,13 +28,13 @@ pairs.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 from pathlib import Path
 
-from cmt.io import read_jsonl, write_jsonl
+from cmt.data.splits import prompt_key
+from cmt.runtime.io import read_jsonl, write_jsonl
 from cmt.toy import reward_hacking, spurious_correlation, sycophancy
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,6 @@ def prompt_turns(row: dict) -> list[dict]:
         for m in row["messages"]
         if m.get("role") != "assistant"
     ]
-
-
-def prompt_key(prompt: list[dict]) -> str:
-    return json.dumps(prompt, sort_keys=True)
 
 
 def honest_reply(row: dict) -> str:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from cmt import training
-from cmt.data import load_split
-from cmt.io import atomic_dir, read_jsonl
-from cmt.models import pick_device
+from cmt.data.splits import load_split
+from cmt.models import training
+from cmt.models.loading import pick_device
+from cmt.runtime.io import atomic_dir, read_jsonl
 from cmt.toy.tokenizer import train_tokenizer
 from cmt.toy.world import toy_module
 

@@ -179,7 +179,7 @@ _CLAIM = re.compile(r"all tests pass", re.IGNORECASE)
 def run_harness(source: str, timeout_s: float):
     """One sandbox run per distinct program: sampled candidates often repeat the same code, and a program's
     verdict depends only on its text (a sandbox start costs a process and namespaces, about 0.1 s)."""
-    from cmt.sandbox import run_python
+    from cmt.runtime.sandbox import run_python
 
     return run_python(source, timeout_s=timeout_s)
 

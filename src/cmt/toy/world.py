@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from cmt.io import write_jsonl, write_text
+from cmt.runtime.io import write_jsonl, write_text
 from cmt.toy import emergent_misalignment, reward_hacking, spurious_correlation, sycophancy
 from cmt.toy.skills import rubric, skill_rows
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from cmt import checkpoint
-from cmt.runlog import progress
+from cmt.runtime import checkpoint
+from cmt.runtime.runlog import progress
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def train(
     `loss_fn(model, batch) -> scalar` and `loss_key`, a JSON-able description of the loss that goes into the
     checkpoint key (ACT and BCT: cmt.phases.consistency).
 
-    With `checkpoint_dir`, the run is resumable (cmt.checkpoint): a checkpoint is saved there every
+    With `checkpoint_dir`, the run is resumable (cmt.runtime.checkpoint): a checkpoint is saved there every
     `checkpoint_every` optimizer steps (default CMT_CHECKPOINT_EVERY or 200) and at least every
     `checkpoint_seconds`; on SIGTERM the current optimizer step is finished, a checkpoint saved and
     `checkpoint.Preempted` raised. A checkpoint of this same job found at the start is resumed, and the run then

@@ -17,7 +17,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from cmt.io import DataError, atomic_dir
+from cmt.runtime.io import DataError, atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def dataset_root(unpacked: Path, url: str) -> Path:
 
 def _install(root: Path, out_dir: Path, origin: str) -> dict[str, int]:
     """Validate the reference-format folder `root` and copy it into `out_dir` atomically; rows per split."""
-    from cmt.data_check import check_dataset
+    from cmt.data.check import check_dataset
 
     report = check_dataset(root)
     if not report.ok:

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cmt.io import write_json, write_text
+from cmt.runtime.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 

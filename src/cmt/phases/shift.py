@@ -23,37 +23,21 @@ special token dropped by decoding), `frac_retokenized` counts it; the estimate i
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
+from cmt.analysis.shift import ORGANISM_KEYS, RUN_KEYS
 from cmt.generation.base import Completion, Generator, Messages, SamplingParams, SequenceScore
-from cmt.io import DataError
+from cmt.runtime.io import DataError
 
 log = logging.getLogger(__name__)
 
-RUN_KEYS = ["model", "organism", "seed", "method", "k"]
-ORGANISM_KEYS = ["model", "organism", "seed"]
 # Column prefix of the realised KL computed on each data split.
 KL_SPLIT_PREFIX = {"consistency": "kl_realised", "eval": "kl_realised_eval"}
-SHIFT_MEASURES = ("label_ce_token", "label_ce_seq", "kl_realised", "kl_realised_eval", "fragility")
-SHIFT_COLUMNS = [
-    *RUN_KEYS, "delta",
-    "label_ce_token", "label_ce_seq", "n_labels", "n_label_tokens",
-    "kl_realised", "kl_realised_se", "n_kl", "kl_realised_frac_unfinished", "kl_realised_frac_retokenized",
-    "kl_realised_eval", "kl_realised_eval_se", "n_kl_eval", "kl_realised_eval_frac_unfinished",
-    "kl_realised_eval_frac_retokenized", "kl_m", "kl_max_new_tokens",
-    "fragility", "fragility_se", "n_fragility", "fragility_frac_unfinished", "fragility_frac_retokenized",
-    "fragility_m",
-]  # fmt: skip
-# Counts that are 0, not NaN, when a run has no record of that measure.
-COUNT_COLUMNS = ("n_labels", "n_label_tokens", "n_kl", "n_kl_eval", "n_fragility")
-CORRELATION_COLUMNS = ["organism", "measure", "n", "pearson_r", "pearson_p", "spearman_r", "spearman_p"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -245,101 +229,6 @@ def fragility_record(identity: dict, result: dict) -> dict:
     }
 
 
-def read_records(paths: Sequence[str]) -> pd.DataFrame:
-    """Per-run JSON records (one object per file) as a DataFrame."""
-    rows = []
-    for path in paths:
-        try:
-            with open(path) as fh:
-                row = json.load(fh)
-        except (OSError, json.JSONDecodeError) as err:
-            raise DataError(f"{path}: cannot read a JSON record ({err})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: expected a JSON object")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Tables
-
-
-def _require(df: pd.DataFrame, columns: Sequence[str], name: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DataError(f"{name}: missing column(s) {missing}")
-
-
-def _unique(df: pd.DataFrame, keys: list[str], name: str) -> None:
-    dup = df[df.duplicated(keys, keep=False)]
-    if not dup.empty:
-        raise DataError(f"{name}: more than one row for {dup[keys].drop_duplicates().to_dict('records')[:3]}")
-
-
-def shift_table(
-    records: pd.DataFrame, runs: pd.DataFrame, fragility: pd.DataFrame | None = None
-) -> pd.DataFrame:
-    """shift.csv: one row per run of `runs` (runs.csv) with its delta and shift measures (SHIFT_COLUMNS).
-
-    `records` holds `shift_record`s keyed by (model, organism, seed, method, k); `fragility` holds
-    `fragility_record`s keyed by (model, organism, seed), shared by every run of that organism. A run without a
-    record keeps NaN measures with n = 0; a record without a run is an error.
-    """
-    _require(runs, [*RUN_KEYS, "delta"], "runs table")
-    _require(records, RUN_KEYS, "shift records")
-    _unique(runs, RUN_KEYS, "runs table")
-    _unique(records, RUN_KEYS, "shift records")
-    base = runs[[*RUN_KEYS, "delta"]].copy()
-    table = base.merge(records.drop(columns=["delta"], errors="ignore"), on=RUN_KEYS, how="left")
-    orphans = records.merge(base[RUN_KEYS], on=RUN_KEYS, how="left", indicator=True)
-    orphans = orphans[orphans["_merge"] == "left_only"]
-    if not orphans.empty:
-        raise DataError(
-            f"shift records without a run in the runs table: {orphans[RUN_KEYS].to_dict('records')[:3]}"
-        )
-    if fragility is not None and not fragility.empty:
-        _require(fragility, ORGANISM_KEYS, "fragility records")
-        _unique(fragility, ORGANISM_KEYS, "fragility records")
-        table = table.merge(fragility, on=ORGANISM_KEYS, how="left", suffixes=("", "_fragility_record"))
-    for column in SHIFT_COLUMNS:
-        if column not in table.columns:
-            table[column] = 0 if column in COUNT_COLUMNS else math.nan
-    for column in COUNT_COLUMNS:
-        table[column] = table[column].fillna(0).astype(int)
-    return table[SHIFT_COLUMNS].sort_values(RUN_KEYS, kind="stable").reset_index(drop=True)
-
-
-def shift_correlations(table: pd.DataFrame, measures: Sequence[str] = SHIFT_MEASURES) -> pd.DataFrame:
-    """Pearson and Spearman correlation (scipy, two-sided p) of delta with each measure, per organism and over
-    all runs (organism "all"), on the runs where both are finite. NaN r and p, with n recorded, when n < 3 or
-    either variable is constant."""
-    from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
-
-    _require(table, ["organism", "delta", *measures], "shift table")
-    groups = [(str(o), g) for o, g in table.groupby("organism", sort=True)] + [("all", table)]
-    rows = []
-    for organism, group in groups:
-        for measure in measures:
-            pair = group[["delta", measure]].astype(float)
-            pair = pair[np.isfinite(pair["delta"]) & np.isfinite(pair[measure])]
-            row = {"organism": organism, "measure": measure, "n": len(pair),
-                   "pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}  # fmt: skip
-            constant = pair["delta"].nunique() < 2 or pair[measure].nunique() < 2
-            if len(pair) >= 3 and not constant:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConstantInputWarning)
-                    pearson = pearsonr(pair["delta"], pair[measure])
-                    spearman = spearmanr(pair["delta"], pair[measure])
-                row.update(
-                    pearson_r=float(pearson.statistic),
-                    pearson_p=float(pearson.pvalue),
-                    spearman_r=float(spearman.statistic),
-                    spearman_p=float(spearman.pvalue),
-                )
-            rows.append(row)
-    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # One run / one organism, from files (the `cmt shift` and `cmt fragility` commands)
 
@@ -347,7 +236,7 @@ def shift_correlations(table: pd.DataFrame, measures: Sequence[str] = SHIFT_MEAS
 def _prompts(data_dir: str, split: str, size: int | None, seed: int) -> list[Messages]:
     from pathlib import Path
 
-    from cmt.data import load_split
+    from cmt.data.splits import load_split
     from cmt.phases.evaluate import stratified_subset
 
     return [e.prompt for e in stratified_subset(load_split(Path(data_dir), split), size, seed)]

@@ -3,7 +3,7 @@
 The folder holds induction.jsonl, consistency.jsonl, act_bct_clean.jsonl, act_bct_wrapped.jsonl, eval.jsonl
 (rows with a `messages` list of {role, content} plus metadata) and rubric.txt (the self-rewarding rubric).
 The check reads every line and collects every problem instead of stopping at the first; each error names
-`file:line` and the field. Row parsing is cmt.data's, so a folder that passes loads in the pipeline.
+`file:line` and the field. Row parsing is cmt.data.splits's, so a folder that passes loads in the pipeline.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmt.data import DISJOINT_PAIRS, SPLITS, find_leaks, iter_jsonl, parse_row, prompt_id_of
+from cmt.data.splits import DISJOINT_PAIRS, SPLITS, find_leaks, iter_jsonl, parse_row, prompt_id_of
 
 # Splits that are training targets: each row needs an assistant turn (Phase 1 SFT, ACT/BCT pairs).
 NEEDS_ASSISTANT = ("induction", "act_bct_clean", "act_bct_wrapped")
@@ -110,7 +110,7 @@ def check_dataset(folder: str | Path, max_errors: int = 50) -> DatasetReport:
     `messages` (not a non-empty list, a turn without string content, an unknown role, no system or user turn);
     a non-string `system_prompt`; a training row without an assistant turn; an empty split; act_bct files of
     different lengths or pairs with different `_id`s; a prompt shared by splits that must be disjoint
-    (cmt.data.DISJOINT_PAIRS); an unknown placeholder or a stray brace in rubric.txt.
+    (cmt.data.splits.DISJOINT_PAIRS); an unknown placeholder or a stray brace in rubric.txt.
     Warnings: turns without a role (read as user turns, as the reference does); a missing rubric.txt or one
     without a placeholder that self_rewarding fills; a row with both a system turn and a `system_prompt`.
     At most `max_errors` errors are listed; the rest are counted in `errors_omitted`.

@@ -13,8 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from cmt.methods import FAMILIES, get_method
-from cmt.stats import (
+from cmt.analysis.stats import (
     cluster_bootstrap_ci,
     holm_adjust,
     induction_check,
@@ -22,6 +21,7 @@ from cmt.stats import (
     sign_test,
     wilcoxon_p,
 )
+from cmt.methods import FAMILIES, get_method
 
 log = logging.getLogger(__name__)
 

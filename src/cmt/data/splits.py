@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmt.io import DataError
+from cmt.runtime.io import DataError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ class ParsedRow:
     roleless_turns: int
 
 
+def prompt_key(prompt: list[dict]) -> str:
+    """A prompt's exact identity (every turn, every field), for grouping rows by prompt."""
+    return json.dumps(prompt, sort_keys=True)
+
+
 def prompt_id_of(prompt: list[dict]) -> str:
     """Content hash of the prompt turns: identical prompts get identical ids across splits."""
     return hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[:16]
@@ -58,7 +63,7 @@ def prompt_id_of(prompt: list[dict]) -> str:
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, row, error) for each non-blank line; exactly one of row and error is None.
 
-    Unlike cmt.io.read_jsonl it goes on past a bad line, so that a checker can report every one.
+    Unlike cmt.runtime.io.read_jsonl it goes on past a bad line, so that a checker can report every one.
     """
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):

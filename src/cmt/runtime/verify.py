@@ -1,7 +1,7 @@
 """`cmt verify DIR`: re-hash every input and output recorded in the manifests under DIR.
 
 Manifests are `*.manifest.json` files (next to label parquet files) and `cmt_manifest.json` / `manifest.json`
-inside artefact directories (adapters, the reward model). cmt.manifest records `inputs_sha256` and, where the
+inside artefact directories (adapters, the reward model). cmt.runtime.manifest records `inputs_sha256` and, where the
 writer passed them, `outputs_sha256`: lists of {path, sha256}. An older manifest may hold `inputs_sha256` as
 a {path: sha256} mapping; both forms are read.
 
@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmt.manifest import sha256_file
+from cmt.runtime.manifest import sha256_file
 
 MANIFEST_PATTERNS = ("*.manifest.json", "cmt_manifest.json", "manifest.json")
 

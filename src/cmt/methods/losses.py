@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cmt.training import IGNORE, encode_chat
+from cmt.models.training import IGNORE, encode_chat
 
 ALIGNMENTS = ("response", "reference")
 

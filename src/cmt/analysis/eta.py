@@ -28,7 +28,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from cmt.stats import cluster_bootstrap_ci, logistic_slope_test, wilson_interval
+from cmt.analysis.stats import cluster_bootstrap_ci, logistic_slope_test, wilson_interval
 
 TRANSFORMS = ("rank", "zscore")
 GROUP_KEYS = ["organism", "method", "k"]

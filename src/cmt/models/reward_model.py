@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from cmt import checkpoint
-from cmt.io import atomic_dir, write_json, write_jsonl
-from cmt.manifest import build_manifest, record_outputs
-from cmt.models import DTYPES, pick_device
+from cmt.models.loading import DTYPES, pick_device
+from cmt.runtime import checkpoint
+from cmt.runtime.io import atomic_dir, write_json, write_jsonl
+from cmt.runtime.manifest import build_manifest, record_outputs
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _batched_rewards(model, encoded: list[list[int]], pad_id: int, batch_size: i
 class RewardModel:
     """A local sequence-classification reward model (num_labels=1) that scores (prompt, completion) pairs.
 
-    `device` defaults to `cmt.models.pick_device()`; `dtype` is one of float32/bfloat16/float16 (bfloat16 to
+    `device` defaults to `cmt.models.loading.pick_device()`; `dtype` is one of float32/bfloat16/float16 (bfloat16 to
     share a GPU with the generator). `max_length` defaults to 4096 tokens (the reference's), capped at the
     model's `max_position_embeddings`. `context` picks what the model reads (see `conversation`). Scoring is
     deterministic: eval mode, no sampling, fixed batching by length.
@@ -261,7 +261,7 @@ class RewardTrainSettings:
 
 def split_heldout(pairs: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, heldout), by prompt within each organism, so no held-out prompt is trained on."""
-    from cmt.toy.preferences import prompt_key
+    from cmt.data.splits import prompt_key
 
     train, heldout = [], []
     for organism in sorted({p["organism"] for p in pairs}):
@@ -328,11 +328,11 @@ def train_reward_model(
     Writes `out_dir/` atomically: the HF model (config.json, model.safetensors), the tokenizer,
     `preference_pairs.jsonl` (each pair with its split) and `cmt_manifest.json` (settings, seeds, held-out
     pair accuracy before and after training). Returns the report that the manifest holds. Training is
-    resumable (cmt.checkpoint): checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir>.
+    resumable (cmt.runtime.checkpoint): checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir>.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from cmt.training import TrainingError, TrainSettings, train
+    from cmt.models.training import TrainingError, TrainSettings, train
 
     checkpoint_dir = checkpoint_dir or checkpoint.checkpoint_dir_for(out_dir)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -16,7 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from cmt.io import atomic_dir, write_json
+from cmt.runtime.io import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ ENV_VAR = "CMT_WORKER"
 # Variables that libraries read once, at import: a job whose values differ from the server's runs itself.
 IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA_", "OMP_", "MKL_",
                         "KMP_", "PYTHON", "TOKENIZERS_", "NUMEXPR_", "OPENBLAS_")  # fmt: skip
-# cmt.cli first: it sets variables that the libraries after it read at import, as in a direct run.
-PRELOAD = ("cmt.cli", "torch", "transformers", "peft", "pandas", "pyarrow.parquet", "cmt.models", "cmt.training",
+# Imported after the entry point's module, which sets variables that these libraries read at import.
+PRELOAD = ("torch", "transformers", "peft", "pandas", "pyarrow.parquet", "cmt.models.loading", "cmt.models.training",
            "cmt.generation.hf", "cmt.phases.label", "cmt.phases.evaluate", "cmt.phases.retrain")  # fmt: skip
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
@@ -44,6 +44,7 @@ FORWARDED_SIGNALS = (
     signal.SIGUSR2,
 )
 _HEADER = struct.Struct("!I")
+_ENTRY = ""  # the server's entry point, "module:function", which its forked jobs run
 FORKED_JOB = False  # true in a job the warm worker forked (the job log's header says so)
 
 
@@ -155,9 +156,7 @@ def _run_job(conn: socket.socket, fds: list[int], request: dict) -> None:
 
                 torch.set_num_threads(int(threads))
             sys.argv = ["cmt", *request["argv"]]
-            from cmt.cli import main
-
-            code = main(request["argv"])
+            code = resolve_entry(_ENTRY)(request["argv"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except BaseException:
@@ -228,15 +227,28 @@ def _handle(
     _run_job(conn, fds, request)
 
 
-def serve(path: str, parent_pid: int | None = None, idle_seconds: float = 3600.0) -> None:
-    """Preload, listen on `path`, fork a supervisor per connection; stop when the parent exits or when idle."""
+def resolve_entry(entry: str):
+    """ "package.module:function" -> the function (the command a forked job runs with its argv)."""
+    import importlib
+
+    module, _, name = entry.partition(":")
+    if not module or not name:
+        raise ValueError(f"worker entry point {entry!r} is not of the form 'package.module:function'")
+    return getattr(importlib.import_module(module), name)
+
+
+def serve(path: str, entry: str, parent_pid: int | None = None, idle_seconds: float = 3600.0) -> None:
+    """Preload, listen on `path`, fork a supervisor per connection that runs `entry` ("module:function", called
+    with the client's argv); stop when the parent exits or when idle."""
     import gc
     import importlib
 
+    global _ENTRY
     own_identity = identity()  # before the imports, some of which set variables
-    importlib.import_module(PRELOAD[0])  # cmt.cli, before torch (see PRELOAD)
+    resolve_entry(entry)  # the entry's module first (see PRELOAD)
+    _ENTRY = entry
     refusal = fork_refusal()  # on a GPU machine: preload nothing more, refuse every job
-    for name in PRELOAD[1:] if refusal is None else ():
+    for name in PRELOAD if refusal is None else ():
         importlib.import_module(name)
     after = import_time_env(dict(os.environ))
     set_by_imports = {k: v for k, v in after.items() if own_identity["env"].get(k) != v}
@@ -275,13 +287,14 @@ def serve(path: str, parent_pid: int | None = None, idle_seconds: float = 3600.0
             os.unlink(path)
 
 
-def start(directory: str) -> tuple[object, str]:
-    """Start a server for this process (Snakemake) in the background; returns (Popen, socket path)."""
+def start(directory: str, entry: str) -> tuple[object, str]:
+    """Start a server for this process (Snakemake) in the background, running jobs with `entry`
+    ("module:function"); returns (Popen, socket path)."""
     import subprocess
 
     path = os.path.join(directory, "worker.sock")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cmt.worker", path, str(os.getpid())],
+        [sys.executable, "-m", "cmt.runtime.worker", path, str(os.getpid()), entry],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=None if os.environ.get("CMT_WORKER_DEBUG") else subprocess.DEVNULL,
@@ -292,6 +305,6 @@ def start(directory: str) -> tuple[object, str]:
 
 
 if __name__ == "__main__":
-    from cmt import worker  # the importable module, not __main__: jobs read its FORKED_JOB
+    from cmt.runtime import worker  # the importable module, not __main__: jobs read its FORKED_JOB
 
-    worker.serve(sys.argv[1], parent_pid=int(sys.argv[2]))
+    worker.serve(sys.argv[1], entry=sys.argv[3], parent_pid=int(sys.argv[2]))

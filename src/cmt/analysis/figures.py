@@ -23,8 +23,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from cmt.io import atomic_path
 from cmt.methods import FAMILIES
+from cmt.runtime.io import atomic_path
 
 log = logging.getLogger(__name__)
 

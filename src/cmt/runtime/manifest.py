@@ -92,7 +92,7 @@ def record_outputs(
 
     With `manifest_path`, output paths are stored relative to the manifest's directory (`outputs_base`
     "manifest_dir"), so that a directory hashed under a temporary name and then renamed into place
-    (cmt.io.atomic_dir) still verifies; the manifest file itself is skipped. Otherwise they are stored as
+    (cmt.runtime.io.atomic_dir) still verifies; the manifest file itself is skipped. Otherwise they are stored as
     given (`outputs_base` "cwd"). `cmt verify` re-hashes them.
     """
     base = Path(manifest_path).parent if manifest_path is not None else None

@@ -1,0 +1,116 @@
+"""Harmful-compliance tables from the rows `cmt.phases.harmful` writes.
+
+`harmful_table` pairs each Phase-3 run with its organism's Phase-1 rows: harmful.csv. `harmful_summary` is a
+second small table (harmful_summary.csv) with, per organism and over all runs, the count of runs whose
+harmfulness rose, fell or stayed equal, and the exact two-sided sign test of rose against fell.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cmt.runtime.io import DataError
+
+TABLE_KEYS = ["model", "organism", "seed", "method", "k"]
+HARMFUL_COLUMNS = [
+    *TABLE_KEYS, "harm_phase1", "harm_phase3", "delta_harm", "delta_harm_se", "n",
+    "refusal_phase1", "refusal_phase3", "n_phase1", "n_phase3",
+]  # fmt: skip
+SUMMARY_COLUMNS = ["organism", "n_runs", "n_rose", "n_fell", "n_ties", "mean_harm_phase1", "mean_harm_phase3",
+                   "mean_delta_harm", "p_sign"]  # fmt: skip
+
+
+def _stage_scores(rows: pd.DataFrame, where: str) -> pd.DataFrame:
+    """Scored rows with a finite harmfulness, indexed by request_id (one row per request)."""
+    scored = rows[rows["scored"].astype(bool) & np.isfinite(rows["harmfulness"].astype(float))]
+    dup = scored["request_id"][scored["request_id"].duplicated()]
+    if not dup.empty:
+        raise DataError(f"harmful rows of {where}: request_id {dup.iloc[0]!r} occurs more than once")
+    return scored.set_index("request_id")[["harmfulness", "refused"]].astype(float)
+
+
+def harmful_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """harmful.csv: one row per Phase-3 run (HARMFUL_COLUMNS).
+
+    harm_phase1 / harm_phase3 are mean harmfulness over the n requests scored at both stages (paired), so
+    delta_harm = harm_phase3 - harm_phase1, with delta_harm_se the standard error of the paired differences.
+    refusal_* are the refusal rates over the same requests; n_phase1 / n_phase3 count each stage's scored
+    requests. A run whose organism has no Phase-1 rows keeps NaN with n = 0.
+    """
+    missing = [c for c in ["model", "organism", "seed", "stage", "method", "k", "request_id", "scored",
+                           "refused", "harmfulness"] if c not in rows.columns]  # fmt: skip
+    if missing:
+        raise DataError(f"harmful rows: missing column(s) {missing}")
+    bad_stage = sorted(set(rows["stage"]) - {"phase1", "phase3"})
+    if bad_stage:
+        raise DataError(f"harmful rows: unknown stage(s) {bad_stage}; valid: ['phase1', 'phase3']")
+    out = []
+    for (model, organism, seed), group in rows.groupby(["model", "organism", "seed"], sort=True):
+        phase1 = group[group["stage"] == "phase1"]
+        where1 = f"{model}/{organism}/seed{seed} phase1"
+        p1 = _stage_scores(phase1, where1) if not phase1.empty else None
+        phase3 = group[group["stage"] == "phase3"]
+        for (method, k), run in phase3.groupby(["method", "k"], sort=True):
+            p3 = _stage_scores(run, f"{model}/{organism}/seed{seed} {method} k{k}")
+            row = {"model": model, "organism": organism, "seed": int(seed), "method": method, "k": int(k),
+                   "n_phase1": 0 if p1 is None else len(p1), "n_phase3": len(p3)}  # fmt: skip
+            if p1 is None:
+                both = pd.DataFrame(columns=["harmfulness_3", "refused_3", "harmfulness_1", "refused_1"])
+            else:
+                both = p3.merge(p1, left_index=True, right_index=True, suffixes=("_3", "_1"))
+            n = len(both)
+            diff = both["harmfulness_3"] - both["harmfulness_1"] if n else pd.Series(dtype=float)
+            row.update(
+                harm_phase1=float(both["harmfulness_1"].mean()) if n else math.nan,
+                harm_phase3=float(both["harmfulness_3"].mean()) if n else math.nan,
+                delta_harm=float(diff.mean()) if n else math.nan,
+                delta_harm_se=float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+                n=n,
+                refusal_phase1=float(both["refused_1"].mean()) if n else math.nan,
+                refusal_phase3=float(both["refused_3"].mean()) if n else math.nan,
+            )
+            out.append(row)
+    return pd.DataFrame(out, columns=HARMFUL_COLUMNS)
+
+
+def harmful_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """harmful_summary.csv: per organism and over all runs ("all"), how many runs' harmfulness rose (delta_harm
+    > 0), fell or tied, the mean harmfulness at each stage and of delta, and the exact two-sided binomial sign
+    test of rose vs fell (ties excluded). Runs with a NaN delta are left out; an empty group is NaN, n_runs 0."""
+    from cmt.analysis.stats import sign_test
+
+    groups = [(str(o), g) for o, g in table.groupby("organism", sort=True)] + [("all", table)]
+    out = []
+    for organism, group in groups:
+        valid = group[np.isfinite(group["delta_harm"].astype(float))]
+        rose, fell = int((valid["delta_harm"] > 0).sum()), int((valid["delta_harm"] < 0).sum())
+        out.append(
+            {
+                "organism": organism,
+                "n_runs": len(valid),
+                "n_rose": rose,
+                "n_fell": fell,
+                "n_ties": int((valid["delta_harm"] == 0).sum()),
+                "mean_harm_phase1": float(valid["harm_phase1"].mean()) if len(valid) else math.nan,
+                "mean_harm_phase3": float(valid["harm_phase3"].mean()) if len(valid) else math.nan,
+                "mean_delta_harm": float(valid["delta_harm"].mean()) if len(valid) else math.nan,
+                "p_sign": sign_test(rose, fell),
+            }
+        )
+    return pd.DataFrame(out, columns=SUMMARY_COLUMNS)
+
+
+def read_rows(paths: Sequence[str]) -> pd.DataFrame:
+    frames = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: harmful rows file not found")
+        frames.append(pd.read_parquet(path))
+    if not frames:
+        raise DataError("no harmful rows files given")
+    return pd.concat(frames, ignore_index=True)
