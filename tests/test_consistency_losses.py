@@ -200,7 +200,7 @@ def test_method_settings_are_validated():
         act.resolve({"scal": 1})
     with pytest.raises(ValueError, match="alignment must be one of"):
         bct.resolve({"alignment": "left"})
-    assert (act.FAMILY, act.SELECTS, bct.FAMILY, bct.SELECTS) == (
+    assert (act.SPEC.family, act.SPEC.selects, bct.SPEC.family, bct.SPEC.selects) == (
         "regularization",
         False,
         "regularization",

@@ -7,7 +7,8 @@ import pytest
 
 from cmt.data.splits import Example
 from cmt.generation import Completion, Generator, SamplingParams, SequenceScore
-from cmt.methods import METHODS, LabelContext, argmax_first, get_method
+from cmt.methods import LabelContext, argmax_first
+from cmt.methods.registry import FAMILIES, get_method, method_names
 from cmt.toy import sycophancy
 
 
@@ -51,10 +52,20 @@ def selected(rows):
 
 
 def test_every_method_has_a_module_and_family():
-    for name in METHODS:
+    paper = {"self_certainty", "dual_decoding", "multi_view", "self_refinement", "self_rewarding", "bct", "act",
+             "gst", "rejection_sampling"}  # fmt: skip
+    assert paper <= set(method_names())
+    assert method_names(phase3_loss=True) == ["act", "bct"]
+    assert method_names(selects=True) == [
+        "dual_decoding",
+        "rejection_sampling",
+        "self_certainty",
+        "self_rewarding",
+    ]
+    for name in method_names():
         module = get_method(name)
-        assert name == module.NAME
-        assert module.FAMILY in ("label_generation", "regularization", "baseline")
+        assert name == module.SPEC.name
+        assert module.SPEC.family in FAMILIES
     with pytest.raises(ValueError, match="valid"):
         get_method("nope")
 

@@ -33,8 +33,9 @@ from cmt.judges.parsing import (
     parse_score_or_label,
     parse_strongreject,
 )
-from cmt.methods import LabelContext, get_method
+from cmt.methods import LabelContext
 from cmt.methods.multi_view import normalized_agree, view_answer
+from cmt.methods.registry import get_method
 from cmt.toy import emergent_misalignment, reward_hacking, spurious_correlation, sycophancy
 
 TOY = (sycophancy, reward_hacking, spurious_correlation, emergent_misalignment)

@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_retrain)
 
     p = sub.add_parser("retrain-consistency", help="Phase 3 for act/bct: paired clean/wrapped regularisation")
-    p.add_argument("--method", required=True, choices=["act", "bct"])
+    p.add_argument("--method", required=True, help="a Phase-3 loss method of the registry (act, bct)")
     p.add_argument("--model-dir", required=True)
     p.add_argument("--adapter", required=True)
     p.add_argument("--data-dir", required=True)

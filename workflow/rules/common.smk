@@ -6,7 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from cmt.config import check_config
-from cmt.methods import get_method
+from cmt.methods.registry import get_method, get_spec
 
 # Readable errors first (every violation, with its key path), then Snakemake's validate fills defaults.
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -425,12 +425,12 @@ def any_of(names):
 
 
 LABEL_METHODS = [
-    m for m in config["methods"] if method_module(m).FAMILY != "regularization"
+    m for m in config["methods"] if not get_spec(m).phase3_loss
 ]
 REGULARIZATION_METHODS = [
-    m for m in config["methods"] if method_module(m).FAMILY == "regularization"
+    m for m in config["methods"] if get_spec(m).phase3_loss
 ]
-SELECTING_METHODS = [m for m in config["methods"] if method_module(m).SELECTS]
+SELECTING_METHODS = [m for m in config["methods"] if get_spec(m).selects]
 
 
 def method_source(method):
@@ -446,7 +446,7 @@ def method_settings(method):
 
 def method_ks(method):
     """k values of a method: its own k plus the k-scaling block's; 1 without a selection count."""
-    if not method_module(method).SELECTS:
+    if not get_spec(method).selects:
         return [1]
     ks = {config["methods"][method]["k"]}
     if method in config["kscaling"]["methods"]:
@@ -466,7 +466,7 @@ def cell_paths(pattern, method):
 
 
 def uses_reward_model(method):
-    return getattr(method_module(method), "USES_REWARD_MODEL", False)
+    return get_spec(method).uses_reward_model
 
 
 if (
@@ -497,7 +497,7 @@ def method_code(method):
     code = [method_source(method)]
     if uses_reward_model(method):
         code.append(SRC / "reward_model.py")
-    if method_module(method).FAMILY == "regularization":
+    if get_spec(method).phase3_loss:
         code += [SRC / "consistency_losses.py", SRC / "phases" / "consistency.py"]
     return code
 

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from cmt.methods import FAMILIES
+from cmt.methods.registry import PAPER_FAMILIES as FAMILIES
 from cmt.runtime.io import atomic_path
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from cmt.analysis.stats import (
     sign_test,
     wilcoxon_p,
 )
-from cmt.methods import FAMILIES, get_method
+from cmt.methods.registry import PAPER_FAMILIES, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RUNS_COLUMNS = [
     "risk_base", "risk_phase1", "risk_phase3", "delta", "delta_ci_low", "delta_ci_high",
     "n_eval", "n_eval_phase1", "n_train", "noise_floor", "induced",
 ]  # fmt: skip
-FAMILY_ROWS = ("all", *FAMILIES)
+FAMILY_ROWS = ("all", *PAPER_FAMILIES)
 MAIN_COLUMNS = [
     "organism", "family", "n_runs", "n_suppressed", "n_amplified", "n_ties", "suppression_ratio",
     "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high", "n_clusters", "p_sign", "p_wilcoxon",
@@ -65,8 +65,8 @@ def _scored_or_nan(df: pd.DataFrame) -> np.ndarray:
 
 
 def family_of(method: str) -> str:
-    """The method's family from its module (`cmt.methods.<name>.FAMILY`); unknown methods are errors."""
-    return get_method(method).FAMILY
+    """The method's family from its module (its `SPEC` in `cmt.methods.<name>`); unknown methods are errors."""
+    return get_spec(method).family
 
 
 def runs_table(
@@ -294,7 +294,7 @@ def kscaling_table(runs: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.
     """
     _require(runs, ["model", "organism", "method", "k", "seed", "delta"], "runs table")
     runs = _with_family(runs)
-    selecting = [m for m in sorted(runs["method"].unique()) if get_method(m).SELECTS]
+    selecting = [m for m in sorted(runs["method"].unique()) if get_spec(m).selects]
     gst = runs.loc[(runs["method"] == "gst") & runs["delta"].notna(), [*RUN_KEYS, "delta"]]
     gst = gst.rename(columns={"delta": "delta_gst"})
     rows = []

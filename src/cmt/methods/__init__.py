@@ -1,37 +1,18 @@
 """Phase-2 consistency methods and baselines: one module per method, each with its own config subtree.
 
-A method module defines NAME, FAMILY ("label_generation", "regularization" or "baseline"), SELECTS (whether
-k is a selection count) and `label(context, examples, settings, k, seed) -> list[CandidateRow]`.
+A method module declares `SPEC` (`cmt.methods.registry.MethodSpec`: name, family, capabilities) and, unless it is a
+Phase-3 loss, `label(context, examples, settings, k, seed) -> list[CandidateRow]`. This module holds what the
+labellers share.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from cmt.generation import Completion, Generator, SamplingParams
-
-METHODS = (
-    "self_certainty",
-    "dual_decoding",
-    "multi_view",
-    "self_refinement",
-    "self_rewarding",
-    "bct",
-    "act",
-    "gst",
-    "rejection_sampling",
-)
-FAMILIES = ("label_generation", "regularization", "baseline")
-
-
-def get_method(name: str):
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; valid: {list(METHODS)}")
-    return importlib.import_module(f"cmt.methods.{name}")
 
 
 @dataclass

@@ -17,10 +17,9 @@ See docs/act_bct.md and cmt.methods.losses.
 from __future__ import annotations
 
 from cmt.methods import losses as cl
+from cmt.methods.registry import MethodSpec
 
-NAME = "act"
-FAMILY = "regularization"
-SELECTS = False
+SPEC = MethodSpec("act", "regularization", phase3_loss=True)
 
 DEFAULTS = {"scale": 1e-4, "alignment": "response"}
 CHOICES = {"alignment": cl.ALIGNMENTS}
@@ -29,7 +28,7 @@ NEEDS_LOGITS = False
 
 
 def resolve(settings: dict | None) -> dict:
-    resolved = cl.resolve_settings(NAME, DEFAULTS, CHOICES, settings)
+    resolved = cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings)
     if not float(resolved["scale"]) > 0:
         raise ValueError(f"act: scale must be > 0, got {resolved['scale']!r}")
     return resolved

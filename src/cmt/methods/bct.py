@@ -25,10 +25,9 @@ See docs/act_bct.md and cmt.methods.losses.
 from __future__ import annotations
 
 from cmt.methods import losses as cl
+from cmt.methods.registry import MethodSpec
 
-NAME = "bct"
-FAMILY = "regularization"
-SELECTS = False
+SPEC = MethodSpec("bct", "regularization", phase3_loss=True)
 
 VARIANTS = ("logit", "sft")
 DEFAULTS = {"temperature": 1.0, "alignment": "response", "variant": "logit", "max_new_tokens": None}
@@ -38,7 +37,7 @@ NEEDS_LOGITS = True
 
 
 def resolve(settings: dict | None) -> dict:
-    resolved = cl.resolve_settings(NAME, DEFAULTS, CHOICES, settings)
+    resolved = cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings)
     if not float(resolved["temperature"]) > 0:
         raise ValueError(f"bct: temperature must be > 0, got {resolved['temperature']!r}")
     return resolved

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 from cmt.generation import SamplingParams, derive_seed
 from cmt.methods import Candidate, LabelContext, greedy_params, sample_params
+from cmt.methods.registry import MethodSpec
 from cmt.methods.rejection_sampling import select_by_reward
 
-NAME = "dual_decoding"
-FAMILY = "label_generation"
-SELECTS = True
-USES_REWARD_MODEL = True
+SPEC = MethodSpec("dual_decoding", "label_generation", selects=True, uses_reward_model=True)
 
 
 def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:
@@ -23,9 +21,9 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
         temperature=0.0, num_beams=settings["beam_width"], max_new_tokens=greedy.max_new_tokens
     )
     gen = context.generator
-    greedy_out = gen.generate(prompts, 1, greedy, derive_seed(seed, NAME, "greedy"))
-    sample_out = gen.generate(prompts, k, nucleus, derive_seed(seed, NAME, "nucleus"))
-    beam_out = gen.generate(prompts, 1, beam, derive_seed(seed, NAME, "beam"))
+    greedy_out = gen.generate(prompts, 1, greedy, derive_seed(seed, SPEC.name, "greedy"))
+    sample_out = gen.generate(prompts, k, nucleus, derive_seed(seed, SPEC.name, "nucleus"))
+    beam_out = gen.generate(prompts, 1, beam, derive_seed(seed, SPEC.name, "beam"))
     candidates = [
         [
             Candidate(g[0], greedy, "greedy"),

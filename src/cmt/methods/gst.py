@@ -6,10 +6,9 @@ No scoring and no selection: the "distribution shift without selection" control.
 from __future__ import annotations
 
 from cmt.methods import Candidate, LabelContext, candidate_rows, greedy_params
+from cmt.methods.registry import MethodSpec
 
-NAME = "gst"
-FAMILY = "baseline"
-SELECTS = False
+SPEC = MethodSpec("gst", "baseline")
 
 
 def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:

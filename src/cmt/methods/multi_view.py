@@ -11,10 +11,9 @@ from __future__ import annotations
 from cmt.generation import derive_seed
 from cmt.judges.parsing import is_unparseable, parse_choice, parse_json_object
 from cmt.methods import Candidate, LabelContext, candidate_rows, greedy_params, last_user_turn, with_suffix
+from cmt.methods.registry import MethodSpec
 
-NAME = "multi_view"
-FAMILY = "label_generation"
-SELECTS = False
+SPEC = MethodSpec("multi_view", "label_generation")
 
 VIEWS = {
     "plain": "",
@@ -59,7 +58,7 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
     params = greedy_params(context, settings)
     outputs = {
         view: context.generator.generate(
-            [with_suffix(p, suffix) for p in prompts], 1, params, derive_seed(seed, NAME, view)
+            [with_suffix(p, suffix) for p in prompts], 1, params, derive_seed(seed, SPEC.name, view)
         )
         for view, suffix in VIEWS.items()
     }
@@ -81,7 +80,9 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
                 [{"role": "user", "content": AGREEMENT_TEMPLATE.format(question=last_user_turn(p), a=a, b=b)}]
                 for p, a, b in zip(prompts, answers["plain"], answers[view], strict=True)
             ]
-            replies = context.generator.generate(questions, 1, params, derive_seed(seed, NAME, "check", view))
+            replies = context.generator.generate(
+                questions, 1, params, derive_seed(seed, SPEC.name, "check", view)
+            )
             agree[view] = [parse_choice(r[0].text, ("YES", "NO")) == "YES" for r in replies]
     elif settings["checker"] == "judge":
         agree = judge_agreement(context, prompts, answers)

@@ -7,11 +7,9 @@ control.
 from __future__ import annotations
 
 from cmt.methods import Candidate, LabelContext, argmax_first, candidate_rows, sample_params
+from cmt.methods.registry import MethodSpec
 
-NAME = "rejection_sampling"
-FAMILY = "baseline"
-SELECTS = True
-USES_REWARD_MODEL = True
+SPEC = MethodSpec("rejection_sampling", "baseline", selects=True, uses_reward_model=True)
 
 
 def select_by_reward(

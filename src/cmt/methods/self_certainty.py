@@ -8,10 +8,9 @@ of the next-token distribution from uniform, from a teacher-forced pass.
 from __future__ import annotations
 
 from cmt.methods import Candidate, LabelContext, argmax_first, candidate_rows, sample_params
+from cmt.methods.registry import MethodSpec
 
-NAME = "self_certainty"
-FAMILY = "label_generation"
-SELECTS = True
+SPEC = MethodSpec("self_certainty", "label_generation", selects=True)
 
 
 def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:

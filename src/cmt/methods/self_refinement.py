@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from cmt.generation import derive_seed
 from cmt.methods import Candidate, LabelContext, candidate_rows, greedy_params, last_user_turn, sample_params
+from cmt.methods.registry import MethodSpec
 
-NAME = "self_refinement"
-FAMILY = "label_generation"
-SELECTS = False
+SPEC = MethodSpec("self_refinement", "label_generation")
 
 REFINE_TEMPLATE = "Question: {question}\nDraft answer: {draft}\nReview the draft answer and write an improved answer to the question."
 
@@ -23,9 +22,11 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
     prompts = [e.prompt for e in examples]
     draft_params = greedy_params(context, settings)
     refine_params = sample_params(context, settings)
-    drafts = context.generator.generate(prompts, 1, draft_params, derive_seed(seed, NAME, "draft"))
+    drafts = context.generator.generate(prompts, 1, draft_params, derive_seed(seed, SPEC.name, "draft"))
     refine_prompts = [refinement_prompt(p, d[0].text) for p, d in zip(prompts, drafts, strict=True)]
-    refined = context.generator.generate(refine_prompts, 1, refine_params, derive_seed(seed, NAME, "refine"))
+    refined = context.generator.generate(
+        refine_prompts, 1, refine_params, derive_seed(seed, SPEC.name, "refine")
+    )
     rows = []
     for example, draft, ref in zip(examples, drafts, refined, strict=True):
         candidates = [

@@ -10,10 +10,9 @@ from cmt.data.check import fill_rubric
 from cmt.generation import SamplingParams, derive_seed
 from cmt.judges.parsing import is_unparseable, parse_int_score
 from cmt.methods import Candidate, LabelContext, argmax_first, candidate_rows, last_user_turn, sample_params
+from cmt.methods.registry import MethodSpec
 
-NAME = "self_rewarding"
-FAMILY = "label_generation"
-SELECTS = True
+SPEC = MethodSpec("self_rewarding", "label_generation", selects=True)
 
 
 def grading_prompt(rubric: str, prompt: list[dict], answer: str) -> list[dict]:
@@ -25,14 +24,14 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
         raise ValueError("self_rewarding needs the organism's rubric (rubric.txt in its data folder)")
     params = sample_params(context, settings)
     prompts = [e.prompt for e in examples]
-    samples = context.generator.generate(prompts, k, params, derive_seed(seed, NAME, "sample"))
+    samples = context.generator.generate(prompts, k, params, derive_seed(seed, SPEC.name, "sample"))
     grade_params = SamplingParams(temperature=0.0, max_new_tokens=settings["grade_max_new_tokens"])
     grade_prompts = [
         grading_prompt(context.rubric, p, c.text)
         for p, cands in zip(prompts, samples, strict=True)
         for c in cands
     ]
-    grades = context.generator.generate(grade_prompts, 1, grade_params, derive_seed(seed, NAME, "grade"))
+    grades = context.generator.generate(grade_prompts, 1, grade_params, derive_seed(seed, SPEC.name, "grade"))
     rows, pos = [], 0
     for example, cands in zip(examples, samples, strict=True):
         candidates = []

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from cmt.data.splits import load_split, training_messages
 from cmt.methods import losses as cl
+from cmt.methods.registry import get_method, method_names
 from cmt.models import training
 from cmt.models.loading import load_model, load_tokenizer
 from cmt.models.training import TrainingError
@@ -30,13 +30,12 @@ from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
-CONSISTENCY_METHODS = ("act", "bct")
-
 
 def get_consistency_method(name: str):
-    if name not in CONSISTENCY_METHODS:
-        raise ValueError(f"{name!r} is not a consistency-loss method; valid: {list(CONSISTENCY_METHODS)}")
-    return importlib.import_module(f"cmt.methods.{name}")
+    losses = method_names(phase3_loss=True)
+    if name not in losses:
+        raise ValueError(f"{name!r} is not a consistency-loss method; valid: {losses}")
+    return get_method(name)
 
 
 def load_pairs(data_dir: str | Path):
@@ -123,7 +122,7 @@ def train_consistency(
         checkpoint_dir,
         collate=lambda b: cl.collate_pairs(b, pad_id),
         loss_fn=lambda m, batch: batch_loss(m, module, method_settings, *batch, train=True),
-        loss_key={"method": module.NAME, "settings": method_settings},
+        loss_key={"method": module.SPEC.name, "settings": method_settings},
     )
 
 

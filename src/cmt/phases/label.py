@@ -21,7 +21,8 @@ import pandas as pd
 
 from cmt.data.splits import load_split
 from cmt.generation import load_generator
-from cmt.methods import LabelContext, argmax_first, get_method
+from cmt.methods import LabelContext, argmax_first
+from cmt.methods.registry import get_method
 from cmt.organisms import make_judge, toy_organism
 from cmt.phases.evaluate import judged_rows, stratified_subset
 from cmt.runtime.io import write_json, write_parquet
@@ -50,11 +51,11 @@ class Phase2Job:
 def build_context(job: Phase2Job, desc: str) -> LabelContext:
     module = get_method(job.method)
     # A reward model loaded next to the generator takes part of the GPU: vLLM must leave room for it.
-    shares_gpu = getattr(module, "USES_REWARD_MODEL", False)
+    shares_gpu = module.SPEC.uses_reward_model
     generator = load_generator(job.model_dir, job.adapter, job.model_settings, desc, shares_gpu=shares_gpu)
     rubric_path = Path(job.data_dir) / "rubric.txt"
     scorer = None
-    if getattr(module, "USES_REWARD_MODEL", False):
+    if module.SPEC.uses_reward_model:
         if job.reward_model is None:
             raise ValueError(f"method {job.method!r} needs a reward model (--reward-model)")
         from cmt.models.reward_model import RewardModel
@@ -74,10 +75,10 @@ def build_context(job: Phase2Job, desc: str) -> LabelContext:
 
 
 def run_method(module, context, examples, method_settings, k, seed) -> pd.DataFrame:
-    if not module.SELECTS and k != 1:
-        raise ValueError(f"method {module.NAME!r} has no selection count; its k must be 1, got {k}")
+    if not module.SPEC.selects and k != 1:
+        raise ValueError(f"method {module.SPEC.name!r} has no selection count; its k must be 1, got {k}")
     df = pd.DataFrame(module.label(context, examples, method_settings, k, seed))
-    df.insert(0, "method", module.NAME)
+    df.insert(0, "method", module.SPEC.name)
     df.insert(1, "k", k)
     df.insert(2, "seed", seed)
     return df
@@ -106,7 +107,7 @@ def runs_per_k(module, context, examples, method_settings, ks: list[int], seed: 
     """(k, rows) for each k: one draw at max(ks) for a selecting method (see the module docstring).
     `annotate(rows)` adds per-candidate columns once per draw, before the draw is cut to each k."""
     annotate = annotate or (lambda df: df)
-    if not module.SELECTS:
+    if not module.SPEC.selects:
         for k in ks:
             yield k, annotate(run_method(module, context, examples, method_settings, k, seed))
         return
@@ -142,7 +143,7 @@ def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: l
             inputs=inputs,
             method=job.method,
             k=k,
-            drawn_k=max(ks) if module.SELECTS else k,  # the candidates are the first k of this draw
+            drawn_k=max(ks) if module.SPEC.selects else k,  # the candidates are the first k of this draw
             n_prompts=len(examples),
             n_candidates=len(df),
             n_labelled=n_labelled,
