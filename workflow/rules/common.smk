@@ -496,9 +496,9 @@ def method_code(method):
     methods that use it."""
     code = [method_source(method)]
     if uses_reward_model(method):
-        code.append(SRC / "reward_model.py")
+        code.append(SRC / "models" / "reward_model.py")
     if get_spec(method).phase3_loss:
-        code += [SRC / "consistency_losses.py", SRC / "phases" / "consistency.py"]
+        code += [SRC / "methods" / "losses.py", SRC / "phases" / "consistency.py"]
     return code
 
 

@@ -18,7 +18,7 @@ rule train_reward_model:
                 "eval",
             ],
         ),
-        code=[SRC / "reward_model.py", SRC / "toy" / "preferences.py"],
+        code=[SRC / "models" / "reward_model.py", SRC / "toy" / "preferences.py"],
     output:
         config="results/models/{model}-reward/config.json",
         weights="results/models/{model}-reward/model.safetensors",
