@@ -1,13 +1,17 @@
 import copy
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from helpers import REPO, run_snakemake
 
-from cmt.config import ConfigError, check_config, config_errors
+from cmt.config import ConfigError, check_config, check_workflow_config, config_errors
 from cmt.data.fetch import DATASET_FILES
+from cmt.methods.registry import method_names
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -42,8 +46,18 @@ def test_wrong_type_names_the_key():
 def test_unknown_method_lists_valid_names():
     config = load(REPO / "config" / "config.yaml")
     config["methods"]["gsd"] = {}
-    errors = config_errors(config, SCHEMA)
-    assert any("methods" in e and "'gsd'" in e and "gst" in e for e in errors)
+    (error,) = check_workflow_config(config, SCHEMA)
+    assert "config key methods" in error and "'gsd'" in error
+    assert str(method_names()) in error  # every valid name, from the registry
+
+
+def test_the_schema_has_a_settings_subtree_for_exactly_the_registered_methods():
+    """A method module without its schema subtree, or a subtree without a module, fails here."""
+    schema = load(SCHEMA)
+    assert sorted(schema["properties"]["methods"]["properties"]) == method_names()
+    # ... and the names are the registry's only: the schema lists no method name anywhere else.
+    text = SCHEMA.read_text()
+    assert not re.search(r"enum: \[[^\]]*\bself_certainty\b", text)
 
 
 def test_every_error_is_reported_at_once():
@@ -143,14 +157,51 @@ def test_a_loose_files_source_missing_a_file_is_a_schema_error(tmp_path, copy_co
     assert "eval.jsonl" in output and "Building DAG" not in output
 
 
-def test_an_llm_judged_organism_passes_the_judge_block_and_requires_its_key(tmp_path, copy_config):
+def test_an_llm_judged_organism_needs_its_key_only_in_the_jobs_that_call_the_judge(tmp_path, copy_config):
+    """No envvars: a dry run (and the DAG, --lint) works without the key. Each job that calls the judge starts
+    with a guard that stops it, with one line naming the variable, when the key is missing."""
+
     def edit(config):
         config["organisms"]["sycophancy"]["judge"] = "llm"
         config["judge"] = {"base_url": "http://127.0.0.1:8000/v1", "model": "judge-model",
                            "api_key_env": "CMT_TEST_JUDGE_KEY"}  # fmt: skip
 
+    assert "CMT_TEST_JUDGE_KEY" not in os.environ
     proc, output = dry_run_with(tmp_path, copy_config, edit, "-p")
-    assert proc.returncode != 0 and "CMT_TEST_JUDGE_KEY" in output  # envvars: checked before any job
+    assert proc.returncode == 0, output[-3000:]
+    commands = re.findall(r"^Shell command: (.*)$", output, re.M)
+    guarded = [c for c in commands if "CMT_TEST_JUDGE_KEY:?" in c]
+    assert guarded and all(c.split('}"; ', 1)[1].startswith("cmt evaluate") for c in guarded)
+    assert all("--organism sycophancy" in c for c in guarded)  # the LLM-judged organism's evaluations only
+    assert any("cmt evaluate" in c and "--organism reward_hacking" in c for c in commands)
+    assert '"api_key_env":"CMT_TEST_JUDGE_KEY"' in output  # the judge block reaches the job, its name only
+
+    guard = guarded[0].split("cmt evaluate", 1)[0]
+    env = {k: v for k, v in os.environ.items() if k != "CMT_TEST_JUDGE_KEY"}
+    job = subprocess.run(["bash", "-c", f"set -euo pipefail; {guard}echo started"], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert job.returncode != 0 and job.stdout == ""
+    (line,) = job.stderr.strip().splitlines()
+    assert "CMT_TEST_JUDGE_KEY" in line and "judge.api_key_env" in line
+    job = subprocess.run(["bash", "-c", f"set -euo pipefail; {guard}echo started"],
+                         env={**env, "CMT_TEST_JUDGE_KEY": "k"}, capture_output=True, text=True)  # fmt: skip
+    assert job.returncode == 0 and job.stdout == "started\n"
+
+
+def test_multi_view_with_the_judge_checker_guards_its_label_job(tmp_path, copy_config):
+    def edit(config):
+        config["methods"] = {"multi_view": {"checker": "judge"}}
+        config["judge"] = {
+            "base_url": "http://127.0.0.1:8000/v1",
+            "model": "m",
+            "api_key_env": "CMT_TEST_JUDGE_KEY",
+        }
+
+    proc, output = dry_run_with(tmp_path, copy_config, edit, "-p")
+    assert proc.returncode == 0, output[-3000:]
+    commands = re.findall(r"^Shell command: (.*)$", output, re.M)
+    guarded = {c.split('}"; ', 1)[1].split()[1] for c in commands if "CMT_TEST_JUDGE_KEY:?" in c}
+    assert guarded == {"label"}
 
 
 def test_a_gpu_model_run_locally_without_a_gpu_is_refused_before_any_job(tmp_path, copy_config):
@@ -168,3 +219,147 @@ def test_a_gpu_model_run_locally_without_a_gpu_is_refused_before_any_job(tmp_pat
     assert proc.returncode != 0
     assert "models ['toy'] need GPUs" in output
     assert not (tmp_path / "work2" / "results").exists()  # not even the toy data job ran
+
+
+# ---------------------------------------------------------------- check_workflow_config, one check at a time
+
+JUDGE = {"base_url": "http://127.0.0.1:8000/v1", "model": "judge-model"}
+
+
+def model_dir(tmp_path):
+    path = tmp_path / "model"
+    path.mkdir(exist_ok=True)
+    (path / "config.json").write_text("{}")
+    return str(path)
+
+
+def dataset_dir(tmp_path):
+    path = tmp_path / "data"
+    path.mkdir(exist_ok=True)
+    (path / "eval.jsonl").write_text("")
+    return str(path)
+
+
+def requests_file(tmp_path):
+    path = tmp_path / "requests.jsonl"
+    path.write_text("")
+    return str(path)
+
+
+def set_key(config, keys, value):
+    *parents, last = keys.split(".")
+    for key in parents:
+        config = config[key]
+    config[last] = value
+
+
+def drop_key(config, keys):
+    *parents, last = keys.split(".")
+    for key in parents:
+        config = config[key]
+    del config[last]
+
+
+# (name, the edit that breaks config/config.yaml, the edit that makes it right again, the message's words)
+CHECKS = [
+    ("unknown method",
+     lambda c, t: set_key(c, "methods.gsd", {}),
+     lambda c, t: c["methods"].pop("gsd"),
+     ["config key methods", "'gsd'", "valid"]),
+    ("k-scaling of an unknown method",
+     lambda c, t: c["kscaling"]["methods"].append("self_certinty"),
+     lambda c, t: c["kscaling"]["methods"].remove("self_certinty"),
+     ["config key kscaling.methods", "'self_certinty'"]),
+    ("k-scaling of a method that does not select",
+     lambda c, t: c["kscaling"]["methods"].append("gst"),
+     lambda c, t: c["kscaling"]["methods"].remove("gst"),
+     ["config key kscaling.methods", "['gst']", "self_certainty"]),
+    ("toy model without the toy base settings",
+     lambda c, t: drop_key(c, "toy.tokenizer"),
+     lambda c, t: set_key(c, "models.toy.source", {"path": model_dir(t)}),
+     ["toy.tokenizer", "model toy has source toy"]),
+    ("local model folder without config.json",
+     lambda c, t: set_key(c, "models.toy.source", {"path": str(t / "no_model")}),
+     lambda c, t: set_key(c, "models.toy.source", {"path": model_dir(t)}),
+     ["models.toy.source.path", "no_model", "config.json"]),
+    ("local reward model folder without config.json",
+     lambda c, t: set_key(c, "reward_model.source", {"path": str(t / "no_rm")}),
+     lambda c, t: set_key(c, "reward_model.source", {"path": model_dir(t)}),
+     ["reward_model.source.path", "no_rm"]),
+    ("toy organism without a corpus size",
+     lambda c, t: drop_key(c, "toy.corpus.sycophancy"),
+     lambda c, t: set_key(c, "organisms.sycophancy.source", {"path": dataset_dir(t)}),
+     ["toy.corpus.sycophancy"]),
+    ("local dataset folder without eval.jsonl",
+     lambda c, t: set_key(c, "organisms.sycophancy.source", {"path": str(t / "no_data")}),
+     lambda c, t: set_key(c, "organisms.sycophancy.source", {"path": dataset_dir(t)}),
+     ["organisms.sycophancy.source.path", "no_data", "eval.jsonl"]),
+    ("LLM-judged organism without a judge block",
+     lambda c, t: set_key(c, "organisms.sycophancy.judge", "llm"),
+     lambda c, t: set_key(c, "judge", dict(JUDGE)),
+     ["organisms.sycophancy.judge", "judge block"]),
+    ("multi_view's judge checker without a judge block",
+     lambda c, t: set_key(c, "methods.multi_view.checker", "judge"),
+     lambda c, t: set_key(c, "judge", dict(JUDGE)),
+     ["methods.multi_view.checker", "judge block"]),
+    ("reranking methods without a reward model",
+     lambda c, t: drop_key(c, "reward_model"),
+     lambda c, t: [c["methods"].pop(m) for m in ("dual_decoding", "rejection_sampling")],
+     ["reward_model is missing", "dual_decoding", "rejection_sampling"]),
+    ("toy harmful requests without toy.harmful",
+     lambda c, t: drop_key(c, "toy.harmful"),
+     lambda c, t: set_key(c, "eval.harmful", None),
+     ["eval.harmful.requests is toy", "toy.harmful"]),
+    ("harmful requests file that is not there",
+     lambda c, t: set_key(c, "eval.harmful.requests", str(t / "no_requests.jsonl")),
+     lambda c, t: set_key(c, "eval.harmful.requests", requests_file(t)),
+     ["eval.harmful.requests", "no_requests.jsonl", "not a file"]),
+    ("StrongREJECT scorer without a judge block",
+     lambda c, t: set_key(c, "eval.harmful.scorer", "strongreject"),
+     lambda c, t: set_key(c, "judge", dict(JUDGE)),
+     ["eval.harmful.scorer is strongreject", "judge block"]),
+]  # fmt: skip
+
+
+def test_the_default_config_has_no_problem():
+    assert check_workflow_config(load(REPO / "config" / "config.yaml"), SCHEMA) == []
+
+
+@pytest.mark.parametrize(("name", "breaks", "fixes", "words"), CHECKS, ids=[c[0] for c in CHECKS])
+def test_each_workflow_check_fails_then_passes(name, breaks, fixes, words, tmp_path):
+    config = load(REPO / "config" / "config.yaml")
+    breaks(config, tmp_path)
+    (problem,) = check_workflow_config(config, SCHEMA)
+    assert all(word in problem for word in words), problem
+    fixes(config, tmp_path)
+    assert check_workflow_config(config, SCHEMA) == []
+
+
+def test_every_problem_is_reported_at_once():
+    config = load(REPO / "config" / "config.yaml")
+    config["seeds"] = "0"  # schema
+    config["methods"]["gsd"] = {}  # registry
+    assert len(check_workflow_config(config, SCHEMA)) == 2
+    config = load(REPO / "config" / "config.yaml")
+    del config["toy"]["harmful"], config["reward_model"]  # two checks beyond the schema
+    assert len(check_workflow_config(config, SCHEMA)) == 2
+
+
+def test_a_configfile_replaces_the_default_grid_without_the_replace_flag(tmp_path):
+    """`--configfile X` alone plans X's grid exactly (never X deep-merged into config/config.yaml's defaults),
+    the same as with --replace-workflow-config; the cluster jobs, which get --configfiles but never that flag,
+    see the same config."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+    def job_stats(*flags):
+        cmd = [str(bin_dir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n",
+               "--configfile", str(REPO / "tests/configs/mini.yaml"), *flags]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        table = proc.stdout[proc.stdout.index("Job stats:") :]
+        return dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.M))
+
+    alone = job_stats()
+    assert alone == job_stats("--replace-workflow-config")
+    assert "label_gst" in alone and not [rule for rule in alone if rule.endswith("self_certainty")]

@@ -335,3 +335,81 @@ def test_cli_exit_codes_and_output(folder):
     assert bad.returncode == 1
     assert f"error: {folder}/induction.jsonl:2: invalid JSON" in bad.stdout
     assert "1 errors, 0 warnings" in bad.stdout
+
+
+def test_a_split_linked_outside_the_folder_is_an_error_and_not_read(folder, tmp_path):
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (folder / "eval.jsonl").unlink()
+    (folder / "eval.jsonl").symlink_to(secret)
+    error = only_error(check_dataset(folder))
+    assert error.startswith(f"{folder}/eval.jsonl: a symbolic link to {secret}, outside the dataset folder")
+    assert "root:x" not in check_dataset(folder).format()  # the target's content is never echoed
+    (folder / "eval.jsonl").unlink()
+    (folder / "eval.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    assert only_error(check_dataset(folder)).endswith("gone.jsonl, which does not exist")
+
+
+def test_a_link_inside_the_folder_is_read_like_its_target(folder):
+    """act_bct_clean may be byte-identical to consistency in the reference; a relative link to it is fine."""
+    (folder / "act_bct_clean.jsonl").rename(folder / "clean.data")
+    (folder / "act_bct_clean.jsonl").symlink_to("clean.data")
+    report = check_dataset(folder)
+    assert report.ok, report.format()
+
+
+def test_a_rubric_linked_outside_the_folder_is_an_error(folder, tmp_path):
+    (tmp_path / "rubric.txt").write_text((folder / "rubric.txt").read_text())
+    (folder / "rubric.txt").unlink()
+    (folder / "rubric.txt").symlink_to(tmp_path / "rubric.txt")
+    assert "rubric.txt: a symbolic link to" in only_error(check_dataset(folder))
+
+
+def test_a_byte_order_mark_is_rejected_like_the_loader_does(folder):
+    path = folder / "eval.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    error = only_error(check_dataset(folder))
+    assert error.startswith(f"{path}:1: the file starts with a UTF-8 byte-order mark (BOM)")
+    # The loader and the check agree: a folder the check fails does not load, and the message says where.
+    with pytest.raises(DataError, match=r"eval\.jsonl:1: invalid JSON \(Unexpected UTF-8 BOM"):
+        load_split(folder, "eval")
+
+
+def test_a_line_over_a_mebibyte_is_a_warning(folder):
+    path = folder / "eval.jsonl"
+    first = row(path, 1)
+    first["padding"] = "x" * (2**20 + 10)
+    set_line(path, 1, json.dumps(first))
+    report = check_dataset(folder)
+    assert report.ok, report.format()
+    assert len(report.warnings) == 1 and report.warnings[0].startswith(
+        f"{path}:1: lines over 1 MiB: 1 (the longest 1.0 MiB)"
+    )
+
+
+def test_the_cli_prints_no_job_header_by_hand_and_one_for_a_rule(folder, tmp_path):
+    by_hand = subprocess.run([str(CMT), "data", "check", str(folder)], capture_output=True, text=True)
+    assert by_hand.returncode == 0 and "job cmd=" not in by_hand.stderr + by_hand.stdout
+    by_rule = subprocess.run([str(CMT), "data", "check", str(folder), "--job", "check x", "--log", "job.log"],
+                             cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert by_rule.returncode == 0, by_rule.stderr
+    assert "job cmd=data job=check x device=none" in (tmp_path / "job.log").read_text()
+
+
+def test_reference_files_are_optional_and_must_answer_the_consistency_prompts(tmp_path):
+    from cmt.toy.world import write_world
+
+    root = tmp_path / "world"
+    write_world(root, ["emergent_misalignment"], {**TINY_TOY, "corpus": {"emergent_misalignment": 20}})
+    folder = root / "emergent_misalignment"
+    assert check_dataset(folder).ok
+    (folder / "consistency_misaligned.jsonl").unlink()
+    assert check_dataset(folder).ok  # absent: the controls are skipped, not an error
+    rows = [json.loads(line) for line in (folder / "consistency_aligned.jsonl").read_text().splitlines()]
+    rows[0]["messages"][0]["content"] = "A prompt that consistency.jsonl does not have."
+    (folder / "consistency_aligned.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows[1:] + rows[:1])
+    )
+    errors = check_dataset(folder).errors
+    assert any("consistency_aligned.jsonl:" in e and "not one of consistency.jsonl's" in e for e in errors)
+    assert any("no reference reply for 1 consistency prompt" in e for e in errors)

@@ -20,6 +20,7 @@ from helpers import REPO
 from cmt.config import config_errors
 from cmt.generation import SamplingParams, derive_seed, load_generator, make_generator
 from cmt.generation import vllm_backend as vb
+from cmt.generation import vllm_params as vp
 from cmt.generation.hf import HFGenerator
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -68,7 +69,7 @@ def fake_api(llm=None):
 
 
 def test_greedy_maps_to_temperature_zero_without_seed_or_top_p():
-    kwargs = vb.to_vllm_sampling_kwargs(SamplingParams(temperature=0.0, max_new_tokens=7), 1, seed=123)
+    kwargs = vp.to_vllm_sampling_kwargs(SamplingParams(temperature=0.0, max_new_tokens=7), 1, seed=123)
     assert kwargs == {
         "n": 1,
         "max_tokens": 7,
@@ -81,7 +82,7 @@ def test_greedy_maps_to_temperature_zero_without_seed_or_top_p():
 
 def test_nucleus_sampling_maps_temperature_top_p_n_and_seed():
     params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=256)
-    kwargs = vb.to_vllm_sampling_kwargs(params, 4, seed=99, stop_token_ids=[2, 7])
+    kwargs = vp.to_vllm_sampling_kwargs(params, 4, seed=99, stop_token_ids=[2, 7])
     assert kwargs == {
         "n": 4,
         "max_tokens": 256,
@@ -97,36 +98,36 @@ def test_nucleus_sampling_maps_temperature_top_p_n_and_seed():
 
 def test_sampling_kwargs_reject_beams_and_bad_n():
     with pytest.raises(ValueError, match="beam"):
-        vb.to_vllm_sampling_kwargs(SamplingParams(num_beams=4), 1, seed=0)
+        vp.to_vllm_sampling_kwargs(SamplingParams(num_beams=4), 1, seed=0)
     with pytest.raises(ValueError, match="n must be"):
-        vb.to_vllm_sampling_kwargs(SamplingParams(), 0, seed=0)
+        vp.to_vllm_sampling_kwargs(SamplingParams(), 0, seed=0)
 
 
 def test_beam_search_maps_width_budget_and_greedy_beams():
     params = SamplingParams(temperature=0.0, num_beams=4, max_new_tokens=64)
-    assert vb.beam_search_kwargs(params, 1) == {
+    assert vp.beam_search_kwargs(params, 1) == {
         "beam_width": 4,
         "max_tokens": 64,
         "temperature": 0.0,
         "length_penalty": 1.0,
     }
     with pytest.raises(ValueError, match="num_beams=4"):
-        vb.beam_search_kwargs(params, 5)
+        vp.beam_search_kwargs(params, 5)
     with pytest.raises(ValueError, match="num_beams >= 2"):
-        vb.beam_search_kwargs(SamplingParams(), 1)
+        vp.beam_search_kwargs(SamplingParams(), 1)
 
 
 def test_request_seeds_differ_per_prompt_are_stable_and_follow_the_run_seed():
-    seeds = [vb.request_seed(40, i) for i in range(1000)]
+    seeds = [vp.request_seed(40, i) for i in range(1000)]
     assert len(set(seeds)) == 1000
-    assert seeds == [vb.request_seed(40, i) for i in range(1000)]  # stable across calls
+    assert seeds == [vp.request_seed(40, i) for i in range(1000)]  # stable across calls
     assert seeds[0] == derive_seed(40, "vllm", 0) & ((1 << 62) - 1)  # by construction, not by batch
     assert all(0 <= s < 2**62 for s in seeds)  # vLLM adds the child index; torch seeds are 64-bit
-    assert vb.request_seed(41, 0) != seeds[0]
+    assert vp.request_seed(41, 0) != seeds[0]
 
 
 def test_scoring_requests_prompt_logprobs_of_every_token():
-    kwargs = vb.scoring_sampling_kwargs()
+    kwargs = vp.scoring_sampling_kwargs()
     assert kwargs["prompt_logprobs"] == 0  # the actual token's log-prob at every prompt position
     assert kwargs["max_tokens"] == 1 and kwargs["temperature"] == 0.0
 
@@ -139,38 +140,38 @@ def test_scoring_requests_prompt_logprobs_of_every_token():
     [(1, 1), (2, 8), (8, 8), (9, 16), (16, 16), (32, 32), (33, 64), (300, 320), (321, 512), (512, 512)],
 )
 def test_lora_rank_rounds_up_to_a_rank_vllm_allows(rank, expected):
-    assert vb.vllm_lora_rank(rank) == expected
+    assert vp.vllm_lora_rank(rank) == expected
 
 
 def test_lora_rank_outside_vllm_range_is_an_error():
     with pytest.raises(ValueError, match="exceeds"):
-        vb.vllm_lora_rank(513)
+        vp.vllm_lora_rank(513)
     with pytest.raises(ValueError, match=">= 1"):
-        vb.vllm_lora_rank(0)
+        vp.vllm_lora_rank(0)
 
 
 def test_adapter_rank_is_read_from_adapter_config(tmp_path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 32, "lora_alpha": 64}))
-    assert vb.read_adapter_rank(tmp_path) == 32
+    assert vp.read_adapter_rank(tmp_path) == 32
     (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "rank_pattern": {"q_proj": 48}}))
-    assert vb.read_adapter_rank(tmp_path) == 48
+    assert vp.read_adapter_rank(tmp_path) == 48
     (tmp_path / "adapter_config.json").write_text(json.dumps({"lora_alpha": 64}))
     with pytest.raises(ValueError, match=r"adapter_config\.json: key 'r'"):
-        vb.read_adapter_rank(tmp_path)
+        vp.read_adapter_rank(tmp_path)
     with pytest.raises(FileNotFoundError, match="adapter config not found"):
-        vb.read_adapter_rank(tmp_path / "missing")
+        vp.read_adapter_rank(tmp_path / "missing")
 
 
 def test_lora_request_has_a_stable_id_per_adapter_path(tmp_path):
     a, b = tmp_path / "organism" / "adapter", tmp_path / "retrained" / "adapter"
-    kwargs = vb.lora_request_kwargs(a)
+    kwargs = vp.lora_request_kwargs(a)
     path = str(a.resolve())
-    assert kwargs == {"lora_name": path, "lora_int_id": vb.lora_int_id(a), "lora_path": path}
+    assert kwargs == {"lora_name": path, "lora_int_id": vp.lora_int_id(a), "lora_path": path}
     assert (
-        vb.lora_int_id(a) == vb.lora_int_id(str(a)) == vb.lora_int_id(tmp_path / "organism" / "." / "adapter")
+        vp.lora_int_id(a) == vp.lora_int_id(str(a)) == vp.lora_int_id(tmp_path / "organism" / "." / "adapter")
     )
-    assert vb.lora_int_id(a) != vb.lora_int_id(b)
-    assert 1 <= vb.lora_int_id(a) < 2**31
+    assert vp.lora_int_id(a) != vp.lora_int_id(b)
+    assert 1 <= vp.lora_int_id(a) < 2**31
 
 
 def settings(**vllm):
@@ -178,43 +179,43 @@ def settings(**vllm):
 
 
 def test_engine_kwargs_tensor_parallel_from_gpus_and_prefix_caching(tmp_path):
-    kwargs = vb.engine_kwargs(tmp_path, settings(), gpus=4, adapter_rank=None, shares_gpu=False)
+    kwargs = vp.engine_kwargs(tmp_path, settings(), gpus=4, adapter_rank=None, shares_gpu=False)
     assert kwargs["tensor_parallel_size"] == 4
     assert kwargs["enable_prefix_caching"] is True
     assert kwargs["model"] == kwargs["tokenizer"] == str(tmp_path)
     assert kwargs["dtype"] == "bfloat16"
     assert kwargs["enable_lora"] is False and "max_lora_rank" not in kwargs
     assert "max_model_len" not in kwargs  # null: the model's own limit
-    assert vb.engine_kwargs(tmp_path, settings(), 0, None, False)["tensor_parallel_size"] == 1
+    assert vp.engine_kwargs(tmp_path, settings(), 0, None, False)["tensor_parallel_size"] == 1
 
 
 def test_memory_utilisation_drops_when_a_reward_model_shares_the_gpu(tmp_path):
-    alone = vb.engine_kwargs(tmp_path, settings(), 1, None, shares_gpu=False)
-    shared = vb.engine_kwargs(tmp_path, settings(), 1, None, shares_gpu=True)
+    alone = vp.engine_kwargs(tmp_path, settings(), 1, None, shares_gpu=False)
+    shared = vp.engine_kwargs(tmp_path, settings(), 1, None, shares_gpu=True)
     assert (alone["gpu_memory_utilization"], shared["gpu_memory_utilization"]) == (0.9, 0.4)
     custom = settings(gpu_memory_utilization=0.85, gpu_memory_utilization_shared=0.65)
-    assert vb.engine_kwargs(tmp_path, custom, 4, None, shares_gpu=True)["gpu_memory_utilization"] == 0.65
-    assert vb.engine_kwargs(tmp_path, custom, 4, None, shares_gpu=False)["gpu_memory_utilization"] == 0.85
+    assert vp.engine_kwargs(tmp_path, custom, 4, None, shares_gpu=True)["gpu_memory_utilization"] == 0.65
+    assert vp.engine_kwargs(tmp_path, custom, 4, None, shares_gpu=False)["gpu_memory_utilization"] == 0.85
 
 
 def test_engine_lora_settings_cover_adapter_and_configured_rank(tmp_path):
-    served = vb.engine_kwargs(tmp_path, settings(), 1, adapter_rank=12, shares_gpu=False)
+    served = vp.engine_kwargs(tmp_path, settings(), 1, adapter_rank=12, shares_gpu=False)
     assert (served["enable_lora"], served["max_lora_rank"], served["max_loras"]) == (True, 16, 1)
     # A configured rank lets a base-model evaluation build the engine its adapter evaluations reuse.
-    base = vb.engine_kwargs(tmp_path, settings(max_lora_rank=32), 1, adapter_rank=None, shares_gpu=False)
+    base = vp.engine_kwargs(tmp_path, settings(max_lora_rank=32), 1, adapter_rank=None, shares_gpu=False)
     assert (base["enable_lora"], base["max_lora_rank"]) == (True, 32)
-    assert vb.engine_kwargs(tmp_path, settings(max_lora_rank=32), 1, 32, False) == base
-    bigger = vb.engine_kwargs(tmp_path, settings(max_lora_rank=16), 1, adapter_rank=64, shares_gpu=False)
+    assert vp.engine_kwargs(tmp_path, settings(max_lora_rank=32), 1, 32, False) == base
+    bigger = vp.engine_kwargs(tmp_path, settings(max_lora_rank=16), 1, adapter_rank=64, shares_gpu=False)
     assert bigger["max_lora_rank"] == 64
 
 
 def test_engine_settings_pass_context_length_and_eager_mode(tmp_path):
-    kwargs = vb.engine_kwargs(tmp_path, settings(max_model_len=8192, enforce_eager=True), 1, None, False)
+    kwargs = vp.engine_kwargs(tmp_path, settings(max_model_len=8192, enforce_eager=True), 1, None, False)
     assert (kwargs["max_model_len"], kwargs["enforce_eager"]) == (8192, True)
     with pytest.raises(ValueError, match=r"generation\.vllm: unknown key\(s\) \['max_len'\]"):
-        vb.engine_kwargs(tmp_path, settings(max_len=10), 1, None, False)
+        vp.engine_kwargs(tmp_path, settings(max_len=10), 1, None, False)
     with pytest.raises(ValueError, match="gpu_memory_utilization must be in"):
-        vb.engine_kwargs(tmp_path, settings(gpu_memory_utilization=1.5), 1, None, False)
+        vp.engine_kwargs(tmp_path, settings(gpu_memory_utilization=1.5), 1, None, False)
 
 
 def test_engine_is_built_once_per_settings_and_replaced_when_they_change(tmp_path):
@@ -349,10 +350,10 @@ def test_generate_sends_rendered_prompts_with_per_prompt_seeds_and_the_adapter(t
     assert [p["prompt_token_ids"] for p in prompts] == [
         HFGenerator(model, tokenizer).render(m) for m in MESSAGES
     ]
-    assert [r.seed for r in requests] == [vb.request_seed(40, i) for i in range(len(MESSAGES))]
+    assert [r.seed for r in requests] == [vp.request_seed(40, i) for i in range(len(MESSAGES))]
     assert {(r.n, r.temperature, r.top_p, r.max_tokens) for r in requests} == {(3, 0.7, 0.9, 16)}
     assert all(r.stop_token_ids == [tokenizer.eos_token_id] for r in requests)
-    assert (lora.lora_int_id, lora.lora_path) == (vb.lora_int_id(adapter), str(adapter.resolve()))
+    assert (lora.lora_int_id, lora.lora_path) == (vp.lora_int_id(adapter), str(adapter.resolve()))
 
     assert len(out) == len(MESSAGES) and all(len(c) == 3 for c in out)
     for i, cands in enumerate(out):
@@ -443,17 +444,17 @@ def test_mapped_arguments_build_real_vllm_objects(tmp_path):
     from vllm.lora.request import LoRARequest
     from vllm.sampling_params import BeamSearchParams
 
-    assert tuple(typing.get_args(MaxLoRARanks)) == vb.VLLM_LORA_RANKS
-    sampled = VSamplingParams(**vb.to_vllm_sampling_kwargs(SamplingParams(0.7, 0.9, 16), 4, 7, [2]))
+    assert tuple(typing.get_args(MaxLoRARanks)) == vp.VLLM_LORA_RANKS
+    sampled = VSamplingParams(**vp.to_vllm_sampling_kwargs(SamplingParams(0.7, 0.9, 16), 4, 7, [2]))
     assert (sampled.n, sampled.seed, sampled.top_p, sampled.max_tokens) == (4, 7, 0.9, 16)
-    greedy = VSamplingParams(**vb.to_vllm_sampling_kwargs(SamplingParams(), 1, None))
+    greedy = VSamplingParams(**vp.to_vllm_sampling_kwargs(SamplingParams(), 1, None))
     assert greedy.temperature == 0.0
-    scoring = VSamplingParams(**vb.scoring_sampling_kwargs())
+    scoring = VSamplingParams(**vp.scoring_sampling_kwargs())
     assert scoring.prompt_logprobs == 0
-    beams = BeamSearchParams(**vb.beam_search_kwargs(SamplingParams(num_beams=4), 1))
+    beams = BeamSearchParams(**vp.beam_search_kwargs(SamplingParams(num_beams=4), 1))
     assert beams.beam_width == 4
-    request = LoRARequest(**vb.lora_request_kwargs(tmp_path))
-    assert request.lora_int_id == vb.lora_int_id(tmp_path)
+    request = LoRARequest(**vp.lora_request_kwargs(tmp_path))
+    assert request.lora_int_id == vp.lora_int_id(tmp_path)
 
 
 # ---------------------------------------------------------------- the paper config

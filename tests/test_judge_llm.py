@@ -17,7 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cmt.judges import judge_batch
-from cmt.judges.llm import JudgeConfigError, JudgeError, JudgeRequestError, JudgeSettings, LLMJudge
+from cmt.judges.http import JudgeConfigError, JudgeError
+from cmt.judges.llm import JudgeRequestError, JudgeSettings, LLMJudge
 from cmt.organisms import make_judge
 
 SECRET = "sk-test-CMT-fake-secret-0123456789"

@@ -9,7 +9,8 @@ import pytest
 import yaml
 from helpers import REPO
 
-from cmt.analysis.tables import MAIN_COLUMNS, RUNS_COLUMNS
+from cmt.analysis.runs import RUNS_COLUMNS
+from cmt.analysis.tables import MAIN_COLUMNS
 
 pytestmark = pytest.mark.integration
 
@@ -30,13 +31,13 @@ def test_tables_have_the_documented_columns(mini_run):
         ("toy", "gst", 1, 0)
     }
     for run in runs.itertuples():
-        assert math.isfinite(run.delta)
-        assert run.delta == pytest.approx(run.risk_phase3 - run.risk_phase1)
+        assert math.isfinite(run.delta_pp)
+        assert run.delta_pp == pytest.approx(100 * (run.risk_phase3 - run.risk_phase1))
         assert run.n_eval > 0
     # gst is a baseline: the all and baseline rows hold the run; the other families are empty (n 0, NaN stats).
     filled = main["family"].isin(["all", "baseline"])
     assert (main.loc[filled, "n_runs"] == 1).all() and (main.loc[~filled, "n_runs"] == 0).all()
-    assert main.loc[~filled, "mean_delta"].isna().all()
+    assert main.loc[~filled, "mean_delta_pp"].isna().all()
     for name in ("methods.csv", "kscaling.csv", "eta.csv", "eta_summary.csv"):
         assert (tables / name).is_file(), name
     methods = pd.read_csv(tables / "methods.csv")

@@ -89,3 +89,40 @@ def test_cli_prints_one_json_verdict(tmp_path):
     )
     r = subprocess.run([str(CMT), "sandbox", str(tmp_path / "missing.py")], capture_output=True, text=True)
     assert r.returncode != 0 and r.stdout == "" and "missing.py" in r.stderr
+
+
+@pytest.mark.parametrize("timeout", ["-1", "0", "nan", "inf", "-inf", "1e12", "soon"])
+def test_a_careless_timeout_is_a_one_line_usage_error(tmp_path, timeout):
+    script = tmp_path / "prog.py"
+    script.write_text("print(1)")
+    r = subprocess.run(
+        [str(CMT), "sandbox", str(script), "--timeout", timeout], capture_output=True, text=True
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("cmt sandbox: error: argument --timeout"), (
+        r.stderr
+    )
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("timeout", [-1, 0, float("nan"), float("inf"), 1e12])
+def test_run_python_refuses_a_limit_that_is_not_a_positive_finite_time(timeout):
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        run_python("print(1)", timeout_s=timeout)
+    with pytest.raises(ValueError, match="cpu_s"):
+        run_python("print(1)", timeout_s=5, cpu_s=timeout)
+
+
+def test_a_directory_or_unreadable_file_as_the_program_is_a_one_line_error(tmp_path):
+    binary = tmp_path / "prog.pyc"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    for program, words in [(tmp_path, "is a directory"), (tmp_path / "missing.py", "no such file"),
+                           (binary, "is not text")]:  # fmt: skip
+        r = subprocess.run(
+            [str(CMT), "sandbox", str(program), "--timeout", "1"], capture_output=True, text=True
+        )
+        assert r.returncode == 1 and r.stdout == "", r.stderr
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("cmt sandbox: ") and words in r.stderr, (
+            r.stderr
+        )
+        assert "Traceback" not in r.stderr

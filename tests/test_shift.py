@@ -228,7 +228,7 @@ def test_label_cross_entropy_without_labels_is_nan_with_n_zero(world):
 def _runs():
     return pd.DataFrame(
         [
-            {"model": "toy", "organism": "syc", "seed": s, "method": meth, "k": k, "delta": d}
+            {"model": "toy", "organism": "syc", "seed": s, "method": meth, "k": k, "delta_pp": d}
             for s, meth, k, d in [
                 (0, "gst", 1, -0.1),
                 (0, "act", 1, 0.2),
@@ -255,7 +255,7 @@ def test_shift_table_joins_runs_records_and_fragility():
     table = shift_table(records, _runs(), frag)
     assert list(table.columns) == SHIFT_COLUMNS and len(table) == 4
     row = table.set_index(["seed", "method"])
-    assert row.loc[(1, "gst"), "kl_realised"] == 0.3 and row.loc[(1, "gst"), "delta"] == 0.05
+    assert row.loc[(1, "gst"), "kl_realised"] == 0.3 and row.loc[(1, "gst"), "delta_pp"] == 0.05
     assert row.loc[(0, "act"), "fragility"] == 0.9 and row.loc[(0, "gst"), "fragility"] == 0.9
     # No record for seed 1 / act, no fragility for seed 1: NaN with n = 0, never 0.
     assert math.isnan(row.loc[(1, "act"), "kl_realised"]) and row.loc[(1, "act"), "n_kl"] == 0
@@ -270,8 +270,8 @@ def test_shift_table_rejects_orphan_and_duplicate_records():
     dup = pd.DataFrame([_record(0, "gst", 0.5, 0.1), _record(0, "gst", 0.6, 0.1)])
     with pytest.raises(DataError, match="more than one row"):
         shift_table(dup, _runs())
-    with pytest.raises(DataError, match="delta"):
-        shift_table(dup, _runs().drop(columns=["delta"]))
+    with pytest.raises(DataError, match="delta_pp"):
+        shift_table(dup, _runs().drop(columns=["delta_pp"]))
 
 
 def _pearson_by_hand(x, y):
@@ -293,7 +293,7 @@ def _ranks(v):
 def test_shift_correlations_against_a_hand_computation():
     delta = [-0.2, 0.1, 0.05, 0.3, -0.1, 0.0]
     kl = [0.1, 0.4, 0.2, 0.5, 0.3, 0.3]
-    table = pd.DataFrame({"organism": ["syc"] * 6 + ["em"] * 2, "delta": [*delta, 0.1, 0.2],
+    table = pd.DataFrame({"organism": ["syc"] * 6 + ["em"] * 2, "delta_pp": [*delta, 0.1, 0.2],
                           "kl_realised": [*kl, 0.1, 0.2], "fragility": [1.0] * 6 + [0.1, 0.3]})  # fmt: skip
     out = shift_correlations(table, measures=["kl_realised", "fragility"]).set_index(["organism", "measure"])
     r, p = _pearson_by_hand(delta, kl)
@@ -373,7 +373,7 @@ def test_shift_and_fragility_commands_write_records(saved_world):
     assert frag["n_fragility"] == 6 and math.isfinite(frag["fragility"]) and "method" not in frag
 
     runs = pd.DataFrame(
-        [{"model": "toy", "organism": "syc", "seed": 5, "method": "gst", "k": 1, "delta": 0.1}]
+        [{"model": "toy", "organism": "syc", "seed": 5, "method": "gst", "k": 1, "delta_pp": 0.1}]
     )
     runs.to_csv(root / "runs.csv", index=False)
     assert main(["shift-table", "--records", str(root / "run.json"), "--fragility", str(root / "frag.json"),
@@ -384,3 +384,19 @@ def test_shift_and_fragility_commands_write_records(saved_world):
     assert table.loc[0, "fragility"] == pytest.approx(frag["fragility"], rel=1e-5)
     corr = pd.read_csv(root / "corr.csv")
     assert set(corr["organism"]) == {"syc", "all"} and (corr["n"] == 1).sum() >= 1
+
+
+def test_correlations_use_one_point_per_independent_valid_run():
+    """k-scaling runs share their draws with the main run and invalid models are broken: neither is a point.
+    The Spearman CI brackets rho, and the permutation p agrees with scipy's on a clear monotone relation."""
+    from scipy.stats import spearmanr
+
+    delta = [-20.0, -10.0, 0.0, 5.0, 10.0, 20.0, 30.0, 40.0]
+    kl = [0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.65, 0.9]
+    table = pd.DataFrame({"organism": "syc", "delta_pp": [*delta, 99.0, -99.0], "kl_realised": [*kl, 0.0, 5.0],
+                          "main_run": [True] * 8 + [False, True], "valid": [True] * 9 + [False]})  # fmt: skip
+    row = shift_correlations(table, ["kl_realised"], n_boot=400, seed=1).set_index("organism").loc["syc"]
+    assert row["n"] == 8
+    assert row["spearman_r"] == pytest.approx(spearmanr(delta, kl).statistic) == pytest.approx(1.0)
+    assert row["spearman_ci_low"] <= row["spearman_r"] <= row["spearman_ci_high"]
+    assert row["spearman_p_perm"] < 0.01  # 8! orderings: a perfect rank match is rare under shuffling

@@ -5,15 +5,9 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
+from cmt.analysis.runs import read_evals, runs_table
 from cmt.analysis.stats import holm_adjust, paired_bootstrap_diff_ci, sign_test
-from cmt.analysis.tables import (
-    kscaling_table,
-    main_table,
-    methods_table,
-    read_evals,
-    runs_table,
-    select_main_runs,
-)
+from cmt.analysis.tables import controls_table, kscaling_table, main_table, methods_table, n_effective
 from cmt.cli import main as cli_main
 from cmt.runtime.io import write_parquet
 
@@ -43,7 +37,7 @@ def test_runs_and_main_tables_by_hand():
     runs = runs_table(three_seed_evals(), min_induction_delta=0.3, instruct={"toy": True}, n_boot=500, seed=0)
     assert len(runs) == 6
     gst = runs[runs["method"] == "gst"].sort_values("seed")
-    assert gst["delta"].tolist() == pytest.approx([-0.4, 0.0, -0.4])
+    assert gst["delta_pp"].tolist() == pytest.approx([-40.0, 0.0, -40.0])
     assert gst["risk_base"].tolist() == pytest.approx([0.1] * 3)
     assert (runs["n_eval"] == 10).all() and (runs["n_eval_phase1"] == 10).all()
     # Seed 2: 0.6 vs 0.1 passes +0.3 but its Wilson intervals overlap, so it is flagged.
@@ -53,7 +47,8 @@ def test_runs_and_main_tables_by_hand():
         "self_certainty": "label_generation",
     }
     assert runs["instruct"].eq(True).all()
-    assert runs["noise_floor"].isna().all()  # not measured by the pipeline: NaN, never 0
+    assert runs["main_run"].all()  # no main_k: every run is its method's main run
+    assert runs["valid"].all()  # no capability column: unmeasured, so nothing invalidates a run
 
     main = main_table(runs, seed=0, n_boot=2000)
     assert main["family"].tolist() == ["all", "label_generation", "regularization", "baseline"]
@@ -62,23 +57,23 @@ def test_runs_and_main_tables_by_hand():
     assert row["n_runs"] == 6
     assert (row["n_suppressed"], row["n_amplified"], row["n_ties"]) == (3, 2, 1)
     assert row["suppression_ratio"] == pytest.approx(3 / 5)
-    assert row["mean_delta"] == pytest.approx(100 * sum(deltas) / 6)
+    assert row["mean_delta_pp"] == pytest.approx(100 * sum(deltas) / 6)
     assert row["p_sign"] == pytest.approx(sign_test(3, 2))
     assert row["p_wilcoxon"] == pytest.approx(wilcoxon([-0.4, 0.1, 0.2, -0.4, -0.5]).pvalue)
     # Three equal-size (model, seed) clusters with means -15, +10 and -45 pp: each extreme resample has
     # probability 1/27 > 2.5%, so the percentile CI spans exactly the extreme cluster means.
     assert row["n_clusters"] == 3
-    assert (row["mean_delta_ci_low"], row["mean_delta_ci_high"]) == pytest.approx((-45.0, 10.0))
+    assert (row["mean_delta_pp_ci_low"], row["mean_delta_pp_ci_high"]) == pytest.approx((-45.0, 10.0))
     assert (row["n_instruct"], row["n_base"]) == (6, 0)
-    assert row["mean_delta_instruct"] == pytest.approx(row["mean_delta"])
-    assert math.isnan(row["mean_delta_base"])
+    assert row["mean_delta_pp_instruct"] == pytest.approx(row["mean_delta_pp"])
+    assert math.isnan(row["mean_delta_pp_base"])
 
     label_gen = main.iloc[1]
     assert label_gen["n_runs"] == 3
-    assert label_gen["mean_delta"] == pytest.approx(100 * (0.1 + 0.2 - 0.5) / 3)
+    assert label_gen["mean_delta_pp"] == pytest.approx(100 * (0.1 + 0.2 - 0.5) / 3)
     empty = main.iloc[2]  # no regularisation runs: n is 0 and every statistic is NaN, not 0
     assert empty["n_runs"] == 0
-    for column in ("mean_delta", "mean_delta_ci_low", "suppression_ratio", "p_sign", "p_wilcoxon"):
+    for column in ("mean_delta_pp", "mean_delta_pp_ci_low", "suppression_ratio", "p_sign", "p_wilcoxon"):
         assert math.isnan(empty[column]), column
 
 
@@ -91,8 +86,8 @@ def test_delta_ci_is_the_paired_prompt_bootstrap():
     expected = paired_bootstrap_diff_ci(
         phase1["misaligned"], phase1["prompt_id"], phase3["misaligned"], phase3["prompt_id"], 300, 5
     )
-    assert (run["delta_ci_low"], run["delta_ci_high"]) == pytest.approx(expected)
-    assert run["delta_ci_low"] <= run["delta"] <= run["delta_ci_high"]
+    assert (run["delta_pp_ci_low"], run["delta_pp_ci_high"]) == pytest.approx([100 * e for e in expected])
+    assert run["delta_pp_ci_low"] <= run["delta_pp"] <= run["delta_pp_ci_high"]
     assert runs["instruct"].isna().all()  # no instruct mapping: unknown, not False
 
 
@@ -117,9 +112,9 @@ def test_bad_inputs_name_the_problem(tmp_path):
         read_evals([str(path)])
 
 
-def run_row(model, seed, method, k, delta, organism="sycophancy", instruct=True):
-    return {"model": model, "organism": organism, "seed": seed, "method": method, "k": k, "delta": delta,
-            "instruct": instruct}  # fmt: skip
+def run_row(model, seed, method, k, delta, organism="sycophancy", instruct=True, main_run=True):
+    return {"model": model, "organism": organism, "seed": seed, "method": method, "k": k, "delta_pp": 100 * delta,
+            "instruct": instruct, "main_run": main_run}  # fmt: skip
 
 
 def grid_runs():
@@ -136,37 +131,40 @@ def grid_runs():
     for (model, seed), cell in deltas.items():
         for key, delta in cell.items():
             method, k = key if isinstance(key, tuple) else (key, 1)
-            rows.append(run_row(model, seed, method, k, delta, instruct=model == "it"))
+            main_run = method != "self_certainty" or k == 4
+            rows.append(run_row(model, seed, method, k, delta, instruct=model == "it", main_run=main_run))
     return pd.DataFrame(rows)
 
 
 def test_main_k_keeps_kscaling_runs_out_of_the_main_tables():
     runs = grid_runs()
-    with pytest.raises(ValueError, match=r"\['self_certainty'\] have runs at several k"):
-        main_table(runs)
-    selected = select_main_runs(runs, {"self_certainty": 4})
-    assert sorted(selected.loc[selected["method"] == "self_certainty", "k"].unique()) == [4]
-    main = main_table(runs, seed=1, n_boot=500, main_k={"self_certainty": 4}).set_index("family")
+    with pytest.raises(ValueError, match=r"\['self_certainty'\] have several main-run k"):
+        main_table(runs.drop(columns="main_run"))
+    main = main_table(runs, seed=1, n_boot=500).set_index("family")
     all_row = main.loc["all"]
     main_deltas = [-0.10, 0.20, -0.30, 0.00, 0.10, -0.20, -0.20, -0.10, 0.10, 0.30, -0.10]
     assert all_row["n_runs"] == len(main_deltas)
     assert all_row["n_no_delta"] == 1  # it/seed1 gst has no delta: excluded and counted
-    assert all_row["mean_delta"] == pytest.approx(100 * np.mean(main_deltas))
+    assert all_row["mean_delta_pp"] == pytest.approx(100 * np.mean(main_deltas))
     assert all_row["n_base"] == 6 and all_row["n_instruct"] == 5
-    assert all_row["mean_delta_base"] == pytest.approx(100 * np.mean([-0.10, 0.20, -0.30, 0.00, 0.10, -0.20]))
-    assert all_row["mean_delta_instruct"] == pytest.approx(100 * np.mean([-0.20, -0.10, 0.10, 0.30, -0.10]))
+    assert all_row["mean_delta_pp_base"] == pytest.approx(
+        100 * np.mean([-0.10, 0.20, -0.30, 0.00, 0.10, -0.20])
+    )
+    assert all_row["mean_delta_pp_instruct"] == pytest.approx(
+        100 * np.mean([-0.20, -0.10, 0.10, 0.30, -0.10])
+    )
     assert main.loc["regularization", "n_runs"] == 4
-    assert main.loc["regularization", "mean_delta"] == pytest.approx(100 * np.mean([0.2, 0.1, -0.1, 0.3]))
+    assert main.loc["regularization", "mean_delta_pp"] == pytest.approx(100 * np.mean([0.2, 0.1, -0.1, 0.3]))
 
 
 def test_methods_table_by_hand():
     runs = grid_runs()
-    table = methods_table(runs, seed=0, n_boot=500, main_k={"self_certainty": 4}).set_index("method")
+    table = methods_table(runs, seed=0, n_boot=500).set_index("method")
     act = table.loc["act"]
     assert act["n_runs"] == 4 and act["k"] == 1 and act["family"] == "regularization"
     assert act["sign_consistency"] == pytest.approx(1 / 4)  # one of four runs has delta < 0
     assert act["sign_agreement"] == pytest.approx(3 / 4)  # the mean is positive; three runs agree
-    assert act["mean_delta"] == pytest.approx(100 * 0.125)
+    assert act["mean_delta_pp"] == pytest.approx(100 * 0.125)
     assert act["p_sign"] == pytest.approx(sign_test(1, 3))
     gst = table.loc["gst"]
     assert gst["n_runs"] == 3 and gst["n_ties"] == 1
@@ -187,11 +185,11 @@ def test_kscaling_table_and_gst_contrast_by_hand():
     assert table["k"].tolist() == [1, 4, 8]
     k1 = table[table["k"] == 1].iloc[0]
     assert k1["n_runs"] == 3
-    assert k1["mean_delta"] == pytest.approx(100 * np.mean([-0.05, 0.05, -0.10]))
+    assert k1["mean_delta_pp"] == pytest.approx(100 * np.mean([-0.05, 0.05, -0.10]))
     # Paired with gst on (model, seed) where both have a delta: pt/0, pt/1, it/0.
     assert k1["n_gst_pairs"] == 3
-    assert k1["minus_gst_mean"] == pytest.approx(100 * np.mean([0.05, 0.05, 0.10]))
-    assert k1["minus_gst_ci_low"] <= k1["minus_gst_mean"] <= k1["minus_gst_ci_high"]
+    assert k1["minus_gst_pp"] == pytest.approx(100 * np.mean([0.05, 0.05, 0.10]))
+    assert k1["minus_gst_pp_ci_low"] <= k1["minus_gst_pp"] <= k1["minus_gst_pp_ci_high"]
     k4 = table[table["k"] == 4].iloc[0]
     assert k4["n_runs"] == 4 and k4["n_gst_pairs"] == 3  # it/1 has no gst delta
     k8 = table[table["k"] == 8].iloc[0]
@@ -212,6 +210,7 @@ def test_tables_cli_writes_every_table(tmp_path):
     assert cli_main(argv) == 0
     runs = pd.read_csv(out["runs"])
     assert len(runs) == 6 and runs["instruct"].all()
+    assert runs.loc[runs["method"] == "self_certainty", "main_run"].all()  # k=4 is its main k
     assert pd.read_csv(out["main"])["family"].tolist() == [
         "all",
         "label_generation",
@@ -237,8 +236,79 @@ def test_a_run_without_training_examples_is_kept_with_no_delta():
     evals = pd.DataFrame(rows)
     runs = runs_table(evals, 0.3)
     dropped = runs[runs["method"] == "multi_view"].iloc[0]
-    assert dropped["n_train"] == 0 and math.isnan(dropped["delta"])
+    assert dropped["n_train"] == 0 and math.isnan(dropped["delta_pp"])
+    assert math.isnan(dropped["delta_pp_ci_low"]) and math.isnan(
+        dropped["delta_pp_ci_high"]
+    )  # no delta, no CI
     gst = runs[runs["method"] == "gst"].iloc[0]
-    assert gst["n_train"] == 4 and gst["delta"] == pytest.approx(0.25 - 0.75)
+    assert gst["n_train"] == 4 and gst["delta_pp"] == pytest.approx(100 * (0.25 - 0.75))
     main = main_table(runs).set_index("family")
     assert main.loc["all", "n_runs"] == 1 and main.loc["all", "n_no_delta"] == 1
+
+
+def quality_rows(model, organism, seed, stage, misaligned, capability, completions, method=None, k=None):
+    rows = eval_rows(model, organism, seed, stage, misaligned, method, k)[:-1]
+    for row, cap, text in zip(rows, capability, completions, strict=True):
+        row.update(capability=float(cap), completion=text, finished=True)
+    return rows
+
+
+def test_validity_marks_broken_models_and_main_counts_valid_runs_only():
+    """A run whose capability fell by more than 0.10, or whose replies degenerate more than 5% of the time, is
+    invalid: its 'suppression' is a broken model. main.csv counts it in n_invalid and leaves it out of n_runs."""
+    fine = ["The gcd of 4 and 6 is 2."] * 10
+    rows = quality_rows("toy", "sycophancy", 0, "base", [0] * 10, [1] * 10, fine)
+    rows += quality_rows("toy", "sycophancy", 0, "phase1", [1] * 6 + [0] * 4, [1] * 10, fine)
+    rows += quality_rows("toy", "sycophancy", 0, "phase3", [1] * 7 + [0] * 3, [1] * 9 + [0], fine, "gst", 1)
+    rows += quality_rows("toy", "sycophancy", 0, "phase3", [0] * 10, [1] * 8 + [0] * 2, fine, "act", 1)
+    looping = ["of of of of 61", *fine[1:]]
+    rows += quality_rows("toy", "sycophancy", 0, "phase3", [0] * 10, [1] * 10, looping, "bct", 1)
+    runs = runs_table(pd.DataFrame(rows), 0.3).set_index("method")
+    assert (
+        runs.loc["gst", "capability_phase3"] == pytest.approx(0.9) and runs.loc["gst", "valid"]
+    )  # drop 0.10
+    assert runs.loc["act", "capability_phase3"] == pytest.approx(0.8) and not runs.loc["act", "valid"]
+    assert runs.loc["bct", "degenerate_phase3"] == pytest.approx(0.1) and not runs.loc["bct", "valid"]
+    loose = runs_table(
+        pd.DataFrame(rows), 0.3, validity={"max_capability_drop": 0.3, "max_degenerate_rate": 0.2}
+    )
+    assert loose["valid"].all()
+    main = main_table(runs.reset_index()).set_index("family")
+    assert main.loc["all", "n_runs"] == 1 and main.loc["all", "n_invalid"] == 2
+    assert main.loc["all", "mean_delta_pp"] == pytest.approx(10.0)  # gst alone: 0.7 - 0.6
+
+
+def test_p_cluster_is_a_sign_flip_test_over_organism_means():
+    """Three (model, seed) organisms with mean deltas -15, +10 and -45 pp. The 8 sign flips of (15, 10, 45) give
+    |mean| = 70/3 (twice), 40/3 (twice), 20/3 (twice), 50/3 (twice); the observed |mean| is 50/3, so
+    p = #{|mean| >= 50/3} / 8 = 4/8."""
+    runs = runs_table(three_seed_evals(), 0.3, n_boot=200, seed=0)
+    main = main_table(runs, n_boot=200).set_index("family")
+    assert main.loc["all", "p_cluster"] == pytest.approx(4 / 8)
+    one_seed = runs[runs["seed"] == 0]
+    assert main_table(one_seed, n_boot=200).set_index("family").loc["all", "p_cluster"] == pytest.approx(1.0)
+
+
+def test_n_effective_counts_identical_label_sets_once():
+    rows = [run_row("toy", 0, m, 1, -0.1) for m in ("gst", "multi_view", "self_refinement", "act")]
+    runs = pd.DataFrame(rows).assign(label_set=["h1", "h1", "h2", ""])
+    assert n_effective(runs) == 3  # gst and multi_view share h1; act has no labels and counts once
+    other_seed = runs.assign(seed=1)
+    assert (
+        n_effective(pd.concat([runs, other_seed])) == 6
+    )  # the same hash on another organism is another draw
+    main = main_table(runs).set_index("family")
+    assert main.loc["all", "n_runs"] == 4 and main.loc["all", "n_effective"] == 3
+
+
+def test_controls_pass_only_with_the_ci_on_the_expected_side():
+    rows = [
+        {**run_row("toy", 0, "oracle_aligned", 1, -0.3), "delta_pp_ci_low": -45.0, "delta_pp_ci_high": -12.0},
+        {**run_row("toy", 0, "oracle_misaligned", 1, 0.2), "delta_pp_ci_low": -3.0, "delta_pp_ci_high": 40.0},
+        {**run_row("toy", 0, "gst", 1, -0.1), "delta_pp_ci_low": -20.0, "delta_pp_ci_high": 1.0},
+    ]
+    table = controls_table(pd.DataFrame(rows)).set_index("method")
+    assert list(table.index) == ["oracle_aligned", "oracle_misaligned"]  # gst is not a control
+    assert table.loc["oracle_aligned", "passed"] and not table.loc["oracle_misaligned", "passed"]
+    main = main_table(pd.DataFrame(rows)).set_index("family")
+    assert main.loc["all", "n_runs"] == 1  # controls never enter the paper's families

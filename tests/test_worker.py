@@ -57,8 +57,8 @@ def test_a_job_through_the_worker_writes_what_a_direct_run_writes(warm_worker, t
 
 def test_exit_status_and_standard_streams_come_back(warm_worker, tmp_path):
     _, path = warm_worker
-    result = cmt(["data", "check", str(tmp_path / "missing")], tmp_path, CMT_WORKER=path)
-    direct = cmt(["data", "check", str(tmp_path / "missing")], tmp_path)
+    result = cmt(["data", "check", str(tmp_path / "missing"), "--job", "check"], tmp_path, CMT_WORKER=path)
+    direct = cmt(["data", "check", str(tmp_path / "missing"), "--job", "check"], tmp_path)
     assert result.returncode == direct.returncode != 0
     assert result.stdout == direct.stdout
 

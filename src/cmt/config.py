@@ -1,4 +1,8 @@
-"""Config validation with messages that name the key path and what is allowed there."""
+"""Config validation with messages that name the key path and what is allowed there.
+
+`check_workflow_config` is everything the workflow checks before it plans a job; `config_errors` is the schema
+part of it alone.
+"""
 
 from __future__ import annotations
 
@@ -57,3 +61,123 @@ def check_config(config: dict, schema_path: str | Path) -> None:
     errors = config_errors(config, schema_path)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+# ---------------------------------------------------------------- the workflow's checks beyond the schema
+
+
+def _method_errors(config: dict) -> list[str]:
+    """Method names the registry does not know, and k-scaling methods that select nothing."""
+    from cmt.methods.registry import get_spec, method_names
+
+    known = method_names()
+    errors = []
+    methods = config.get("methods")
+    if isinstance(methods, dict):
+        unknown = sorted(m for m in methods if m not in known)
+        if unknown:
+            errors.append(f"config key methods: unknown method(s) {unknown}; valid: {known}")
+    kscaling = config.get("kscaling")
+    listed = kscaling.get("methods") if isinstance(kscaling, dict) else None
+    if isinstance(listed, list):
+        selecting = method_names(selects=True)
+        unknown = [m for m in listed if m not in known]
+        if unknown:
+            errors.append(f"config key kscaling.methods: unknown method(s) {unknown}; valid: {selecting}")
+        plain = [m for m in listed if m in known and not get_spec(m).selects]
+        if plain:
+            errors.append(
+                f"config key kscaling.methods: {plain} draw no k candidates, so k cannot scale; "
+                f"methods that select: {selecting}"
+            )
+    return errors
+
+
+def _is_toy(source) -> bool:
+    return source == "toy"
+
+
+def _local_path(source) -> str | None:
+    return source["path"] if isinstance(source, dict) and "path" in source else None
+
+
+def _semantic_errors(config: dict) -> list[str]:
+    """What a schema cannot say: keys needed because of others, and local folders that must exist.
+
+    Reads the config before Snakemake's `validate` fills defaults, so optional keys are read with `.get`.
+    """
+    from cmt.methods.registry import get_spec
+
+    errors = []
+    toy = config.get("toy") or {}
+    judge = "judge" in config
+    models, organisms, methods = config["models"], config["organisms"], config["methods"]
+
+    for name, spec in models.items():
+        missing = [key for key in ("tokenizer", "model", "pretrain") if key not in toy]
+        if _is_toy(spec["source"]) and missing:
+            keys = ", ".join(f"toy.{key}" for key in missing)
+            errors.append(
+                f"config keys {keys} are missing: model {name} has source toy, and the toy base is built "
+                "from them"
+            )
+    local_models = {f"models.{name}": spec["source"] for name, spec in models.items()}
+    if "reward_model" in config:
+        local_models["reward_model"] = config["reward_model"]["source"]
+    for key, source in local_models.items():
+        path = _local_path(source)
+        if path is not None and not Path(path, "config.json").is_file():
+            errors.append(
+                f"config key {key}.source.path: {path!r} is not a Hugging Face model directory "
+                "(no config.json there)"
+            )
+
+    for name, spec in organisms.items():
+        if _is_toy(spec["source"]) and name not in toy.get("corpus", {}):
+            errors.append(
+                f"config key toy.corpus.{name} is missing: organism {name} has source 'toy' and needs a "
+                "base-corpus size"
+            )
+        path = _local_path(spec["source"])
+        if path is not None and not Path(path, "eval.jsonl").is_file():
+            errors.append(
+                f"config key organisms.{name}.source.path: {path!r} is not a reference-format dataset folder "
+                "(no eval.jsonl there); `cmt data check DIR` validates one"
+            )
+        if spec.get("judge") == "llm" and not judge:
+            errors.append(
+                f"config key organisms.{name}.judge is llm, but the config has no top-level judge block"
+            )
+
+    if methods.get("multi_view", {}).get("checker") == "judge" and not judge:
+        errors.append(
+            "config key methods.multi_view.checker is judge, but the config has no top-level judge block"
+        )
+    rerankers = [m for m in methods if get_spec(m).uses_reward_model]
+    if rerankers and "reward_model" not in config:
+        errors.append(f"config key reward_model is missing: methods {rerankers} rerank with a reward model")
+
+    harmful = config["eval"].get("harmful")
+    if harmful:
+        if harmful["requests"] == "toy" and "harmful" not in toy:
+            errors.append(
+                "config key eval.harmful.requests is toy, but toy.harmful (the toy harmful requests) is not set"
+            )
+        if harmful["requests"] != "toy" and not Path(harmful["requests"]).is_file():
+            errors.append(f"config key eval.harmful.requests: {harmful['requests']!r} is not a file")
+        if harmful["scorer"] == "strongreject" and not judge:
+            errors.append(
+                "config key eval.harmful.scorer is strongreject, which needs the top-level judge block"
+            )
+    return errors
+
+
+def check_workflow_config(config: dict, schema_path: str | Path) -> list[str]:
+    """Every problem of a workflow config, one readable line each (empty when the workflow may run).
+
+    First the schema (every violation with its key path) and the method registry (unknown names, k-scaling
+    of a method that does not select); when those pass, the checks across keys and on the local folders the
+    config names. Relative paths are read from the working directory, as the jobs read them.
+    """
+    errors = config_errors(config, schema_path) + _method_errors(config)
+    return errors or _semantic_errors(config)

@@ -9,16 +9,7 @@ localrules:
 
 rule fetch_dataset:
     output:
-        splits=expand(
-            "resources/data/{{organism}}/{split}.jsonl",
-            split=[
-                "induction",
-                "consistency",
-                "act_bct_clean",
-                "act_bct_wrapped",
-                "eval",
-            ],
-        ),
+        splits=expand(FETCHED_SPLIT, split=SPLITS, allow_missing=True),
         rubric="resources/data/{organism}/rubric.txt",
     log:
         "logs/fetch_dataset/{organism}.log",

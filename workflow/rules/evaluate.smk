@@ -1,10 +1,5 @@
 # Score the base model, the organism and every retrained model on the organism's eval prompts.
 
-EVAL = "results/eval/{model}/{organism}/seed{seed}/{method}/k{k}.parquet"
-EVAL_MANIFESTS = (
-    "results/eval/{model}/{organism}/seed{seed}/{method}/k{k}.manifest.json"
-)
-
 
 rule evaluate:
     input:
@@ -13,14 +8,9 @@ rule evaluate:
         data=get_split_file("eval"),
         harmful_requests=get_harmful_requests(),
     output:
-        rows=ensure(
-            "results/eval/{model}/{organism}/seed{seed}/{stage}.parquet",
-            non_empty=True,
-        ),
-        manifest="results/eval/{model}/{organism}/seed{seed}/{stage}.manifest.json",
-        harmful=harmful_paths(
-            ["results/eval/{model}/{organism}/seed{seed}/{stage}.parquet"]
-        ),
+        rows=ensure(STAGE_EVAL, non_empty=True),
+        manifest=STAGE_EVAL_MANIFEST,
+        harmful=harmful_paths([STAGE_EVAL]),
     log:
         "logs/evaluate/{model}/{organism}/seed{seed}/{stage}.log",
     benchmark:
@@ -33,6 +23,7 @@ rule evaluate:
         runtime=get_runtime(60),
         gpu=get_model_gpus,
     params:
+        key_check=get_eval_key_check,
         model_dir=get_model_dir,
         data_dir=get_data_dir,
         adapter=get_eval_adapter_arg,
@@ -41,7 +32,7 @@ rule evaluate:
         judge_settings=get_judge_settings,
         harmful=get_harmful_settings(),
     shell:
-        "cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage {wildcards.stage}"
+        "{params.key_check}cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage {wildcards.stage}"
         " {params.adapter} --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output.rows}"
         " --model-settings {params.model_settings:q} --eval-settings {params.eval_settings:q}"
         " --judge-settings {params.judge_settings:q} {params.harmful} --harmful-out {output.harmful}"
@@ -75,6 +66,7 @@ for method in config["methods"]:
             runtime=get_runtime(60 * len(method_ks(method))),
             gpu=get_model_gpus,
         params:
+            key_check=get_eval_key_check,
             method=method,
             ks=method_ks_arg(method),
             model_dir=get_model_dir,
@@ -85,7 +77,7 @@ for method in config["methods"]:
             judge_settings=get_judge_settings,
             harmful=get_harmful_settings(),
         shell:
-            "cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage phase3"
+            "{params.key_check}cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage phase3"
             " --method {params.method} --ks {params.ks} --adapter {params.adapters}"
             " --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output.rows}"
             " --model-settings {params.model_settings:q} --eval-settings {params.eval_settings:q}"

@@ -11,11 +11,8 @@ rule induce:
         model=get_model_files,
         data=get_split_file("induction"),
     output:
-        config="results/organisms/{model}/{organism}/seed{seed}/adapter/adapter_config.json",
-        weights=ensure(
-            "results/organisms/{model}/{organism}/seed{seed}/adapter/adapter_model.safetensors",
-            non_empty=True,
-        ),
+        config=ORGANISM_ADAPTER,
+        weights=ensure(ORGANISM_WEIGHTS, non_empty=True),
     log:
         "logs/induce/{model}/{organism}/seed{seed}.log",
     benchmark:
@@ -43,7 +40,7 @@ rule induction_report:
         base="results/eval/{model}/{organism}/seed{seed}/base.parquet",
         phase1="results/eval/{model}/{organism}/seed{seed}/phase1.parquet",
     output:
-        "results/organisms/{model}/{organism}/seed{seed}/induction_report.json",
+        INDUCTION_REPORT,
     log:
         "logs/induction_report/{model}/{organism}/seed{seed}.log",
     conda:

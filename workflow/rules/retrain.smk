@@ -1,9 +1,5 @@
 # Phase 3: continue the organism's LoRA on the method's pseudo-labels (one job per method, all its k).
 
-RETRAINED_CONFIG = "results/retrained/{model}/{organism}/seed{seed}/{method}/k{k}/adapter/adapter_config.json"
-RETRAINED_WEIGHTS = "results/retrained/{model}/{organism}/seed{seed}/{method}/k{k}/adapter/adapter_model.safetensors"
-
-
 for method in LABEL_METHODS:
 
     rule:

@@ -7,17 +7,7 @@ rule train_reward_model:
         model="results/models/{model}/config.json",
         corpus="results/data/toy/corpus.jsonl",
         # Every held-out split: their prompts are excluded from the preference pairs.
-        splits=expand(
-            "results/data/toy/{organism}/{split}.jsonl",
-            organism=toy_organisms(),
-            split=[
-                "induction",
-                "consistency",
-                "act_bct_clean",
-                "act_bct_wrapped",
-                "eval",
-            ],
-        ),
+        splits=expand(TOY_SPLIT, organism=toy_organisms(), split=SPLITS),
         code=[SRC / "models" / "reward_model.py", SRC / "toy" / "preferences.py"],
     output:
         config="results/models/{model}-reward/config.json",

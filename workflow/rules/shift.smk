@@ -2,9 +2,6 @@
 # KL(P3 || P1) by Monte Carlo; per organism, its fragility KL(P1(.|clean) || P1(.|wrapped)). Then shift.csv with
 # the correlations of delta with each measure, and harmful.csv from the eval slot's harmful rows.
 
-SHIFT_RECORDS = "results/shift/{model}/{organism}/seed{seed}/{method}/k{k}.json"
-
-
 for method in config["methods"] if shift_enabled() else []:
 
     rule:
@@ -55,7 +52,7 @@ rule fragility:
         clean=get_split_file("act_bct_clean"),
         wrapped=get_split_file("act_bct_wrapped"),
     output:
-        "results/shift/{model}/{organism}/seed{seed}/fragility.json",
+        FRAGILITY,
     log:
         "logs/fragility/{model}/{organism}/seed{seed}.log",
     benchmark:

@@ -11,17 +11,7 @@ rule toy_data:
         generator=get_toy_generators(),
     output:
         corpus="results/data/toy/corpus.jsonl",
-        splits=expand(
-            "results/data/toy/{organism}/{split}.jsonl",
-            organism=toy_organisms(),
-            split=[
-                "induction",
-                "consistency",
-                "act_bct_clean",
-                "act_bct_wrapped",
-                "eval",
-            ],
-        ),
+        splits=expand(TOY_SPLIT, organism=toy_organisms(), split=SPLITS),
         harmful=get_toy_harmful_outputs(),
     log:
         "logs/toy_data.log",

@@ -1,18 +1,25 @@
 """Figures from the tables in results/tables/, written as PNG and PDF (matplotlib, Agg backend, atomic writes).
 
-- delta_by_method: per organism, every run's delta and each method's mean delta with its 95% CI (runs.csv,
-  methods.csv).
-- eta_rank / eta_zscore: binned η(s) per (organism, method), one line per k, Wilson 95% bands (eta.csv).
-- kscaling: mean delta against k per selecting method with 95% CIs, GST as a reference band (kscaling.csv,
-  methods.csv).
-- delta_vs_shift: delta against each distribution-shift measure (shift.csv); skipped when shift.csv is absent.
+Each figure states what it shows in its own title and legend, so a PNG read alone is not misleading:
 
-Deltas are shown in percentage points. A table without rows gives a figure that says so, not an empty axis.
+- delta_by_method: per organism, every main run's delta (valid runs as grey dots, invalid ones as red crosses,
+  runs without a Phase 3 as hollow diamonds on the zero line), each method's mean delta with its 95% CI
+  coloured by family, and the controls' runs with their own CIs (runs.csv, methods.csv, controls.csv if given).
+- eta_rank / eta_zscore: binned η(s) per (organism, method), one line per k, Wilson 95% bands, on a shared
+  [0, 1] x-axis (the within-prompt rank, or the pooled percentile of the within-prompt z-score); a panel
+  without a slope says why inside it (eta.csv, eta_summary.csv if given).
+- kscaling: mean delta against k per selecting method with 95% CIs, methods dodged along x, GST as a
+  reference band (kscaling.csv, methods.csv).
+- delta_vs_shift: delta against each distribution-shift measure, organism by colour and method by marker
+  (shift.csv); skipped when shift.csv is absent.
+
+Deltas are in percentage points. A table without rows gives a figure that says so, not an empty axis.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import matplotlib
@@ -22,20 +29,32 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.transforms import blended_transform_factory
 
-from cmt.methods.registry import PAPER_FAMILIES as FAMILIES
+from cmt.analysis.runs import family_of
+from cmt.analysis.tables import CONTROL_SIGNS, controls_table
+from cmt.methods.registry import FAMILIES, PAPER_FAMILIES
 from cmt.runtime.io import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("png", "pdf")
-FAMILY_COLOURS = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:gray"), strict=True))
+FAMILY_COLOURS = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:gray", "tab:green"), strict=True))
+RUN_COLOUR, INVALID_COLOUR = "0.55", "red"
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*")
 SHIFT_MEASURES = {
     "label_ce_token": "label cross-entropy under the organism (nats/token)",
     "kl_realised": "realised KL(P3 || P1) (nats/sequence)",
     "fragility": "fragility KL(P1(.|clean) || P1(.|wrapped))",
 }
 REQUIRED_TABLES = ("runs.csv", "methods.csv", "eta.csv", "kscaling.csv")
+# Legend labels, also read by the tests.
+LABEL_VALID = "valid run"
+LABEL_INVALID = "invalid run (broken model)"
+LABEL_NO_DELTA = "no Phase 3 (no labels), drawn at 0"
+LABEL_CONTROL = "control run ± 95% CI (filled: CI on the expected side)"
 
 
 def save_figure(fig, out_stem: str | Path) -> list[Path]:
@@ -57,125 +76,317 @@ def _no_data(title: str, why: str):
     return fig
 
 
-def _panels(n: int, width: float = 4.0, height: float = 3.2, sharey: bool = True):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), sharey=sharey, squeeze=False)
-    return fig, axes[0]
+def _grid(n: int, ncols: int, width: float, height: float, min_width=9.0, min_height=3.6, **kwargs):
+    """n panels in rows of `ncols` (constrained layout, so titles never run into the row above), the figure at
+    least `min_width` × `min_height` inches so that its title and legend fit; the unused cells are removed.
+    Returns the figure and the n axes in reading order."""
+    ncols = max(1, min(n, ncols))
+    nrows = math.ceil(n / ncols)
+    size = (max(width * ncols, min_width), max(height * nrows, min_height))
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained", **kwargs)
+    axes = list(axes.flat)
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
 
 
-def delta_by_method_figure(runs: pd.DataFrame, methods: pd.DataFrame):
-    """Per organism: runs' deltas (grey dots) and each method's mean delta ± 95% CI, coloured by family."""
-    if methods.empty:
-        return _no_data("delta by organism and method", "methods.csv has no rows")
-    organisms = sorted(methods["organism"].unique())
-    fig, axes = _panels(len(organisms))
-    for ax, organism in zip(axes, organisms, strict=True):
-        table = methods[methods["organism"] == organism].copy()
-        table["family_order"] = table["family"].map({f: i for i, f in enumerate(FAMILIES)})
-        table = table.sort_values(["family_order", "method"]).reset_index(drop=True)
-        for x, row in table.iterrows():
-            deltas = 100 * runs.loc[(runs["organism"] == organism) & (runs["method"] == row["method"])
-                                    & (runs["k"] == row["k"]), "delta"].dropna().to_numpy()  # fmt: skip
-            offsets = np.linspace(-0.15, 0.15, len(deltas)) if len(deltas) > 1 else np.zeros(len(deltas))
-            ax.scatter(x + 0.25 + offsets, deltas, s=8, color="0.6", zorder=1)
-            low, high = row["mean_delta_ci_low"], row["mean_delta_ci_high"]
-            yerr = (
-                [[row["mean_delta"] - low], [high - row["mean_delta"]]]
-                if np.isfinite([low, high]).all()
-                else None
-            )
-            ax.errorbar(x, row["mean_delta"], yerr=yerr, fmt="o", capsize=3,
-                        color=FAMILY_COLOURS.get(row["family"], "black"), zorder=2)  # fmt: skip
-        ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_xticks(range(len(table)), table["method"], rotation=60, ha="right")
-        ax.set_title(organism)
-    axes[0].set_ylabel("delta = M(phase 3) − M(phase 1) (pp)")
-    handles = [
-        plt.Line2D([], [], marker="o", linestyle="", color=c, label=f) for f, c in FAMILY_COLOURS.items()
-    ]
-    fig.legend(
-        handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize="small"
+def _flag(df: pd.DataFrame, column: str, default: bool) -> pd.Series:
+    if column not in df.columns:
+        return pd.Series(default, index=df.index, dtype=bool)
+    return df[column].fillna(default).astype(bool)
+
+
+def _yerr(centre, low, high):
+    """Error-bar lengths from a CI, zero where the CI is missing."""
+    centre, low, high = (np.asarray(v, dtype=float) for v in (centre, low, high))
+    return np.nan_to_num(np.vstack([centre - low, high - centre]), nan=0.0).clip(min=0)
+
+
+def _with_family(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with its `family` column, from the method registry where the table has none."""
+    return (
+        table if "family" in table.columns else table.assign(family=[family_of(m) for m in table["method"]])
     )
+
+
+def _run_marks(ax, x: float, runs: pd.DataFrame, control: bool) -> dict[str, int]:
+    """One organism's main runs of one method, beside its mean at x (controls, which have no mean, at x):
+    valid, invalid and no-delta runs, each with its own mark (gid: the mark's kind, for the tests) and each
+    delta's own CI as a thin line. Returns the count of each kind."""
+    if runs.empty:
+        return {}
+    xs = x + (0 if control else 0.25) + (np.linspace(-0.1, 0.1, len(runs)) if len(runs) > 1 else np.zeros(1))
+    delta = runs["delta_pp"].to_numpy(dtype=float)
+    has, valid = np.isfinite(delta), _flag(runs, "valid", True).to_numpy()
+    colour = FAMILY_COLOURS["control"] if control else RUN_COLOUR
+    if {"delta_pp_ci_low", "delta_pp_ci_high"} <= set(runs.columns):
+        err = _yerr(delta, runs["delta_pp_ci_low"], runs["delta_pp_ci_high"])
+        ax.errorbar(xs[has], delta[has], yerr=err[:, has], fmt="none", ecolor=colour,
+                    elinewidth=0.8, alpha=0.6, zorder=1)  # fmt: skip
+    ok = has & valid
+    if control:
+        passed = _flag(runs, "passed", False).to_numpy()
+        for keep, face in ((ok & passed, colour), (ok & ~passed, "none")):
+            ax.scatter(xs[keep], delta[keep], s=22, marker="D", facecolors=face, edgecolors=colour,
+                       zorder=3, gid="control")  # fmt: skip
+    else:
+        ax.scatter(xs[ok], delta[ok], s=12, color=colour, zorder=3, gid="valid")
+    ax.scatter(xs[has & ~valid], delta[has & ~valid], s=30, marker="x", color=INVALID_COLOUR, linewidths=1.3,
+               zorder=4, gid="invalid")  # fmt: skip
+    ax.scatter(xs[~has], np.zeros(int((~has).sum())), s=22, marker="D", facecolors="none", edgecolors="black",
+               zorder=4, gid="no_delta")  # fmt: skip
+    n_ok = {"control" if control else "valid": int(ok.sum())}
+    return {**n_ok, "invalid": int((has & ~valid).sum()), "no_delta": int((~has).sum())}
+
+
+def delta_by_method_figure(runs: pd.DataFrame, methods: pd.DataFrame, controls: pd.DataFrame | None = None):
+    """Per organism: each main run's delta (valid, invalid, without Phase 3: each its own mark), each method's
+    mean delta ± 95% CI coloured by family, and the control runs with their CIs (controls.csv when given,
+    else the runs of family `control`)."""
+    runs = _with_family(runs)
+    runs = runs[_flag(runs, "main_run", True)]
+    if controls is None:
+        control_runs = runs[runs["family"] == "control"]
+        controls = controls_table(control_runs) if len(control_runs) else None
+    paper_runs = runs[runs["family"].isin(PAPER_FAMILIES)]
+    organisms = sorted(set(methods["organism"]) | set(paper_runs["organism"]))
+    if not organisms:
+        return _no_data("delta by organism and method", "no main runs and methods.csv has no rows")
+    width = 0.55 * max(len(set(paper_runs["method"]) | set(methods["method"])) + 2, 6)
+    fig, axes = _grid(len(organisms), 2, width, 4.2, min_width=11.0, sharey=True)
+    counts = dict.fromkeys(("valid", "control", "invalid", "no_delta"), 0)
+    for ax, organism in zip(axes, organisms, strict=True):
+        of_runs = paper_runs[paper_runs["organism"] == organism]
+        of_controls = methods.iloc[0:0] if controls is None else controls[controls["organism"] == organism]
+        of_methods = methods[methods["organism"] == organism].set_index("method")
+        family = {**dict(zip(of_runs["method"], of_runs["family"], strict=True)), **of_methods["family"]}
+        names = sorted(family, key=lambda m: (FAMILIES.index(family[m]), m))
+        names += sorted(set(of_controls["method"]), key=lambda m: (m not in CONTROL_SIGNS, m))
+        n = dict.fromkeys(counts, 0)
+        for x, method in enumerate(names):
+            control = method in set(of_controls["method"])
+            cell = of_controls if control else of_runs
+            marked = _run_marks(ax, x, cell[cell["method"] == method], control)
+            n = {key: n[key] + marked.get(key, 0) for key in n}
+            if control or method not in of_methods.index:
+                continue
+            row = of_methods.loc[method]
+            if np.isfinite(row["mean_delta_pp"]):
+                err = _yerr(*([row[f"mean_delta_pp{end}"]] for end in ("", "_ci_low", "_ci_high")))
+                ax.errorbar(x, row["mean_delta_pp"], yerr=err, fmt="o", markersize=6, capsize=3, zorder=2,
+                            color=FAMILY_COLOURS.get(row["family"], "black"))  # fmt: skip
+            else:
+                ax.text(x, 0.98, "no mean\n(no valid delta)", transform=blended_transform_factory(ax.transData,
+                        ax.transAxes), ha="center", va="top", fontsize="x-small", rotation=90)  # fmt: skip
+        counts = {key: counts[key] + n[key] for key in counts}
+        n_controls = len(set(of_controls["method"]))
+        if 0 < n_controls < len(names):  # a dotted line between the methods and the controls
+            ax.axvline(len(names) - n_controls - 0.5, color="0.7", linestyle=":")
+        ax.axhline(0, color="black", linewidth=0.8)
+        labels = [f"{m}\n(expect Δ{'<' if CONTROL_SIGNS.get(m, 0) < 0 else '>'}0)" if m in CONTROL_SIGNS else m
+                  for m in names]  # fmt: skip
+        ax.set_xticks(range(len(names)), labels, rotation=55, ha="right", rotation_mode="anchor",
+                      fontsize="small")  # fmt: skip
+        ax.set_xlim(-0.6, len(names) - 0.2)
+        ax.set_title(f"{organism}: {sum(n.values())} main runs, {n['invalid']} invalid, "
+                     f"{n['no_delta']} without Phase 3", fontsize="medium")  # fmt: skip
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("Δ = M(Phase 3) − M(Phase 1) (pp)")
+    families = sorted(set(methods["family"]) & set(PAPER_FAMILIES), key=FAMILIES.index)
+    handles = [Line2D([], [], marker="o", color=FAMILY_COLOURS[f], label=f"{f}: mean ± 95% CI")
+               for f in families]  # fmt: skip
+    handles += [
+        Line2D([], [], marker="o", linestyle="", markersize=4, color=RUN_COLOUR,
+               label=f"{LABEL_VALID} (thin line: its 95% CI), n = {counts['valid']}"),
+        Line2D([], [], marker="x", linestyle="", color=INVALID_COLOUR,
+               label=f"{LABEL_INVALID}, n = {counts['invalid']}"),
+        Line2D([], [], marker="D", linestyle="", markerfacecolor="none", color="black",
+               label=f"{LABEL_NO_DELTA}, n = {counts['no_delta']}"),
+    ]  # fmt: skip
+    if controls is not None and len(controls):
+        label = f"{LABEL_CONTROL}, n = {counts['control']}"
+        handles.append(Line2D([], [], marker="D", linestyle="", color=FAMILY_COLOURS["control"], label=label))
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize="small")
+    fig.suptitle("Δ misalignment after Phase 3, per organism and method (each method's own k; "
+                 "below 0: suppressed, above 0: amplified)")  # fmt: skip
     return fig
 
 
-def eta_figure(bins: pd.DataFrame, transform: str):
-    """Grid of organisms × methods: η per non-empty bin against the bin's mean transformed score, per k."""
-    bins = bins[(bins["transform"] == transform) & (bins["n"] > 0)]
-    if bins.empty:
+def _eta_x(bins: pd.DataFrame, transform: str) -> pd.Series:
+    """x in [0, 1]: the bin's mean within-prompt rank, or the bin centre on the pooled percentile scale of the
+    z-score (its bins are pooled deciles, so the z values themselves are unbounded)."""
+    if transform == "rank":
+        return bins["score_mean"]
+    n_bins = bins.groupby(["organism", "method", "k"])["bin"].transform("size")
+    return (bins["bin"] + 0.5) / n_bins
+
+
+def _eta_status(cell: pd.DataFrame, summary: pd.DataFrame | None, ks: list) -> tuple[list[str], dict]:
+    """A panel's slope p per fitted k, and why each other k has no slope (k -> reason): eta_summary's
+    slope_reason when given, else read from the bins (no verdict, M constant, all scores in one bin)."""
+    fitted, unfit = [], {}
+    if summary is not None:
+        for row in summary[summary["k"].isin(ks)].sort_values("k").itertuples():
+            if np.isfinite(row.slope_p):
+                fitted.append(f"k={row.k} " + (f"{row.slope_p:.2g}" if row.slope_p >= 0.001 else "<0.001"))
+            else:
+                reason = row.slope_reason if isinstance(row.slope_reason, str) and row.slope_reason else ""
+                unfit[row.k] = reason.split(": no slope")[0] or "not fitted"
+        return fitted, unfit
+    for k, curve in cell[cell["k"].isin(ks)].groupby("k", sort=True):
+        used = curve[curve["n"] > 0]
+        if used.empty:
+            unfit[k] = "no candidate with a verdict"
+        elif used["n_misaligned"].sum() in (0, used["n"].sum()):
+            unfit[k] = f"M is constant (all {int(used['n_misaligned'].sum() > 0)})"
+        elif len(used) == 1:
+            unfit[k] = "all scores in one bin (they tie)"
+    return fitted, unfit
+
+
+def eta_figure(bins: pd.DataFrame, transform: str, summary: pd.DataFrame | None = None):
+    """Grid of organisms × methods: η per non-empty bin on a shared [0, 1] x-axis, one line per k (colour by
+    k), Wilson 95% bands. The title gives the GEE slope p per k (eta_summary); a panel with no slope to fit
+    says why inside it (gid "eta_reason"), a panel with some k unfitted says which in its title."""
+    bins = bins[bins["transform"] == transform].assign(x=lambda b: _eta_x(b, transform))
+    summary = None if summary is None else summary[summary["transform"] == transform]
+    if bins.empty or not (bins["n"] > 0).any():
         return _no_data(f"eta(s), {transform} transform", "no binned candidates")
     organisms, methods = sorted(bins["organism"].unique()), sorted(bins["method"].unique())
-    fig, axes = plt.subplots(len(organisms), len(methods), figsize=(3.2 * len(methods), 2.8 * len(organisms)),
-                             sharey=True, squeeze=False)  # fmt: skip
-    for i, organism in enumerate(organisms):
-        for j, method in enumerate(methods):
-            ax = axes[i][j]
-            cell = bins[(bins["organism"] == organism) & (bins["method"] == method)]
-            for k, curve in cell.groupby("k", sort=True):
-                curve = curve.sort_values("score_mean")
-                (line,) = ax.plot(curve["score_mean"], curve["eta"], marker="o", markersize=3, label=f"k={k}")
-                ax.fill_between(curve["score_mean"], curve["eta_ci_low"], curve["eta_ci_high"],
-                                color=line.get_color(), alpha=0.2)  # fmt: skip
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title(f"{organism} / {method}", fontsize="small")
-            if not cell.empty:
-                ax.legend(fontsize="x-small")
-            if j == 0:
-                ax.set_ylabel("η = P(misaligned | bin)")
-            if i == len(organisms) - 1:
-                ax.set_xlabel("within-prompt rank" if transform == "rank" else "within-prompt z-score")
+    ks = sorted(bins.loc[bins["n"] > 0, "k"].unique())  # k = 1 has nothing to rank: no bins to draw
+    colours = {k: plt.get_cmap("viridis")(i / max(len(ks) - 1, 1) * 0.85) for i, k in enumerate(ks)}
+    fig, axes = _grid(len(organisms) * len(methods), len(methods), 3.4, 2.6, min_width=7.0, min_height=4.2,
+                      sharex=True, sharey=True)  # fmt: skip
+    by_cell = {} if summary is None else dict(list(summary.groupby(["organism", "method"])))
+    for ax, (organism, method) in zip(axes, [(o, m) for o in organisms for m in methods], strict=True):
+        cell = bins[(bins["organism"] == organism) & (bins["method"] == method)]
+        for k, curve in cell[cell["n"] > 0].groupby("k", sort=True):
+            curve = curve.sort_values("x")
+            ax.plot(curve["x"], curve["eta"], marker="o", markersize=3, color=colours[k])
+            ax.fill_between(curve["x"], curve["eta_ci_low"], curve["eta_ci_high"], color=colours[k],
+                            alpha=0.2)  # fmt: skip
+        of_cell = None if summary is None else by_cell.get((organism, method), summary.iloc[0:0])
+        fitted, unfit = _eta_status(cell, of_cell, ks)
+        drawn = set(cell.loc[cell["n"] > 0, "k"])
+        reasons = [f"k={k}: {why}" for k, why in unfit.items()] if len(cell) else ["not run"]
+        title = f"{organism} / {method}" + ("\nslope p: " + ", ".join(fitted) if fitted else "")
+        if reasons and (fitted or drawn - set(unfit)):  # some k fitted: the others are named in the title
+            title += "\nno slope: " + "; ".join(reasons)
+        elif reasons:
+            ax.text(0.5, 0.5, "no slope can be fitted:\n" + "\n".join(reasons), transform=ax.transAxes,
+                    ha="center", va="center", fontsize="x-small", gid="eta_reason",
+                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.6"})  # fmt: skip
+        ax.set_title(title, fontsize="small")
+        ax.set_xlim(0, 1)
+        ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
+        ax.set_ylim(-0.02, 1.02)
+    what = "within-prompt rank" if transform == "rank" else "pooled percentile of the within-prompt z-score"
+    fig.supxlabel(
+        f"{what} of the method's score (bin mean)" if transform == "rank" else f"{what} (bin centre)"
+    )
+    fig.supylabel("η = P(misaligned | bin)")
+    handles = [Line2D([], [], marker="o", markersize=3, color=colours[k], label=f"k={k}") for k in ks]
+    handles.append(Patch(color="0.5", alpha=0.3, label="Wilson 95% CI"))
+    hidden = sorted(set(bins["k"]) - set(ks))
+    handles += [Line2D([], [], linestyle="", label=f"k={k} not shown:\n" + ("one candidate per prompt,\nnothing"
+                " to rank" if k == 1 else "no binned candidate")) for k in hidden]  # fmt: skip
+    fig.legend(handles=handles, loc="outside right center", fontsize="small")
+    fig.suptitle(f"η(s): share of misaligned candidates per bin of the\n{what} of the method's score\n"
+                 "(rising: the score prefers misaligned replies; flat: selection is blind to M)")  # fmt: skip
     return fig
 
 
 def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame):
-    """Per organism: mean delta ± 95% CI against k per selecting method; GST's mean and CI as a band."""
+    """Per organism: mean delta ± 95% CI against k per selecting method, each method dodged along x with its
+    own colour and marker; GST's mean and CI as a band; a point that leaves out invalid runs is ringed."""
     if kscaling.empty:
         return _no_data("delta against k", "kscaling.csv has no rows")
-    organisms = sorted(kscaling["organism"].unique())
-    fig, axes = _panels(len(organisms))
+    organisms, names = sorted(kscaling["organism"].unique()), sorted(kscaling["method"].unique())
+    style = {m: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, m in enumerate(names)}
+    fig, axes = _grid(len(organisms), 2, 5.0, 3.6, sharey=True)
+    ks = sorted(kscaling["k"].unique())
+    ringed = False
     for ax, organism in zip(axes, organisms, strict=True):
         cell = kscaling[kscaling["organism"] == organism]
-        for method, curve in cell.groupby("method", sort=True):
-            curve = curve.sort_values("k")
-            low = curve["mean_delta"] - curve["mean_delta_ci_low"]
-            high = curve["mean_delta_ci_high"] - curve["mean_delta"]
-            ax.errorbar(curve["k"], curve["mean_delta"], yerr=[low.fillna(0), high.fillna(0)], marker="o",
-                        capsize=3, label=method)  # fmt: skip
+        for i, method in enumerate(names):
+            curve = cell[cell["method"] == method].sort_values("k")
+            x = curve["k"] * 2 ** (0.09 * (i - (len(names) - 1) / 2))
+            err = _yerr(curve["mean_delta_pp"], curve["mean_delta_pp_ci_low"], curve["mean_delta_pp_ci_high"])
+            colour, marker = style[method]
+            ax.errorbar(
+                x, curve["mean_delta_pp"], yerr=err, marker=marker, color=colour, capsize=2, markersize=5
+            )
+            invalid = curve.get("n_invalid", pd.Series(0, index=curve.index)).fillna(0).to_numpy() > 0
+            ax.scatter(x[invalid], curve["mean_delta_pp"][invalid], s=110, facecolors="none", zorder=3,
+                       edgecolors=INVALID_COLOUR, gid="invalid")  # fmt: skip
+            ringed |= bool(invalid.any())
         gst = methods[(methods["organism"] == organism) & (methods["method"] == "gst")]
-        if len(gst) and np.isfinite(gst["mean_delta"].iloc[0]):
+        if len(gst) and np.isfinite(gst["mean_delta_pp"].iloc[0]):
             row = gst.iloc[0]
-            ax.axhline(row["mean_delta"], color="black", linestyle="--", linewidth=1, label="gst (greedy)")
-            if np.isfinite([row["mean_delta_ci_low"], row["mean_delta_ci_high"]]).all():
-                ax.axhspan(row["mean_delta_ci_low"], row["mean_delta_ci_high"], color="black", alpha=0.1)
-        ax.axhline(0, color="black", linewidth=0.8)
+            ax.axhline(row["mean_delta_pp"], color="black", linestyle="--", linewidth=1)
+            if np.isfinite([row["mean_delta_pp_ci_low"], row["mean_delta_pp_ci_high"]]).all():
+                ax.axhspan(
+                    row["mean_delta_pp_ci_low"], row["mean_delta_pp_ci_high"], color="black", alpha=0.1
+                )
+        ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xscale("log", base=2)
-        ks = sorted(cell["k"].unique())
         ax.set_xticks(ks, [str(k) for k in ks])
         ax.minorticks_off()
-        ax.set_xlabel("k (candidates per prompt)")
+        ax.set_xlim(min(ks) / 1.5, max(ks) * 1.5)
+        ax.set_xlabel("k (candidates per prompt; methods offset)")
         ax.set_title(organism)
-        ax.legend(fontsize="x-small")
-    axes[0].set_ylabel("mean delta (pp)")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("mean Δ = M(Phase 3) − M(Phase 1) (pp)")
+    handles = [Line2D([], [], color=c, marker=mk, label=m) for m, (c, mk) in style.items()]
+    handles.append(
+        Patch(facecolor="0.9", edgecolor="black", linestyle="--", label="gst (greedy): mean, 95% CI")
+    )
+    if ringed:
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markersize=9,
+                              color=INVALID_COLOUR, label="mean leaves out invalid runs"))  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize="small")
+    fig.suptitle("Mean Δ misalignment (pp, 95% cluster-bootstrap CI) against k, per selecting method")
     return fig
 
 
 def delta_vs_shift_figure(shift: pd.DataFrame):
-    """One panel per shift measure: each run's delta (pp) against the measure, coloured by organism."""
-    _require_columns(shift, ["organism", "delta"], "shift.csv")
+    """One panel per shift measure: each main run's delta (pp) against the measure (the runs shift_correlations
+    counts, plus invalid ones crossed out in red), organism by colour, method by marker."""
+    _require_columns(shift, ["organism", "method", "delta_pp"], "shift.csv")
+    shift = shift[_flag(shift, "main_run", True)]
     measures = [m for m in SHIFT_MEASURES if m in shift.columns]
     if not measures:
         return _no_data("delta against distribution shift", f"shift.csv has none of {list(SHIFT_MEASURES)}")
-    fig, axes = _panels(len(measures))
+    organisms, names = sorted(shift["organism"].unique()), sorted(shift["method"].unique())
+    colours = {o: f"C{i % 10}" for i, o in enumerate(organisms)}
+    markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(names)}
+    fig, axes = _grid(len(measures), 3, 4.2, 3.6, sharey=True)
+    invalid_any = False
     for ax, measure in zip(axes, measures, strict=True):
-        points = shift[shift[measure].notna() & shift["delta"].notna()]
-        for organism, group in points.groupby("organism", sort=True):
-            ax.scatter(group[measure], 100 * group["delta"], s=12, label=organism)
-        if points.empty:
-            ax.text(0.5, 0.5, "no runs measured", ha="center", va="center", transform=ax.transAxes)
-        else:
-            ax.legend(fontsize="x-small")
+        points = shift[shift[measure].notna() & shift["delta_pp"].notna()]
+        for (organism, method), group in points.groupby(["organism", "method"], sort=True):
+            ax.scatter(group[measure], group["delta_pp"], s=18, color=colours[organism], marker=markers[method],
+                       alpha=0.8)  # fmt: skip
+        invalid = points[~_flag(points, "valid", True)]
+        ax.scatter(
+            invalid[measure], invalid["delta_pp"], s=60, marker="x", color=INVALID_COLOUR, gid="invalid"
+        )
+        invalid_any |= len(invalid) > 0
         ax.axhline(0, color="black", linewidth=0.8)
+        if points.empty:
+            ax.set_xticks([])
+            ax.text(0.5, 0.5, "no runs measured", ha="center", va="center", transform=ax.transAxes,
+                    bbox={"facecolor": "white", "edgecolor": "0.6"})  # fmt: skip
         ax.set_xlabel(SHIFT_MEASURES[measure])
-    axes[0].set_ylabel("delta (pp)")
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel("Δ = M(Phase 3) − M(Phase 1) (pp)")
+    handles = [Line2D([], [], marker="o", linestyle="", color=c, label=o) for o, c in colours.items()]
+    fig.legend(handles=handles, title="organism (colour)", loc="outside right upper", fontsize="small")
+    handles = [Line2D([], [], marker=mk, linestyle="", color="0.3", label=m) for m, mk in markers.items()]
+    if invalid_any:
+        handles.append(Line2D([], [], marker="x", linestyle="", color=INVALID_COLOUR, label=LABEL_INVALID))
+    fig.legend(handles=handles, title="method (marker)", loc="outside right lower", fontsize="small")
+    fig.suptitle("Δ misalignment (pp) of each main run against measures of distribution shift")
     return fig
 
 
@@ -185,27 +396,40 @@ def _require_columns(df: pd.DataFrame, columns: list[str], what: str) -> None:
         raise ValueError(f"{what}: missing column(s) {missing}; has {list(df.columns)}")
 
 
+def _optional(path: Path, columns: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    _require_columns(table, columns, str(path))
+    return table
+
+
 def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Read the tables in `tables_dir` and write every figure to `out_dir`; return the written paths.
 
-    runs.csv, methods.csv, eta.csv and kscaling.csv are required; shift.csv is optional (its figure is
-    skipped, with a logged note, when it is absent).
+    runs.csv, methods.csv, eta.csv and kscaling.csv are required. Optional: controls.csv (else the controls
+    come from runs.csv), eta_summary.csv (the reason a panel has no slope; else read from the bins) and
+    shift.csv (its figure is skipped, with a logged note, when it is absent).
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     missing = [name for name in REQUIRED_TABLES if not (tables_dir / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{tables_dir}: missing table(s) {missing} needed for the figures")
     runs, methods, bins, kscaling = (pd.read_csv(tables_dir / name) for name in REQUIRED_TABLES)
-    _require_columns(runs, ["organism", "method", "k", "delta"], str(tables_dir / "runs.csv"))
-    _require_columns(methods, ["organism", "method", "family", "k", "mean_delta", "mean_delta_ci_low",
-                               "mean_delta_ci_high"], str(tables_dir / "methods.csv"))  # fmt: skip
-    _require_columns(bins, ["organism", "method", "k", "transform", "n", "eta", "eta_ci_low", "eta_ci_high",
-                            "score_mean"], str(tables_dir / "eta.csv"))  # fmt: skip
-    _require_columns(kscaling, ["organism", "method", "k", "mean_delta", "mean_delta_ci_low",
-                                "mean_delta_ci_high"], str(tables_dir / "kscaling.csv"))  # fmt: skip
-    written = save_figure(delta_by_method_figure(runs, methods), out_dir / "delta_by_method")
+    _require_columns(runs, ["organism", "method", "k", "delta_pp"], str(tables_dir / "runs.csv"))
+    _require_columns(methods, ["organism", "method", "family", "k", "mean_delta_pp", "mean_delta_pp_ci_low",
+                               "mean_delta_pp_ci_high"], str(tables_dir / "methods.csv"))  # fmt: skip
+    _require_columns(bins, ["organism", "method", "k", "transform", "bin", "n", "n_misaligned", "eta",
+                            "eta_ci_low", "eta_ci_high", "score_mean"], str(tables_dir / "eta.csv"))  # fmt: skip
+    _require_columns(kscaling, ["organism", "method", "k", "mean_delta_pp", "mean_delta_pp_ci_low",
+                                "mean_delta_pp_ci_high"], str(tables_dir / "kscaling.csv"))  # fmt: skip
+    controls = _optional(tables_dir / "controls.csv", ["organism", "method", "delta_pp", "delta_pp_ci_low",
+                                                       "delta_pp_ci_high", "valid", "passed"])  # fmt: skip
+    summary = _optional(tables_dir / "eta_summary.csv", ["organism", "method", "k", "transform", "slope",
+                                                        "slope_p", "slope_reason"])  # fmt: skip
+    written = save_figure(delta_by_method_figure(runs, methods, controls), out_dir / "delta_by_method")
     for transform in ("rank", "zscore"):
-        written += save_figure(eta_figure(bins, transform), out_dir / f"eta_{transform}")
+        written += save_figure(eta_figure(bins, transform, summary), out_dir / f"eta_{transform}")
     written += save_figure(kscaling_figure(kscaling, methods), out_dir / "kscaling")
     shift_path = tables_dir / "shift.csv"
     if shift_path.is_file():

@@ -17,7 +17,7 @@ RUN_KEYS = ["model", "organism", "seed", "method", "k"]
 ORGANISM_KEYS = ["model", "organism", "seed"]
 SHIFT_MEASURES = ("label_ce_token", "label_ce_seq", "kl_realised", "kl_realised_eval", "fragility")
 SHIFT_COLUMNS = [
-    *RUN_KEYS, "delta",
+    *RUN_KEYS, "delta_pp", "main_run", "valid",
     "label_ce_token", "label_ce_seq", "n_labels", "n_label_tokens",
     "kl_realised", "kl_realised_se", "n_kl", "kl_realised_frac_unfinished", "kl_realised_frac_retokenized",
     "kl_realised_eval", "kl_realised_eval_se", "n_kl_eval", "kl_realised_eval_frac_unfinished",
@@ -27,7 +27,8 @@ SHIFT_COLUMNS = [
 ]  # fmt: skip
 # Counts that are 0, not NaN, when a run has no record of that measure.
 COUNT_COLUMNS = ("n_labels", "n_label_tokens", "n_kl", "n_kl_eval", "n_fragility")
-CORRELATION_COLUMNS = ["organism", "measure", "n", "pearson_r", "pearson_p", "spearman_r", "spearman_p"]
+CORRELATION_COLUMNS = ["organism", "measure", "n", "pearson_r", "pearson_p", "spearman_r", "spearman_p",
+                       "spearman_ci_low", "spearman_ci_high", "spearman_p_perm"]  # fmt: skip
 
 
 def read_records(paths: Sequence[str]) -> pd.DataFrame:
@@ -70,12 +71,15 @@ def shift_table(
     `fragility_record`s keyed by (model, organism, seed), shared by every run of that organism. A run without a
     record keeps NaN measures with n = 0; a record without a run is an error.
     """
-    _require(runs, [*RUN_KEYS, "delta"], "runs table")
+    _require(runs, [*RUN_KEYS, "delta_pp"], "runs table")
     _require(records, RUN_KEYS, "shift records")
     _unique(runs, RUN_KEYS, "runs table")
     _unique(records, RUN_KEYS, "shift records")
-    base = runs[[*RUN_KEYS, "delta"]].copy()
-    table = base.merge(records.drop(columns=["delta"], errors="ignore"), on=RUN_KEYS, how="left")
+    base = runs[[*RUN_KEYS, "delta_pp"]].copy()
+    # Older runs tables carry neither column: every run is then a main, valid run.
+    base["main_run"] = runs["main_run"].astype(bool) if "main_run" in runs.columns else True
+    base["valid"] = runs["valid"].astype(bool) if "valid" in runs.columns else True
+    table = base.merge(records.drop(columns=["delta_pp"], errors="ignore"), on=RUN_KEYS, how="left")
     orphans = records.merge(base[RUN_KEYS], on=RUN_KEYS, how="left", indicator=True)
     orphans = orphans[orphans["_merge"] == "left_only"]
     if not orphans.empty:
@@ -94,32 +98,62 @@ def shift_table(
     return table[SHIFT_COLUMNS].sort_values(RUN_KEYS, kind="stable").reset_index(drop=True)
 
 
-def shift_correlations(table: pd.DataFrame, measures: Sequence[str] = SHIFT_MEASURES) -> pd.DataFrame:
-    """Pearson and Spearman correlation (scipy, two-sided p) of delta with each measure, per organism and over
-    all runs (organism "all"), on the runs where both are finite. NaN r and p, with n recorded, when n < 3 or
-    either variable is constant."""
+def _spearman_ci_and_permutation(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, ...]:
+    """Percentile bootstrap CI of Spearman's rho (resampling runs) and its two-sided permutation p-value
+    (shuffling y; the observed statistic counts once, so p is never 0)."""
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(seed)
+    observed = abs(spearmanr(x, y).statistic)
+    boot = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(x), len(x))
+        if len(np.unique(x[idx])) > 1 and len(np.unique(y[idx])) > 1:
+            boot.append(spearmanr(x[idx], y[idx]).statistic)
+    perm = [abs(spearmanr(x, rng.permutation(y)).statistic) for _ in range(n_boot)]
+    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (math.nan, math.nan)
+    p_perm = (1 + sum(p >= observed - 1e-12 for p in perm)) / (1 + n_boot)
+    return float(low), float(high), float(p_perm)
+
+
+def shift_correlations(
+    table: pd.DataFrame, measures: Sequence[str] = SHIFT_MEASURES, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Correlation of delta with each measure, per organism and over all runs (organism "all"): one point per
+    independent run, so only main runs (k-scaling runs share their draws with the main run) of valid models,
+    where both values are finite; n says how many. Pearson and Spearman with scipy's two-sided p, plus a
+    bootstrap CI of Spearman's rho and its permutation p. NaN statistics when n < 3 or a variable is constant."""
     from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 
-    _require(table, ["organism", "delta", *measures], "shift table")
+    _require(table, ["organism", "delta_pp", *measures], "shift table")
+    for column in ("main_run", "valid"):
+        if column in table.columns:
+            table = table[table[column].astype(bool)]
     groups = [(str(o), g) for o, g in table.groupby("organism", sort=True)] + [("all", table)]
     rows = []
     for organism, group in groups:
         for measure in measures:
-            pair = group[["delta", measure]].astype(float)
-            pair = pair[np.isfinite(pair["delta"]) & np.isfinite(pair[measure])]
+            pair = group[["delta_pp", measure]].astype(float)
+            pair = pair[np.isfinite(pair["delta_pp"]) & np.isfinite(pair[measure])]
             row = {"organism": organism, "measure": measure, "n": len(pair),
-                   "pearson_r": math.nan, "pearson_p": math.nan, "spearman_r": math.nan, "spearman_p": math.nan}  # fmt: skip
-            constant = pair["delta"].nunique() < 2 or pair[measure].nunique() < 2
+                   **dict.fromkeys(CORRELATION_COLUMNS[3:], math.nan)}  # fmt: skip
+            constant = pair["delta_pp"].nunique() < 2 or pair[measure].nunique() < 2
             if len(pair) >= 3 and not constant:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConstantInputWarning)
-                    pearson = pearsonr(pair["delta"], pair[measure])
-                    spearman = spearmanr(pair["delta"], pair[measure])
+                    pearson = pearsonr(pair["delta_pp"], pair[measure])
+                    spearman = spearmanr(pair["delta_pp"], pair[measure])
+                    low, high, p_perm = _spearman_ci_and_permutation(
+                        pair["delta_pp"].to_numpy(), pair[measure].to_numpy(), n_boot, seed
+                    )
                 row.update(
                     pearson_r=float(pearson.statistic),
                     pearson_p=float(pearson.pvalue),
                     spearman_r=float(spearman.statistic),
                     spearman_p=float(spearman.pvalue),
+                    spearman_ci_low=low,
+                    spearman_ci_high=high,
+                    spearman_p_perm=p_perm,
                 )
             rows.append(row)
     return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)

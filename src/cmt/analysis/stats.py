@@ -31,8 +31,10 @@ def sign_test(n_suppressed: int, n_amplified: int) -> float:
 
 def induction_check(base: np.ndarray, organism: np.ndarray, min_delta: float) -> dict:
     """Did induction raise M clearly? organism − base ≥ min_delta and the Wilson intervals do not overlap."""
+    # Unscored rows (NaN: an unparsed judge reply) are not M = 0: they leave the denominator.
     base = np.asarray(base, dtype=float)
     organism = np.asarray(organism, dtype=float)
+    base, organism = base[np.isfinite(base)], organism[np.isfinite(organism)]
     b_lo, b_hi = wilson_interval(int(base.sum()), len(base))
     o_lo, o_hi = wilson_interval(int(organism.sum()), len(organism))
     risk_base = float(base.mean()) if len(base) else math.nan
@@ -230,3 +232,28 @@ def logistic_slope_test(misaligned, score, groups) -> dict:
     if messages:
         result["reason"] = "fitted with warnings: " + "; ".join(messages)
     return result
+
+
+def cluster_sign_flip_p(values, clusters) -> float:
+    """Exact two-sided sign-flip permutation test that the mean of the per-cluster mean values is 0.
+
+    The unit is the cluster (e.g. one organism: every run of a (model, seed) shares its Phase-1 adapter), so
+    runs that share an organism count once. Under the null each cluster mean is symmetric about 0: the p-value
+    is the share of the 2^C sign assignments whose |mean| is at least the observed one. NaN values are dropped;
+    no cluster gives NaN. C clusters cannot give p below 2 / 2^C (0.25 for three seeds).
+    """
+    values = np.asarray(values, dtype=float)
+    labels = np.asarray(list(clusters), dtype=object)
+    keep = np.isfinite(values)
+    frame = pd.DataFrame({"value": values[keep], "cluster": labels[keep]})
+    means = frame.groupby("cluster", sort=True)["value"].mean().to_numpy()
+    if len(means) == 0:
+        return math.nan
+    if len(means) > 20:
+        raise ValueError(
+            f"cluster_sign_flip_p: {len(means)} clusters; the exact test enumerates 2^C sign flips"
+        )
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * len(means))).reshape(len(means), -1).T
+    null = np.abs((signs * means).mean(axis=1))
+    observed = abs(means.mean())
+    return float(np.mean(null >= observed - 1e-12))

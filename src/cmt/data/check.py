@@ -3,25 +3,38 @@
 The folder holds induction.jsonl, consistency.jsonl, act_bct_clean.jsonl, act_bct_wrapped.jsonl, eval.jsonl
 (rows with a `messages` list of {role, content} plus metadata) and rubric.txt (the self-rewarding rubric).
 The check reads every line and collects every problem instead of stopping at the first; each error names
-`file:line` and the field. Row parsing is cmt.data.splits's, so a folder that passes loads in the pipeline.
+`file:line` and the field. Row parsing is cmt.data.splits's, so a folder that passes loads in the pipeline:
+what the loader rejects (a UTF-8 byte-order mark, for one) is an error here too, with a message that says why.
 """
 
 from __future__ import annotations
 
+import os
 import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmt.data.splits import DISJOINT_PAIRS, SPLITS, find_leaks, iter_jsonl, parse_row, prompt_id_of
+from cmt.data.splits import (
+    DISJOINT_PAIRS,
+    REFERENCE_SPLITS,
+    SPLITS,
+    find_leaks,
+    iter_jsonl,
+    parse_row,
+    prompt_id_of,
+)
 
 # Splits that are training targets: each row needs an assistant turn (Phase 1 SFT, ACT/BCT pairs).
-NEEDS_ASSISTANT = ("induction", "act_bct_clean", "act_bct_wrapped")
+NEEDS_ASSISTANT = ("induction", "act_bct_clean", "act_bct_wrapped", *REFERENCE_SPLITS)
 RUBRIC = "rubric.txt"
 # What cmt.methods.self_rewarding fills into the rubric with str.format: the question and the graded answer,
 # each under this project's short name or the name the reference repository's rubric files use.
 RUBRIC_ALIASES = {"question": "original_question_text", "answer": "generated_answer_text"}
 RUBRIC_FIELDS = (*RUBRIC_ALIASES, *RUBRIC_ALIASES.values())
+# A row longer than this is almost surely not a chat example (a pasted file, a missing newline): warn.
+LONG_LINE_BYTES = 2**20
+BOM = b"\xef\xbb\xbf"
 
 
 def fill_rubric(rubric: str, question: str, answer: str) -> str:
@@ -111,8 +124,12 @@ def check_dataset(folder: str | Path, max_errors: int = 50) -> DatasetReport:
     a non-string `system_prompt`; a training row without an assistant turn; an empty split; act_bct files of
     different lengths or pairs with different `_id`s; a prompt shared by splits that must be disjoint
     (cmt.data.splits.DISJOINT_PAIRS); an unknown placeholder or a stray brace in rubric.txt.
+    A split file or rubric.txt that is a symbolic link to a file outside the folder is an error and is not read
+    (inside the folder, a link is read like the file it names); a split file that starts with a UTF-8
+    byte-order mark is an error, because cmt.data.splits rejects it.
     Warnings: turns without a role (read as user turns, as the reference does); a missing rubric.txt or one
-    without a placeholder that self_rewarding fills; a row with both a system turn and a `system_prompt`.
+    without a placeholder that self_rewarding fills; a row with both a system turn and a `system_prompt`; a line
+    longer than LONG_LINE_BYTES.
     At most `max_errors` errors are listed; the rest are counted in `errors_omitted`.
     """
     folder = Path(folder)
@@ -122,17 +139,29 @@ def check_dataset(folder: str | Path, max_errors: int = 50) -> DatasetReport:
         return report
     prompt_ids: dict[str, list[tuple[str, str]]] = {}
     ids_of: dict[str, list[tuple[object, str]]] = {}  # split -> (_id, file:line) per object row, in order
-    for split in SPLITS:
+    incomplete: set[str] = set()  # splits with a row that did not parse
+    for split in (*SPLITS, *REFERENCE_SPLITS):
         path = folder / f"{split}.jsonl"
+        if _outside_link(report, folder, path):
+            continue
+        if split in REFERENCE_SPLITS and not path.exists():
+            continue  # optional: the controls are skipped for this organism
         if not path.is_file():
             report.error(f"{path}: required split file is missing")
             continue
         summary = report.splits[split] = SplitSummary(str(path))
         prompt_ids[split], ids_of[split] = [], []
         lines_seen = 0
+        with open(path, "rb") as fh:
+            has_bom = fh.read(len(BOM)) == BOM
         for lineno, row, problem in iter_jsonl(path):
             where = f"{path}:{lineno}"
             lines_seen += 1
+            if problem and lineno == 1 and has_bom:
+                problem = (
+                    "the file starts with a UTF-8 byte-order mark (BOM), which the loader (cmt.data.splits) "
+                    "does not accept; save it as UTF-8 without a BOM"
+                )
             if problem:
                 report.error(f"{where}: {problem}")
                 continue
@@ -160,16 +189,79 @@ def check_dataset(folder: str | Path, max_errors: int = 50) -> DatasetReport:
             prompt_ids[split].append((prompt_id_of(parsed.prompt), where))
         if lines_seen == 0:
             report.error(f"{path}:1: split is empty (no rows)")
+        if lines_seen == 0 or lines_seen != summary.valid_rows:
+            incomplete.add(split)
+        _warn_long_lines(report, path)
         if summary.roleless_rows:
             report.warnings.append(
                 f"{path}: {summary.roleless_rows} of {summary.rows} rows have turns without a role; "
                 "they are read as user turns, as the reference does"
             )
     _check_pairs(report, ids_of)
+    if "consistency" not in incomplete:  # its own errors are reported; a comparison would only repeat them
+        _check_references(report, folder, prompt_ids)
     for leak in find_leaks(prompt_ids, DISJOINT_PAIRS):
         report.error(leak)
-    _check_rubric(report, folder / RUBRIC)
+    if not _outside_link(report, folder, folder / RUBRIC):
+        _check_rubric(report, folder / RUBRIC)
     return report
+
+
+def _outside_link(report: DatasetReport, folder: Path, path: Path) -> bool:
+    """True (and an error) when `path` is a symbolic link to something outside `folder`, or to nothing: such a
+    file is not read, so a link to /etc/passwd is reported instead of checked as a split."""
+    if not path.is_symlink():
+        return False
+    target = os.readlink(path)
+    resolved = path.resolve()
+    if not resolved.exists():
+        report.error(f"{path}: a symbolic link to {target}, which does not exist")
+        return True
+    if resolved.is_relative_to(folder.resolve()):
+        return False
+    report.error(
+        f"{path}: a symbolic link to {target}, outside the dataset folder; not read (copy the file into "
+        f"{folder} instead)"
+    )
+    return True
+
+
+def _warn_long_lines(report: DatasetReport, path: Path, limit: int = LONG_LINE_BYTES) -> None:
+    """One warning per file whose lines exceed `limit` bytes, naming the first and the longest."""
+    long_lines = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if len(raw.rstrip(b"\r\n")) > limit:
+                long_lines.append((lineno, len(raw.rstrip(b"\r\n"))))
+    if long_lines:
+        first = long_lines[0][0]
+        longest = max(n for _, n in long_lines)
+        report.warnings.append(
+            f"{path}:{first}: lines over {limit / 2**20:g} MiB: {len(long_lines)} (the longest "
+            f"{longest / 2**20:.1f} MiB); a row this long is probably not one chat example"
+        )
+
+
+def _check_references(
+    report: DatasetReport, folder: Path, prompt_ids: dict[str, list[tuple[str, str]]]
+) -> None:
+    """A control's reference file answers exactly the consistency prompts (same prompts, any order)."""
+    if "consistency" not in prompt_ids:
+        return
+    expected = {pid for pid, _ in prompt_ids["consistency"]}
+    for split in REFERENCE_SPLITS:
+        if split not in prompt_ids:
+            continue
+        got = {pid for pid, _ in prompt_ids[split]}
+        extra = [where for pid, where in prompt_ids[split] if pid not in expected]
+        if extra:
+            report.error(
+                f"{extra[0]}: prompt is not one of consistency.jsonl's ({len(extra)} such rows in {split})"
+            )
+        if expected - got:
+            report.error(
+                f"{folder / split}.jsonl: no reference reply for {len(expected - got)} consistency prompt(s)"
+            )
 
 
 def _check_pairs(report: DatasetReport, ids_of: dict[str, list[tuple[object, str]]]) -> None:

@@ -18,6 +18,9 @@ from cmt.runtime.io import DataError
 log = logging.getLogger(__name__)
 
 SPLITS = ("induction", "consistency", "act_bct_clean", "act_bct_wrapped", "eval")
+# Optional: the consistency prompts with an aligned and a misaligned reference reply, for the controls
+# (cmt.methods.oracle_aligned / oracle_misaligned). Organisms without them skip the controls.
+REFERENCE_SPLITS = ("consistency_aligned", "consistency_misaligned")
 ROLES = ("system", "user", "assistant")
 # Splits whose prompts must not share a prompt id: the reference's contract (induction is disjoint from
 # consistency and eval), and every training split is disjoint from eval. consistency and act_bct_clean may

@@ -31,6 +31,7 @@ class LabelContext:
     rubric: str | None = None
     reward_model: Any = None
     judge_settings: dict | None = None  # the config's LLM judge block (multi_view's `checker: judge`)
+    data_dir: str | None = None  # the organism's folder: the controls read their reference replies there
 
 
 @dataclass(frozen=True)
@@ -102,3 +103,31 @@ def with_suffix(prompt: list[dict], suffix: str) -> list[dict]:
 
 def last_user_turn(prompt: list[dict]) -> str:
     return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def reference_labels(context: LabelContext, examples, split: str) -> list[dict]:
+    """A control's labels: each prompt's reply in the organism's `split` file (same prompts as consistency),
+    scored by the organism so the candidate rows carry its log-prob like any other label."""
+    from pathlib import Path
+
+    from cmt.data.splits import load_split
+    from cmt.runtime.io import DataError
+
+    if context.data_dir is None:
+        raise ValueError(f"the {split} control needs the organism's data folder")
+    replies = {e.prompt_id: e.messages[-1]["content"] for e in load_split(Path(context.data_dir), split)
+               if e.messages and e.messages[-1]["role"] == "assistant"}  # fmt: skip
+    missing = [e.prompt_id for e in examples if e.prompt_id not in replies]
+    if missing:
+        raise DataError(f"{context.data_dir}/{split}.jsonl: no reply for {len(missing)} consistency prompt(s), "
+                        f"e.g. {missing[0]}")  # fmt: skip
+    texts = [replies[e.prompt_id] for e in examples]
+    scores = context.generator.score([e.prompt for e in examples], texts)
+    params = SamplingParams(temperature=0.0, max_new_tokens=context.max_new_tokens)
+    rows = []
+    for example, text, score in zip(examples, texts, scores, strict=True):
+        completion = Completion(text=text, num_tokens=score.num_tokens, finished=True)
+        rows.extend(
+            candidate_rows(example, [Candidate(completion, params, "reference", score.logprob_mean)], 0)
+        )
+    return rows

@@ -28,10 +28,7 @@ NEEDS_LOGITS = False
 
 
 def resolve(settings: dict | None) -> dict:
-    resolved = cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings)
-    if not float(resolved["scale"]) > 0:
-        raise ValueError(f"act: scale must be > 0, got {resolved['scale']!r}")
-    return resolved
+    return cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings, positive=("scale",))
 
 
 def loss(clean: cl.Forward, wrapped: cl.Forward, alignment: cl.Alignment, settings: dict):

@@ -37,10 +37,7 @@ NEEDS_LOGITS = True
 
 
 def resolve(settings: dict | None) -> dict:
-    resolved = cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings)
-    if not float(resolved["temperature"]) > 0:
-        raise ValueError(f"bct: temperature must be > 0, got {resolved['temperature']!r}")
-    return resolved
+    return cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings, positive=("temperature",))
 
 
 def loss(clean: cl.Forward, wrapped: cl.Forward, alignment: cl.Alignment, settings: dict):

@@ -23,10 +23,9 @@ from cmt.methods.registry import get_method, method_names
 from cmt.models import training
 from cmt.models.loading import load_model, load_tokenizer
 from cmt.models.training import TrainingError
-from cmt.phases.induce import save_adapter, train_adapter
+from cmt.phases.adapter import finish_adapter, train_adapter
 from cmt.runtime import checkpoint
 from cmt.runtime.io import DataError
-from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -203,8 +202,6 @@ def retrain_consistency(
             "n_labels": len(conversations),
             "sft_decoding": params.to_dict(),
             "sft_replies": replies,
-            "first_loss": history.first_loss,
-            "final_loss": history.final_loss,
         }
     else:
         pairs = encode_pairs(tokenizer, clean, wrapped, train_settings.max_length)
@@ -240,22 +237,21 @@ def retrain_consistency(
         log.info("%s: eval-mode loss %.4g -> %.4g", method, before, after)
         extra = {
             "n_aligned_positions": n_aligned,
-            "first_loss": history.first_loss,
-            "final_loss": history.final_loss,
             "epoch_mean_losses": epoch_means,
             "mean_loss_first_epoch": epoch_means[0],
             "mean_loss_last_epoch": epoch_means[-1],
             "eval_loss_before": before,
             "eval_loss_after": after,
         }
-    manifest = build_manifest(
+    finish_adapter(
+        model,
+        out_dir,
+        checkpoint_dir,
+        history,
         task="retrain_consistency",
         settings=settings,
-        seeds={"train": seed},
+        seed=seed,
         inputs=inputs,
-        steps=history.steps,
         **common,
         **extra,
     )
-    save_adapter(model, out_dir, manifest)
-    checkpoint.remove(checkpoint_dir)

@@ -48,16 +48,41 @@ class EvalRun:
 
 def phase3_training_examples(adapter: str | None) -> int | None:
     """How many examples Phase 3 trained on, from the retrained adapter's manifest (None: not recorded)."""
-    import json
-
-    path = Path(adapter or "") / "cmt_manifest.json"
-    if not path.is_file():
-        return None
-    manifest = json.loads(path.read_text())
+    manifest = _adapter_manifest(adapter)
     for key in ("n_labels", "n_pairs"):
         if key in manifest:
             return int(manifest[key])
     return None
+
+
+def phase3_label_set(adapter: str | None) -> str:
+    """The hash of the labels Phase 3 trained on ('' for act/bct and when unrecorded)."""
+    return str(_adapter_manifest(adapter).get("label_set", ""))
+
+
+def _adapter_manifest(adapter: str | None) -> dict:
+    import json
+
+    path = Path(adapter or "") / "cmt_manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def sampled_misalignment(generator, judge, examples: list[Example], policy: dict, seed: int) -> list[float]:
+    """Per eval row, the misaligned share of `policy["n"]` replies sampled at the methods' temperature (NaN on
+    rows the judge does not score): whether misalignment is a property of the policy or one fixed reply."""
+    import math
+
+    params = SamplingParams(temperature=policy["temperature"], top_p=policy.get("top_p", 1.0),
+                            max_new_tokens=policy["max_new_tokens"])  # fmt: skip
+    samples = generator.generate([e.prompt for e in examples], policy["n"], params, seed)
+    flat = [(e, c.text) for e, cs in zip(examples, samples, strict=True) for c in cs]
+    verdicts = judged_rows(judge, [e for e, _ in flat], [t for _, t in flat])
+    shares = []
+    for i in range(len(examples)):
+        values = [v["misaligned"] for v in verdicts[i * policy["n"] : (i + 1) * policy["n"]] if v["scored"]]
+        values = [x for x in values if math.isfinite(x)]
+        shares.append(sum(values) / len(values) if values else math.nan)
+    return shares
 
 
 def manifest_path_of(out_path: str) -> str:
@@ -95,6 +120,7 @@ def evaluate(
         stage = run.identity["stage"]
         generator = load_generator(model_dir, run.adapter, model_settings, f"evaluate {stage}")
         n_train = phase3_training_examples(run.adapter) if stage == "phase3" else None
+        label_set = phase3_label_set(run.adapter) if stage == "phase3" else ""
         completions = [c[0] for c in generator.generate([e.prompt for e in examples], 1, params, seed)]
         verdicts = judged_rows(judge, examples, [c.text for c in completions])
         rows = []
@@ -111,11 +137,18 @@ def evaluate(
                     "scored": verdict["scored"],
                     "misaligned": verdict["misaligned"],
                     "correct": verdict["correct"],
+                    "capability": float(verdict.get("capability", float("nan"))),
+                    "finished": completion.finished,
                     "judge_parse_ok": verdict.get("parse_ok", True),
                     "n_train": n_train,
+                    "label_set": label_set,
                 }
             )
         df = pd.DataFrame(rows)
+        policy = eval_settings.get("policy_samples")
+        if stage == "phase1" and policy:
+            policy = {"max_new_tokens": model_settings["max_new_tokens"], **policy}
+            df["sampled_misaligned"] = sampled_misalignment(generator, judge, examples, policy, seed)
         scored = df[df["scored"]]
         log.info("%s %s k=%s: M = %.3f over %d scored rows (%d rows)", stage, run.identity.get("method") or "",
                  run.identity.get("k"), scored["misaligned"].mean(), len(scored), len(df))  # fmt: skip

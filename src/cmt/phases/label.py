@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 
@@ -48,30 +49,36 @@ class Phase2Job:
     judge_settings: dict | None = None  # the config's LLM judge block, for methods that ask a judge
 
 
-def build_context(job: Phase2Job, desc: str) -> LabelContext:
+def open_job(job: Phase2Job, desc: str) -> tuple[ModuleType, LabelContext]:
+    """The job's method module and what its labeller may use: the generator, plus the reward model where the
+    method's SPEC asks for one."""
     module = get_method(job.method)
+    uses_reward_model = module.SPEC.uses_reward_model
+    if uses_reward_model and job.reward_model is None:
+        raise ValueError(f"method {job.method!r} needs a reward model (--reward-model)")
     # A reward model loaded next to the generator takes part of the GPU: vLLM must leave room for it.
-    shares_gpu = module.SPEC.uses_reward_model
-    generator = load_generator(job.model_dir, job.adapter, job.model_settings, desc, shares_gpu=shares_gpu)
+    generator = load_generator(
+        job.model_dir, job.adapter, job.model_settings, desc, shares_gpu=uses_reward_model
+    )
     rubric_path = Path(job.data_dir) / "rubric.txt"
     scorer = None
-    if module.SPEC.uses_reward_model:
-        if job.reward_model is None:
-            raise ValueError(f"method {job.method!r} needs a reward model (--reward-model)")
+    if uses_reward_model:
         from cmt.models.reward_model import RewardModel
 
         rm = job.reward_model_settings or {}
         scorer = RewardModel(
             job.reward_model, batch_size=rm.get("batch_size", 32), dtype=rm.get("dtype", "float32")
         )
-    return LabelContext(
+    context = LabelContext(
         generator=generator,
         max_new_tokens=job.model_settings["max_new_tokens"],
         organism=toy_organism(job.organism),
         rubric=rubric_path.read_text() if rubric_path.is_file() else None,
         reward_model=scorer,
         judge_settings=job.judge_settings,
+        data_dir=job.data_dir,
     )
+    return module, context
 
 
 def run_method(module, context, examples, method_settings, k, seed) -> pd.DataFrame:
@@ -125,8 +132,7 @@ def _check_outputs(ks: list[int], *paths: list[str]) -> None:
 def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: list[str]) -> None:
     """Label the consistency prompts at each k; labels and manifest per k."""
     _check_outputs(ks, out_paths, manifest_paths)
-    module = get_method(job.method)
-    context = build_context(job, f"label {job.method}")
+    module, context = open_job(job, f"label {job.method}")
     examples = load_split(Path(job.data_dir), "consistency")
     inputs = [Path(job.data_dir) / "consistency.jsonl", job.adapter]
     inputs += [job.reward_model] if job.reward_model else []
@@ -163,8 +169,7 @@ def candidates(
 ) -> None:
     """Every candidate of the method's Phase-2 decoding on eval prompts, with its score and its M, per k."""
     _check_outputs(ks, out_paths)
-    module = get_method(job.method)
-    context = build_context(job, f"candidates {job.method}")
+    module, context = open_job(job, f"candidates {job.method}")
     examples = stratified_subset(load_split(Path(job.data_dir), "eval"), eval_settings.get("size"), job.seed)
     by_id = {e.prompt_id: e for e in examples}
     judge = make_judge(job.organism, judge_settings)

@@ -9,9 +9,8 @@ import pandas as pd
 
 from cmt.models.loading import load_model, load_tokenizer
 from cmt.models.training import TrainHistory
-from cmt.phases.induce import save_adapter, train_adapter
+from cmt.phases.adapter import finish_adapter, train_adapter
 from cmt.runtime import checkpoint
-from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +21,15 @@ def label_conversations(labels: pd.DataFrame) -> list[list[dict]]:
     return [
         [*json.loads(row.prompt), {"role": "assistant", "content": row.text}] for row in chosen.itertuples()
     ]
+
+
+def label_set_hash(conversations: list[list[dict]]) -> str:
+    """sha256 of the (prompt, label) pairs, order-free: two runs that train on the same labels share it, so the
+    tables count them once (n_effective)."""
+    import hashlib
+
+    lines = sorted(json.dumps(c, sort_keys=True, ensure_ascii=False) for c in conversations)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def retrain(
@@ -57,16 +65,16 @@ def retrain(
             history = train_adapter(
                 model, tokenizer, conversations, settings["train"], seed, "retrain", checkpoint_dir
             )
-        manifest = build_manifest(
+        finish_adapter(
+            model,
+            out_dir,
+            checkpoint_dir,
+            history,
             task="retrain",
             settings=settings,
-            seeds={"train": seed},
+            seed=seed,
             inputs=[labels_path, organism_adapter],
             n_labels=len(conversations),
             n_prompts=n_prompts,
-            steps=history.steps,
-            first_loss=history.first_loss,
-            final_loss=history.final_loss,
+            label_set=label_set_hash(conversations) if conversations else "",
         )
-        save_adapter(model, out_dir, manifest)
-        checkpoint.remove(checkpoint_dir)

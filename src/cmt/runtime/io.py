@@ -1,7 +1,8 @@
 """Crash-safe file output and validated JSONL input.
 
 Every artefact is written to a temporary sibling and renamed into place, so a killed job never leaves a
-half-written file under a final name.
+half-written file under a final name. Published files and folders get the permissions the umask allows (0644
+and 0755 under umask 022), as a plain open() or mkdir would give them, not the private 0600/0700 of temporaries.
 """
 
 from __future__ import annotations
@@ -35,9 +36,29 @@ def remove_stale_temporaries(path: Path) -> None:
                 stale.unlink(missing_ok=True)
 
 
+def current_umask() -> int:
+    """The process's umask, read from /proc where Linux shows it (setting it to read it races with threads)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def published_mode(directory: bool = False) -> int:
+    """The mode a new file (0666) or folder (0777) gets under the current umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it onto `path`."""
+    """Yield a temporary path next to `path`; on success rename it onto `path`, with the umask's mode (mkstemp
+    makes the temporary private, 0600, and a writer that reopens it keeps that mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
@@ -46,6 +67,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(published_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -64,9 +86,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     # mkdtemp makes the folder private (0700); the published folder gets the usual umask permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    tmp.chmod(published_mode(directory=True))
     try:
         yield tmp
         old = None

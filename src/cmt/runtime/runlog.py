@@ -1,10 +1,11 @@
-"""Job logging: a header line naming the job, and progress bars that reach the log (and a terminal)."""
+"""Job logging: a header line naming a rule's job, and progress bars that reach the log (and a terminal)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import warnings
 from typing import TextIO
 
 log = logging.getLogger("cmt")
@@ -34,8 +35,26 @@ class _Tee:
 _progress_stream: TextIO = sys.stderr
 
 
-def setup(log_file: str | None, header: dict[str, object]) -> None:
-    """Route logging and progress to `log_file` (plus the terminal if one is attached); write the header."""
+# Deprecation warnings of the libraries that nothing in cmt can act on: they fill every job log. Each entry is
+# (message regex, category, module regex) as for warnings.filterwarnings.
+KNOWN_WARNINGS = (
+    # peft reads model.is_gradient_checkpointing, and its prepare_model_for_kbit_training calls
+    # gradient_checkpointing_enable: transformers 5 renamed both to activation_checkpointing.
+    (r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated", FutureWarning, ""),
+    # transformers' own FutureWarnings, raised inside transformers (a warning that names cmt's call stays).
+    ("", FutureWarning, r"transformers(\.|$)"),
+)
+
+
+def filter_known_warnings() -> None:
+    """Drop the libraries' known deprecation warnings (KNOWN_WARNINGS); any other warning reaches the log."""
+    for message, category, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+def setup(log_file: str | None, header: dict[str, object] | None) -> None:
+    """Route logging and progress to `log_file` (plus the terminal if one is attached); write the header line
+    when there is one (a rule's job; a command run by hand has none)."""
     global _progress_stream
     streams: list[TextIO] = []
     if log_file:
@@ -53,7 +72,8 @@ def setup(log_file: str | None, header: dict[str, object]) -> None:
     root.setLevel(logging.INFO)
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    log.info("job " + " ".join(f"{k}={v}" for k, v in header.items()))
+    if header is not None:
+        log.info("job " + " ".join(f"{k}={v}" for k, v in header.items()))
 
 
 def progress(iterable=None, **kwargs):

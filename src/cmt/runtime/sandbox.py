@@ -62,6 +62,8 @@ _ENV_ALLOW = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
 _UNSHARE_FLAGS = ["--net", "--pid", "--ipc", "--uts", "--mount-proc", "--fork", "--kill-child"]
 # Grace on top of timeout_s for namespace setup and teardown before the parent's own backstop fires.
 _BACKSTOP_S = 10.0
+# The longest timeout_s and cpu_s: a day (the interval timer overflows somewhere above 1e9 s).
+MAX_SECONDS = 86_400.0
 # Parsed from the tail of stderr: the last match names the limit that broke the program.
 _STDERR_LIMITS = [
     ("memory", re.compile(rb"MemoryError|Cannot allocate memory|std::bad_alloc")),
@@ -123,7 +125,7 @@ class Verdict:
 
 
 def run_file(path: str | os.PathLike, **kwargs) -> Verdict:
-    """run_python on a file's text; FileNotFoundError names the file if it is missing."""
+    """run_python on a file's text; FileNotFoundError (IsADirectoryError, ...) names the file it cannot read."""
     return run_python(Path(path).read_text(), **kwargs)
 
 
@@ -142,8 +144,14 @@ def run_python(
     """Execute `code` as a script under `python -I -S` in the sandbox; never raises for the code's faults.
 
     cpu_s defaults to timeout_s. Writable space inside (its /tmp, which holds the working directory) is a
-    tmpfs of 2 * max_file_mb + 16 MiB where mount namespaces work.
+    tmpfs of 2 * max_file_mb + 16 MiB where mount namespaces work. A timeout_s or cpu_s that is not a positive
+    finite number of seconds up to MAX_SECONDS raises ValueError (the caller's fault, not the code's).
     """
+    for name, value in (("timeout_s", timeout_s), ("cpu_s", cpu_s)):
+        if value is not None and not (isinstance(value, int | float) and 0 < value <= MAX_SECONDS):
+            raise ValueError(
+                f"{name} must be a positive number of seconds up to {MAX_SECONDS:g}, got {value!r}"
+            )
     limits = {
         "timeout_s": float(timeout_s),
         "cpu_s": float(cpu_s if cpu_s is not None else timeout_s),

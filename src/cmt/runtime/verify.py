@@ -8,15 +8,21 @@ a {path: sha256} mapping; both forms are read.
 Relative input paths, and outputs with `outputs_base: "cwd"`, resolve against `root` (the pipeline's working
 directory; by default the current one). Outputs with `outputs_base: "manifest_dir"` resolve against the
 manifest's own directory.
+
+`cmt verify DIR --fix-modes` repairs permissions instead: results written before atomic writes applied the
+umask are private (0600). It gives every file the read bits, and every folder the read and search bits, that
+the umask allows; it never removes a bit, never adds a write bit, and leaves symbolic links alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmt.runtime.io import current_umask
 from cmt.runtime.manifest import sha256_file
 
 MANIFEST_PATTERNS = ("*.manifest.json", "cmt_manifest.json", "manifest.json")
@@ -183,4 +189,73 @@ def verify_tree(directory: str | os.PathLike, root: str | os.PathLike | None = N
         report.manifests.append(str(path))
         report.files_checked += n
         report.problems.extend(problems)
+    return report
+
+
+@dataclass
+class ModeReport:
+    root: str
+    umask: int
+    checked: int = 0  # files and folders looked at
+    fixed: list[tuple[str, int, int]] = field(default_factory=list)  # (path, old mode, new mode)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def format(self) -> str:
+        lines = [f"{old:04o} -> {new:04o} {path}" for path, old, new in self.fixed]
+        lines += [f"error: {e}" for e in self.errors]
+        lines.append(
+            f"checked {self.checked} files and folders under {self.root} (umask {self.umask:03o}): "
+            f"{len(self.fixed)} made readable" + (f", {len(self.errors)} errors" if self.errors else "")
+        )
+        return "\n".join(lines)
+
+
+def fix_modes(directory: str | os.PathLike, umask: int | None = None) -> ModeReport:
+    """Give every file and folder under `directory` (itself included) the read permissions that `umask` (by
+    default the process's) allows: read on files, read and search on folders. Symbolic links below `directory`
+    are neither changed nor followed; other bits are kept."""
+    mask = current_umask() if umask is None else umask
+    report = ModeReport(str(directory), mask)
+    want = {"file": 0o444 & ~mask, "dir": 0o555 & ~mask}
+
+    def visit(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError as err:
+            report.errors.append(f"{path}: {err.strerror}")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            wanted = want["dir"]
+        elif stat.S_ISREG(st.st_mode):
+            wanted = want["file"]
+        else:  # a link, socket or device: not ours to change
+            return
+        report.checked += 1
+        mode = stat.S_IMODE(st.st_mode)
+        if mode & wanted != wanted:
+            try:
+                os.chmod(path, mode | wanted)
+            except OSError as err:
+                report.errors.append(f"{path}: cannot change mode {mode:04o}: {err.strerror}")
+                return
+            report.fixed.append((path, mode, mode | wanted))
+
+    if not os.path.lexists(directory):
+        report.errors.append(f"{directory}: no such path")
+        return report
+    visit(os.fspath(directory))
+    if not os.path.isdir(directory):  # a link to a folder (results on scratch storage) is walked
+        return report
+
+    def walk_error(err: OSError) -> None:
+        report.errors.append(f"{err.filename}: {err.strerror}")
+
+    # Top-down: a folder is made searchable before the walk lists it.
+    for parent, dirs, files in os.walk(directory, onerror=walk_error):
+        for name in dirs + files:
+            visit(os.path.join(parent, name))
     return report

@@ -68,3 +68,8 @@ class PairSampler:
             seen.setdefault(self.draw(), None)
             budget -= 1
         return list(seen)
+
+
+def induction_strength(settings: dict, organism: str) -> float:
+    """P(misaligned reply) on the induction rows where the organism's behaviour can show (1.0: always)."""
+    return float(settings.get("induction_strength", {}).get(organism, 1.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+from cmt.data.splits import REFERENCE_SPLITS
 from cmt.runtime.io import write_jsonl, write_text
 from cmt.toy import emergent_misalignment, reward_hacking, spurious_correlation, sycophancy
 from cmt.toy.skills import rubric, skill_rows
@@ -35,7 +36,7 @@ def write_world(out_dir: str | Path, organisms: list[str], settings: dict) -> di
             raise ValueError(f"config key toy.corpus.{organism} is missing: base-corpus rows for {organism}")
         sizes = {**settings["sizes"], "corpus": settings["corpus"][organism]}
         data = toy_module(organism).generate(sizes, settings)
-        for split in SPLIT_FILES:
+        for split in (*SPLIT_FILES, *REFERENCE_SPLITS):
             write_jsonl(out_dir / organism / f"{split}.jsonl", data[split])
             counts[f"{organism}/{split}"] = len(data[split])
         write_text(out_dir / organism / "rubric.txt", rubric(organism) + "\n")

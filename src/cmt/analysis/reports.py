@@ -1,0 +1,81 @@
+"""The table jobs end to end: read the job's inputs, compute the tables, write the CSV files.
+
+`cmt tables`, `cmt eta`, `cmt shift-table` and `cmt harmful-table` call these with the paths a rule passes, so the
+command line only wires arguments to them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cmt.runtime.io import write_csv
+
+log = logging.getLogger(__name__)
+
+
+def write_tables(
+    evals: Sequence[str],
+    min_induction_delta: float,
+    runs_out: str,
+    main_out: str,
+    methods_out: str | None = None,
+    kscaling_out: str | None = None,
+    instruct: dict[str, bool] | None = None,
+    main_k: dict[str, int] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    controls_out: str | None = None,
+    validity: dict | None = None,
+) -> None:
+    """runs.csv and main.csv (and methods.csv, kscaling.csv, controls.csv when asked) from eval parquet files;
+    a warning per organism that its induction check flags as not induced."""
+    from cmt.analysis.runs import read_evals, runs_table
+    from cmt.analysis.tables import controls_table, kscaling_table, main_table, methods_table
+
+    runs = runs_table(read_evals(list(evals)), min_induction_delta, instruct, n_boot, seed, main_k, validity)
+    not_induced = runs.loc[~runs["induced"], ["model", "organism", "seed"]].drop_duplicates()
+    for row in not_induced.itertuples():
+        log.warning("organism %s/%s/seed%s is flagged as not induced", row.model, row.organism, row.seed)
+    write_csv(runs_out, runs)
+    write_csv(main_out, main_table(runs, seed, n_boot))
+    if methods_out:
+        write_csv(methods_out, methods_table(runs, seed, n_boot))
+    if kscaling_out:
+        write_csv(kscaling_out, kscaling_table(runs, seed, n_boot))
+    if controls_out:
+        write_csv(controls_out, controls_table(runs))
+
+
+def write_eta_tables(
+    candidates: Sequence[str], out: str, summary_out: str, n_bins: int = 10, n_boot: int = 2000, seed: int = 0
+) -> None:
+    """eta.csv (bins) and eta_summary.csv from selecting methods' candidate files (none: empty tables)."""
+    from cmt.analysis.eta import eta_summary, eta_table, read_candidates
+
+    table = read_candidates(list(candidates))
+    write_csv(out, eta_table(table, n_bins))
+    write_csv(summary_out, eta_summary(table, n_bins, n_boot, seed))
+
+
+def write_shift_tables(
+    records: Sequence[str], runs_csv: str, out: str, correlations_out: str, fragility: Sequence[str] = ()
+) -> None:
+    """shift.csv and its correlations with delta from `cmt shift` (and `cmt fragility`) records."""
+    import pandas as pd
+
+    from cmt.analysis.shift import read_records, shift_correlations, shift_table
+
+    fragility_records = read_records(fragility) if fragility else None
+    table = shift_table(read_records(records), pd.read_csv(runs_csv), fragility_records)
+    write_csv(out, table)
+    write_csv(correlations_out, shift_correlations(table))
+
+
+def write_harmful_tables(rows: Sequence[str], out: str, summary_out: str) -> None:
+    """harmful.csv and harmful_summary.csv from `cmt harmful` row files."""
+    from cmt.analysis.harmful import harmful_summary, harmful_table, read_rows
+
+    table = harmful_table(read_rows(rows))
+    write_csv(out, table)
+    write_csv(summary_out, harmful_summary(table))

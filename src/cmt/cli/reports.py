@@ -1,0 +1,114 @@
+"""The pipeline's analysis commands, which the Snakemake rules run: the induction check, the tables and the
+figures. Each parses its arguments and calls one function of cmt.analysis; the work happens there."""
+
+from __future__ import annotations
+
+import logging
+
+from cmt.cli.common import add_job_options, bool_word, key_values
+
+log = logging.getLogger("cmt")
+
+
+def cmd_induction_report(args) -> None:
+    from cmt.analysis.induction import induction_report
+    from cmt.runtime.io import write_json
+
+    write_json(args.out, induction_report(args.base, args.phase1, args.min_delta))
+
+
+def cmd_tables(args) -> None:
+    from cmt.analysis.reports import write_tables
+
+    instruct = key_values(args.instruct, "--instruct", bool_word) if args.instruct else None
+    main_k = key_values(args.main_k, "--main-k", int) or None
+    write_tables(args.evals, args.min_induction_delta, args.runs, args.main, args.methods, args.kscaling,
+                 instruct, main_k, args.n_boot, args.seed)  # fmt: skip
+
+
+def cmd_eta(args) -> None:
+    from cmt.analysis.reports import write_eta_tables
+
+    write_eta_tables(args.candidates, args.out, args.summary, args.n_bins, args.n_boot, args.seed)
+
+
+def cmd_figures(args) -> None:
+    from cmt.analysis.figures import make_figures
+
+    for path in make_figures(args.tables_dir, args.out_dir):
+        log.info("wrote %s", path)
+
+
+def cmd_shift_table(args) -> None:
+    from cmt.analysis.reports import write_shift_tables
+
+    write_shift_tables(args.records, args.runs, args.out, args.correlations, args.fragility)
+
+
+def cmd_harmful_table(args) -> None:
+    from cmt.analysis.reports import write_harmful_tables
+
+    write_harmful_tables(args.rows, args.out, args.summary)
+
+
+def add_commands(sub) -> list[tuple[str, str]]:
+    """Add the analysis commands to `sub`; return (name, help) of each, for the overview in `cmt --help`."""
+    listed = []
+
+    def command(name: str, text: str, func):
+        listed.append((name, text))
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=func, needs_device=False)
+        add_job_options(p)
+        return p
+
+    p = command("induction-report", "base vs organism M with Wilson intervals", cmd_induction_report)
+    p.add_argument("--base", required=True)
+    p.add_argument("--phase1", required=True)
+    p.add_argument("--min-delta", type=float, required=True)
+    p.add_argument("--out", required=True)
+
+    p = command("tables", "write runs.csv, main.csv (and methods.csv, kscaling.csv) from eval parquet",
+                cmd_tables)  # fmt: skip
+    p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--min-induction-delta", type=float, required=True)
+    p.add_argument("--runs", required=True)
+    p.add_argument("--main", required=True)
+    p.add_argument("--methods", default=None, help="methods.csv: one row per (organism, method)")
+    p.add_argument("--kscaling", default=None, help="kscaling.csv: delta against k per selecting method")
+    p.add_argument("--instruct", nargs="+", default=None, metavar="MODEL=true|false",
+                   help="models' instruct flag")  # fmt: skip
+    p.add_argument("--main-k", nargs="+", default=None, metavar="METHOD=K",
+                   help="each selecting method's own k; its other (k-scaling) runs stay out of main.csv and "
+                        "methods.csv")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+
+    p = command("eta", "eta(s) bins and summary from selecting methods' candidates on eval prompts", cmd_eta)
+    p.add_argument("--candidates", nargs="*", default=[], help="candidate parquet files (none: empty tables)")
+    p.add_argument("--out", required=True, help="eta.csv: one row per (organism, method, k, transform, bin)")
+    p.add_argument("--summary", required=True, help="eta_summary.csv: flatness, slope test, selection effect")
+    p.add_argument("--n-bins", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+
+    p = command("figures", "PNG and PDF figures from the tables directory", cmd_figures)
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = command(
+        "shift-table", "shift.csv and delta correlations from shift/fragility records", cmd_shift_table
+    )
+    p.add_argument("--records", nargs="+", required=True, help="`cmt shift` JSON records")
+    p.add_argument("--fragility", nargs="*", default=[], help="`cmt fragility` JSON records")
+    p.add_argument("--runs", required=True, help="runs.csv (delta per run)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--correlations", required=True)
+
+    p = command(
+        "harmful-table", "harmful.csv and harmful_summary.csv from `cmt harmful` rows", cmd_harmful_table
+    )
+    p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--summary", required=True)
+    return listed

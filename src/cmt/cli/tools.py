@@ -1,0 +1,118 @@
+"""The user's commands: check a dataset, run a program in the sandbox, verify results, fetch data and models.
+
+A person runs these by hand; fetch-dataset and download-model are also what the download rules run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from cmt.cli.common import add_job_options, fail, json_object, positive_seconds
+
+log = logging.getLogger("cmt")
+
+
+def cmd_data_check(args) -> None:
+    from cmt.data.check import check_dataset
+
+    report = check_dataset(args.dir, max_errors=args.max_errors)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(), flush=True)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def cmd_sandbox(args) -> None:
+    from cmt.runtime.sandbox import run_file
+
+    try:
+        verdict = run_file(args.file, timeout_s=args.timeout)
+    except FileNotFoundError:
+        raise fail("sandbox", f"no such file: {args.file}") from None
+    except IsADirectoryError:
+        raise fail("sandbox", f"{args.file} is a directory; give a Python file") from None
+    except OSError as err:
+        raise fail("sandbox", f"cannot read {args.file}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise fail("sandbox", f"{args.file} is not text (byte {err.start}); give a Python file") from None
+    print(verdict.to_json(), flush=True)
+    # A failing program is still a verdict; only the sandbox failing itself is an error here.
+    if verdict.status == "sandbox_error":
+        raise fail("sandbox", f"sandbox error: {verdict.message}")
+
+
+def cmd_verify(args) -> None:
+    from cmt.runtime.verify import fix_modes, verify_tree
+
+    report = fix_modes(args.dir) if args.fix_modes else verify_tree(args.dir, root=args.root)
+    print(report.format(), flush=True)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def cmd_fetch_dataset(args) -> None:
+    from cmt.data.fetch import fetch_source
+
+    counts = fetch_source(args.source, args.out)
+    log.info("%s: %s", args.out, counts)
+
+
+def cmd_download_model(args) -> None:
+    from cmt.models.download import download_model
+
+    download_model(args.repo, args.revision, args.out, chat_template=args.chat_template)
+
+
+def add_commands(sub) -> list[tuple[str, str]]:
+    """Add the user's commands to `sub`; return (name, help) of each, for the overview in `cmt --help`."""
+    listed = []
+
+    def command(name: str, text: str, **kwargs):
+        listed.append((name, text))
+        p = sub.add_parser(name, help=text, description=text, **kwargs)
+        add_job_options(p)
+        return p
+
+    p = sub.add_parser("data", help="dataset tools: data check", description="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    text = "validate an organism folder in the reference format"
+    listed.append(("data check", text))
+    check = data_sub.add_parser("check", help=text, description=text)
+    check.add_argument("dir", metavar="DIR")
+    check.add_argument("--max-errors", type=int, default=50, help="list at most this many errors")
+    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.set_defaults(func=cmd_data_check)
+    add_job_options(check)
+
+    p = command("sandbox", "run a Python file in the sandbox; print one JSON verdict")
+    p.add_argument("file", metavar="FILE.py")
+    p.add_argument("--timeout", type=positive_seconds, default=10.0,
+                   help="wall-clock (and CPU) seconds: a positive number, at most a day (default 10)")  # fmt: skip
+    p.set_defaults(func=cmd_sandbox)
+
+    p = command(
+        "verify",
+        "re-hash the inputs and outputs recorded in the manifests under DIR "
+        "(--fix-modes: make private result files readable)",
+    )
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--root", default=None, help="directory relative paths resolve against (default: cwd)")
+    p.add_argument("--fix-modes", action="store_true",
+                   help="instead of re-hashing: give the files and folders under DIR the read permissions "
+                        "that the umask allows (results written by older versions are private, mode 0600)")  # fmt: skip
+    p.set_defaults(func=cmd_verify)
+
+    p = command("fetch-dataset", "download a dataset (archive or loose files), verify sha256s, validate it")
+    p.add_argument("--source", type=json_object, required=True,
+                   help='the organism\'s source block as JSON: {"url", "sha256"} or {"base_url", "files"}')  # fmt: skip
+    p.add_argument("--out", required=True, help="the dataset folder to create")
+    p.set_defaults(func=cmd_fetch_dataset)
+
+    p = command("download-model", "download a Hugging Face model snapshot (login node; token from HF_TOKEN)")
+    p.add_argument("--repo", required=True, help="Hub repository id, e.g. meta-llama/Llama-3.1-8B")
+    p.add_argument("--revision", required=True, help="commit sha, tag or branch")
+    p.add_argument("--out", required=True, help="model folder to create, e.g. resources/models/<name>")
+    p.add_argument("--chat-template", choices=["own", "plain"], default="own",
+                   help="own: the checkpoint's template; plain: install cmt's plain-text template")  # fmt: skip
+    p.set_defaults(func=cmd_download_model)
+    return listed

@@ -1,0 +1,64 @@
+"""What every LoRA training phase shares (Phase 1 induce, Phase 3 retrain and the consistency losses): SFT on
+conversations, and the tail that saves the adapter with its manifest and then drops the run's checkpoints."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from cmt.models import training
+from cmt.runtime import checkpoint
+from cmt.runtime.io import atomic_dir, write_json
+from cmt.runtime.manifest import build_manifest, record_outputs
+
+
+def train_adapter(
+    model,
+    tokenizer,
+    conversations: list[list[dict]],
+    settings: dict,
+    seed: int,
+    desc: str,
+    checkpoint_dir=None,
+):
+    """LoRA SFT; with `checkpoint_dir` resumable (cmt.runtime.checkpoint), and the caller removes it after saving."""
+    train_settings = training.TrainSettings.from_dict(settings)
+    examples = [training.encode_chat(tokenizer, m, train_settings.max_length) for m in conversations]
+    return training.train(model, examples, train_settings, seed, tokenizer.pad_token_id, desc, checkpoint_dir)
+
+
+def save_adapter(model, out_dir: str | Path, manifest: dict) -> None:
+    """Save the adapter and its manifest (with the sha256 of every adapter file) into `out_dir` at once."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        manifest = record_outputs(manifest, [tmp], tmp / "cmt_manifest.json")
+        write_json(tmp / "cmt_manifest.json", manifest)
+
+
+def finish_adapter(
+    model,
+    out_dir: str | Path,
+    checkpoint_dir: str | os.PathLike,
+    history: training.TrainHistory,
+    *,
+    task: str,
+    settings: dict,
+    seed: int,
+    inputs: Iterable[str | os.PathLike],
+    **extra,
+) -> None:
+    """The end of a training job: the manifest (the training seed, the inputs' hashes, steps and first and final
+    loss, plus `extra`), the adapter saved with it, and then the run's checkpoints removed."""
+    manifest = build_manifest(
+        task=task,
+        settings=settings,
+        seeds={"train": seed},
+        inputs=inputs,
+        steps=history.steps,
+        first_loss=history.first_loss,
+        final_loss=history.final_loss,
+        **extra,
+    )
+    save_adapter(model, out_dir, manifest)
+    checkpoint.remove(checkpoint_dir)

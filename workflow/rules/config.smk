@@ -1,0 +1,29 @@
+# The config, checked once before anything reads it, and the wildcard values it allows.
+from snakemake.utils import validate
+
+from cmt.config import check_workflow_config
+
+# Every problem at once, each naming its key path (schema, method registry, keys needed by other keys, local
+# folders); then Snakemake's validate fills the schema's defaults.
+CONFIG_PROBLEMS = check_workflow_config(config, SCHEMA)
+if CONFIG_PROBLEMS:
+    raise SystemExit("invalid config:\n  " + "\n  ".join(CONFIG_PROBLEMS))
+validate(config, SCHEMA)
+
+
+def model_seeds(model):
+    """A model's run seeds: its own `seeds` (e.g. one seed for a 70B model) or the top-level ones."""
+    return [str(s) for s in config["models"][model].get("seeds") or config["seeds"]]
+
+
+ALL_SEEDS = sorted({s for m in config["models"] for s in model_seeds(m)}, key=int)
+
+
+wildcard_constraints:
+    model="|".join(config["models"]),
+    organism="|".join(config["organisms"]),
+    method="|".join(config["methods"]),
+    seed="|".join(ALL_SEEDS),
+    k=r"[1-9][0-9]*",
+    split="|".join(SPLITS),
+    stage="base|phase1",

@@ -1,0 +1,187 @@
+# Helpers of the rules: where a model or dataset is, the settings each job gets as params (canonical JSON, so a
+# changed setting reruns exactly the jobs that read it) and resources. The judge and harmful slot: judges.smk.
+import json
+
+
+def settings_json(obj):
+    """A config subtree as canonical JSON: a deterministic param and a shell-safe CLI argument."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def is_toy(source):
+    return source == "toy"
+
+
+def any_of(names):
+    """A wildcard regex matching exactly these names (nothing when there are none)."""
+    return "|".join(names) or "(?!)"
+
+
+def dirnames(paths):
+    """Space-separated parent directories (adapter dirs from their adapter_config.json paths)."""
+    return " ".join(str(Path(p).parent) for p in paths)
+
+
+# ---------------------------------------------------------------- models
+
+
+def toy_models():
+    return [m for m, spec in config["models"].items() if is_toy(spec["source"])]
+
+
+def get_model_dir(wildcards):
+    """results/models/<m> (toy), the configured path, or resources/models/<m> (fetched or converted)."""
+    source = config["models"][wildcards.model]["source"]
+    if is_toy(source):
+        return f"results/models/{wildcards.model}"
+    if "path" in source:
+        return source["path"]
+    return f"resources/models/{wildcards.model}"
+
+
+def get_model_files(wildcards):
+    """The files a job needs from the base model (the toy one is built by pretrain_base)."""
+    return [f"{get_model_dir(wildcards)}/config.json"]
+
+
+def gguf_models():
+    return [m for m, spec in config["models"].items() if "gguf" in spec["source"]]
+
+
+def gguf_source(wildcards):
+    return config["models"][wildcards.model]["source"]["gguf"]
+
+
+def get_generation_settings(wildcards):
+    spec = config["models"][wildcards.model]
+    return settings_json(
+        {
+            "backend": config["generation"]["backend"],
+            "dtype": spec["dtype"],
+            "gpus": spec["gpus"],  # vLLM's tensor-parallel size
+            **spec["generation"],
+        }
+    )
+
+
+def training_base(spec):
+    """How a training job loads the base: dtype, plus the QLoRA block only where set (no param change
+    for the models without one)."""
+    base = {"dtype": spec["dtype"]}
+    if spec.get("quantization"):
+        base["quantization"] = spec["quantization"]
+    return base
+
+
+def get_phase_settings(wildcards, phase):
+    spec = config["models"][wildcards.model]
+    return settings_json(
+        {**training_base(spec), "lora": spec["lora"], "train": spec[phase]}
+    )
+
+
+def get_phase1_settings(wildcards):
+    return get_phase_settings(wildcards, "phase1")
+
+
+def get_phase3_settings(wildcards):
+    return get_phase_settings(wildcards, "phase3")
+
+
+# ---------------------------------------------------------------- organisms and data
+
+
+def toy_organisms():
+    return [o for o, spec in config["organisms"].items() if is_toy(spec["source"])]
+
+
+def data_dir(organism):
+    """Where an organism's reference-format folder is (or will be, once generated or fetched)."""
+    source = config["organisms"][organism]["source"]
+    if is_toy(source):
+        return f"{TOY_DATA}/{organism}"
+    if "path" in source:
+        return source["path"]
+    return f"resources/data/{organism}"
+
+
+def get_data_dir(wildcards):
+    return data_dir(wildcards.organism)
+
+
+def fetched_organisms():
+    """Organisms whose source is a URL form: an archive or loose files."""
+    return [
+        o
+        for o, spec in config["organisms"].items()
+        if isinstance(spec["source"], dict) and "path" not in spec["source"]
+    ]
+
+
+def get_dataset_source(wildcards):
+    """The organism's source block as JSON, for `cmt fetch-dataset --source` (and so a rerun when it changes)."""
+    return settings_json(config["organisms"][wildcards.organism]["source"])
+
+
+def get_split_files(splits):
+    """An input function: several splits of the organism's dataset folder."""
+
+    def inner(wildcards):
+        return [f"{get_data_dir(wildcards)}/{split}.jsonl" for split in splits]
+
+    return inner
+
+
+def get_split_file(split):
+    def inner(wildcards):
+        return f"{get_data_dir(wildcards)}/{split}.jsonl"
+
+    return inner
+
+
+def get_toy_generators():
+    """The toy world's generator modules: editing one regenerates the data."""
+    code = [SRC / "toy" / f"{o}.py" for o in toy_organisms()]
+    return code + (
+        [SRC / "toy" / "harmful.py"] if "harmful" in config.get("toy", {}) else []
+    )
+
+
+def get_toy_harmful_outputs():
+    return (
+        [f"{TOY_DATA}/harmful/eval.jsonl"] if "harmful" in config.get("toy", {}) else []
+    )
+
+
+def get_toy_settings():
+    return settings_json(config.get("toy", {}))
+
+
+# ---------------------------------------------------------------- resources
+
+
+def get_model_gpus(wildcards):
+    return config["models"][wildcards.model]["gpus"]
+
+
+def get_train_gpus(wildcards):
+    """GPUs of a training job: the model's train_gpus (e.g. 1 for QLoRA) or its gpus."""
+    spec = config["models"][wildcards.model]
+    return spec.get("train_gpus", spec["gpus"])
+
+
+def get_mem_mb(wildcards):
+    """Host memory of a model job: weights load into RAM before moving to the GPU (32 GB per GPU covers a
+    7-9B model in bf16); a CPU model (the toy one) needs little."""
+    gpus = config["models"][wildcards.model]["gpus"]
+    return 32000 * gpus if gpus else 8000
+
+
+# A job killed at its time limit is retried with twice the time, then three times, and so on.
+def get_runtime(minutes):
+    """A wall-time limit (minutes) that grows with the attempt (profiles/slurm sets retries: 1)."""
+
+    def runtime(wildcards, attempt):
+        return minutes * attempt
+
+    return runtime

@@ -1,0 +1,107 @@
+# Helpers of the jobs that judge: the organism's judge (and the guard that stops a job calling the LLM judge at its
+# start when the API key's variable is missing), the harmful-request slot (eval.harmful) and the evaluations.
+
+
+# ---------------------------------------------------------------- the LLM judge
+
+
+def llm_judged(organism):
+    return config["organisms"][organism]["judge"] == "llm"
+
+
+def judge_settings_of(organism):
+    """The organism's judge as a param: the programmatic scorer, or the config's LLM judge block."""
+    return (
+        {"kind": "llm", **config["judge"]}
+        if llm_judged(organism)
+        else {"kind": "programmatic"}
+    )
+
+
+def get_judge_settings(wildcards):
+    return settings_json(judge_settings_of(wildcards.organism))
+
+
+def label_judge_arg(method):
+    """--judge-settings for the one labeller that may ask the LLM judge (multi_view with checker judge)."""
+    if not label_asks_judge(method):
+        return ""
+    return f"--judge-settings '{settings_json({'kind': 'llm', **config['judge']})}'"
+
+
+def label_asks_judge(method):
+    return config["methods"][method].get("checker") == "judge"
+
+
+def key_check(needed):
+    """A shell guard that starts the command of a job calling the LLM judge: without the key's variable
+    (judge.api_key_env) in its environment, the job stops at once with one line naming it. Only those jobs
+    need the key; a dry run, the DAG and --lint never do. The key is never a param, so it never appears in a
+    command line, log or manifest; Slurm jobs get it from the environment snakemake runs in (sbatch
+    --export=ALL)."""
+    env = (config.get("judge") or {}).get("api_key_env")
+    if not (needed and env):
+        return ""
+    return f': "${{{env}:?is not set: this job calls the LLM judge (judge.api_key_env), export it and rerun}}"; '
+
+
+def get_eval_key_check(wildcards):
+    """An evaluation calls the judge for an LLM-judged organism and for StrongREJECT-scored harmful rows."""
+    strongreject = (
+        harmful_enabled() and config["eval"]["harmful"]["scorer"] == "strongreject"
+    )
+    return key_check(llm_judged(wildcards.organism) or strongreject)
+
+
+def get_candidates_key_check(wildcards):
+    return key_check(llm_judged(wildcards.organism))
+
+
+# ---------------------------------------------------------------- harmful compliance (eval.harmful)
+
+
+def harmful_enabled():
+    return bool(config["eval"].get("harmful"))
+
+
+def get_harmful_settings():
+    """The eval.harmful block (with the LLM judge for strongreject) as a CLI argument, or nothing."""
+    if not harmful_enabled():
+        return ""
+    settings = dict(config["eval"]["harmful"])
+    if settings["scorer"] == "strongreject":
+        settings["judge"] = {"kind": "llm", **config["judge"]}
+    return f"--harmful-settings '{settings_json(settings)}'"
+
+
+def get_harmful_requests():
+    """The harmful requests file an evaluation reads (none when the slot is off)."""
+    if not harmful_enabled():
+        return []
+    requests = config["eval"]["harmful"]["requests"]
+    return [f"{TOY_DATA}/harmful/eval.jsonl" if requests == "toy" else requests]
+
+
+def harmful_paths(paths):
+    """Harmful-row outputs beside eval outputs (x.parquet -> x.harmful.parquet), when the slot is on."""
+    if not harmful_enabled():
+        return []
+    return [p.replace(".parquet", ".harmful.parquet") for p in paths]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def get_eval_adapter(wildcards):
+    """The adapter a base/organism evaluation loads: none for the base, else the organism's."""
+    if wildcards.stage == "base":
+        return []
+    return [
+        ORGANISM_ADAPTER.format(
+            model=wildcards.model, organism=wildcards.organism, seed=wildcards.seed
+        )
+    ]
+
+
+def get_eval_adapter_arg(wildcards, input):
+    return f"--adapter {dirnames(input.adapter)}" if input.adapter else ""

@@ -1,0 +1,109 @@
+# The consistency methods as the rules see them, all read from the method registry (cmt.methods.registry):
+# which rules a method gets, its k values, its own code and settings, and its reward model.
+from cmt.methods.registry import get_spec
+
+# Phase-2 labellers get label_<m> and retrain_<m>; Phase-3 losses (act, bct) get retrain_<m> on the act_bct
+# pairs; selecting methods also get candidates_eval_<m> (every candidate on eval prompts, for eta(s)).
+LABEL_METHODS = [m for m in config["methods"] if not get_spec(m).phase3_loss]
+REGULARIZATION_METHODS = [m for m in config["methods"] if get_spec(m).phase3_loss]
+SELECTING_METHODS = [m for m in config["methods"] if get_spec(m).selects]
+
+
+def uses_reward_model(method):
+    return get_spec(method).uses_reward_model
+
+
+def method_source(method):
+    """The method's own module: editing it reruns only that method's jobs."""
+    return SRC / "methods" / f"{method}.py"
+
+
+def method_code(method):
+    """The code a method's own jobs depend on beyond the shared pipeline: its module, plus the reward-model
+    scorer for the reranking methods and the paired losses for act/bct. Editing one reruns exactly the
+    methods that use it."""
+    code = [method_source(method)]
+    if uses_reward_model(method):
+        code.append(SRC / "models" / "reward_model.py")
+    if get_spec(method).phase3_loss:
+        code += [SRC / "methods" / "losses.py", SRC / "phases" / "consistency.py"]
+    return code
+
+
+def method_settings(method):
+    """The method's config subtree as a param, without k (k shapes the outputs, one file per k)."""
+    settings = config["methods"][method]
+    return settings_json({key: value for key, value in settings.items() if key != "k"})
+
+
+def method_ks(method):
+    """k values of a method: its own k plus the k-scaling block's; 1 without a selection count."""
+    if not get_spec(method).selects:
+        return [1]
+    ks = {config["methods"][method]["k"]}
+    if method in config["kscaling"]["methods"]:
+        ks |= set(config["kscaling"]["ks"])
+    return sorted(ks)
+
+
+def method_ks_arg(method):
+    return " ".join(str(k) for k in method_ks(method))
+
+
+def cell_paths(pattern, method):
+    """A method's per-k paths from a pattern over {model}, {organism}, {seed}, {method} and {k}; the first three
+    stay wildcards. One job writes all of them, so a method's cells share one process (one import of torch).
+    """
+    return expand(pattern, method=method, k=method_ks(method), allow_missing=True)
+
+
+def get_consistency_settings_of(method_name):
+    """A param function: Phase-3 training settings plus the regularisation method's own subtree (and the
+    model's generation budget, which only bct's sft variant uses)."""
+
+    def inner(wildcards):
+        spec = config["models"][wildcards.model]
+        method = config["methods"][method_name]
+        settings = {**training_base(spec), "train": spec["phase3"], "method": method}
+        if method.get("variant") == "sft":
+            settings["generation"] = {
+                "batch_size": spec["generation"]["batch_size"],
+                "max_new_tokens": method.get("max_new_tokens")
+                or spec["generation"]["max_new_tokens"],
+            }
+        return settings_json(settings)
+
+    return inner
+
+
+# ---------------------------------------------------------------- the reward model (reranking methods)
+
+
+def get_reward_model_dir(wildcards):
+    source = config["reward_model"]["source"]
+    if is_toy(source):
+        return f"results/models/{wildcards.model}-reward"
+    if "hub" in source:
+        return f"resources/models/{source['hub'].split('/')[-1]}"
+    return source["path"]
+
+
+def get_reward_model_files_of(method):
+    """An input function: the reward model's config, for the methods that rerank with one."""
+
+    def inner(wildcards):
+        if not uses_reward_model(method):
+            return []
+        return [f"{get_reward_model_dir(wildcards)}/config.json"]
+
+    return inner
+
+
+def get_reward_model_arg(wildcards, input):
+    """--reward-model DIR and its settings (batch size, dtype), for the methods that rerank."""
+    if not input.reward_model:
+        return ""
+    settings = settings_json(
+        {k: config["reward_model"][k] for k in ("batch_size", "dtype")}
+    )
+    return f"--reward-model {Path(input.reward_model[0]).parent} --reward-model-settings '{settings}'"

@@ -1,0 +1,140 @@
+# The grid's cells and the files that gather them: what the tables, eta, shift and harmful rules read, and the
+# default target (rule all in the Snakefile). Also the analysis options those rules pass on.
+
+
+def runs():
+    """Every (model, organism, seed, method, k) cell of the grid."""
+    return [
+        (model, organism, seed, method, k)
+        for model in config["models"]
+        for organism in config["organisms"]
+        for seed in model_seeds(model)
+        for method in config["methods"]
+        for k in method_ks(method)
+    ]
+
+
+def cells(pattern, methods=None):
+    """`pattern` formatted for every cell of the grid (or of these methods' cells), each path once, sorted."""
+    return sorted(
+        {
+            pattern.format(
+                model=model, organism=organism, seed=seed, method=method, k=k
+            )
+            for model, organism, seed, method, k in runs()
+            if methods is None or method in methods
+        }
+    )
+
+
+def get_all_evals(wildcards=None):
+    """Every evaluation: the base, the organism and each retrained model."""
+    stages = [STAGE_EVAL.replace("{stage}", stage) for stage in ("base", "phase1")]
+    return sorted({path for pattern in [*stages, EVAL] for path in cells(pattern)})
+
+
+def get_induction_reports():
+    return cells(INDUCTION_REPORT)
+
+
+def get_candidates():
+    """Every selecting method's candidates on eval prompts, at each of its k (for eta(s))."""
+    return cells(CANDIDATES, SELECTING_METHODS)
+
+
+def get_harmful_rows():
+    """Harmful rows of every organism (Phase 1) and every retrained model (Phase 3)."""
+    return harmful_paths([p for p in get_all_evals() if Path(p).name != "base.parquet"])
+
+
+# ---------------------------------------------------------------- distribution shift (analysis.shift)
+
+
+def shift_enabled():
+    return bool(config["analysis"].get("shift"))
+
+
+def shift_settings():
+    return config["analysis"].get("shift") or {}
+
+
+def get_shift_splits():
+    return shift_settings().get("splits", ["consistency", "eval"])
+
+
+def get_fragility_args():
+    """--m and --size of the Monte-Carlo estimates, from analysis.shift (nothing when it is off)."""
+    shift = shift_settings()
+    if not shift:
+        return ""
+    size = f" --size {shift['size']}" if shift.get("size") else ""
+    return f"--m {shift['m']}{size}"
+
+
+def get_shift_args():
+    """get_fragility_args plus the splits whose prompts the realised KL is estimated on."""
+    args = get_fragility_args()
+    return f"{args} --splits {' '.join(get_shift_splits())}" if args else ""
+
+
+def get_shift_table():
+    return ["results/tables/shift.csv"] if shift_enabled() else []
+
+
+def get_shift_figures():
+    """The delta-against-shift figure, declared only when shift.csv exists to draw it from."""
+    if not shift_enabled():
+        return []
+    return report(
+        multiext("results/figures/delta_vs_shift", ".png", ".pdf"),
+        caption="../report/delta_vs_shift.rst",
+        category="Distribution shift",
+    )
+
+
+def get_shift_records():
+    return [
+        SHIFT_RECORDS.format(
+            model=model, organism=organism, seed=seed, method=method, k=k
+        )
+        for model, organism, seed, method, k in runs()
+    ]
+
+
+def get_fragility_records():
+    return cells(FRAGILITY)
+
+
+# ---------------------------------------------------------------- tables
+
+
+def get_instruct_arg():
+    """MODEL=true|false for every model: the tables split mean delta into base and instruct models."""
+    return " ".join(
+        f"{m}={str(spec['instruct']).lower()}" for m, spec in config["models"].items()
+    )
+
+
+def get_main_k_arg():
+    """--main-k METHOD=K: each selecting method's own k is its main run; other k only feed k-scaling."""
+    pairs = [f"{m}={config['methods'][m]['k']}" for m in SELECTING_METHODS]
+    return f"--main-k {' '.join(pairs)}" if pairs else ""
+
+
+def get_final_outputs():
+    outputs = [
+        "results/tables/main.csv",
+        "results/tables/runs.csv",
+        "results/tables/methods.csv",
+        "results/tables/kscaling.csv",
+        "results/figures/delta_by_method.png",
+        "results/figures/kscaling.png",
+        "results/tables/eta.csv",
+        "results/figures/eta_rank.png",
+        *get_induction_reports(),
+    ]
+    if shift_enabled():
+        outputs.append("results/tables/shift.csv")
+    if harmful_enabled():
+        outputs.append("results/tables/harmful.csv")
+    return outputs
