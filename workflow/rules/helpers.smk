@@ -109,6 +109,20 @@ def get_data_dir(wildcards):
     return data_dir(wildcards.organism)
 
 
+def has_references(organism):
+    """Whether the organism's folder holds the controls' reference replies (REFERENCE_SPLITS): the toy world
+    writes them; a local folder may; a fetched dataset is checked only after its fetch, so it has none here.
+    """
+    source = config["organisms"][organism]["source"]
+    if is_toy(source):
+        return True
+    if isinstance(source, dict) and "path" in source:
+        return all(
+            (Path(source["path"]) / f"{s}.jsonl").is_file() for s in REFERENCE_SPLITS
+        )
+    return False
+
+
 def fetched_organisms():
     """Organisms whose source is a URL form: an archive or loose files."""
     return [

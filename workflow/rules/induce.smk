@@ -35,7 +35,9 @@ rule induce:
         " --threads {threads} --log {log} --job 'induce {wildcards}'"
 
 
-rule induction_report:
+# A checkpoint: with analysis.induction_gate.on_fail exclude, the cells it finds outside the band are never
+# scheduled for Phase 2 or 3 (targets.smk reads its verdict); with fail, a cell outside the band stops the run.
+checkpoint induction_report:
     input:
         base="results/eval/{model}/{organism}/seed{seed}/base.parquet",
         phase1="results/eval/{model}/{organism}/seed{seed}/phase1.parquet",
@@ -50,6 +52,8 @@ rule induction_report:
         runtime=5,
     params:
         min_delta=config["analysis"]["induction_min_delta"],
+        gate=get_gate_arg(),
     shell:
         "cmt induction-report --base {input.base} --phase1 {input.phase1}"
-        " --min-delta {params.min_delta} --out {output} --log {log} --job 'induction_report {wildcards}'"
+        " --min-delta {params.min_delta} {params.gate} --out {output} --log {log}"
+        " --job 'induction_report {wildcards}'"

@@ -70,6 +70,9 @@ for kind, method in [(k, m) for k, spec in PHASE2.items() for m in spec["methods
             model=get_model_files,
             adapter=ORGANISM_ADAPTER,
             data=get_split_file(PHASE2[kind]["split"]),
+            references=get_reference_file_of(method),
+            # The induction gate: Phase 2 starts only after the organism passed (on_fail: fail stops here).
+            gate=INDUCTION_REPORT,
             reward_model=get_reward_model_files_of(method),
         output:
             **PHASE2[kind]["outputs"](method),

@@ -1,6 +1,6 @@
 # The consistency methods as the rules see them, all read from the method registry (cmt.methods.registry):
 # which rules a method gets, its k values, its own code and settings, and its reward model.
-from cmt.methods.registry import get_spec
+from cmt.methods.registry import get_method, get_spec
 
 # Phase-2 labellers get label_<m> and retrain_<m>; Phase-3 losses (act, bct) get retrain_<m> on the act_bct
 # pairs; selecting methods also get candidates_eval_<m> (every candidate on eval prompts, for eta(s)).
@@ -28,6 +28,21 @@ def method_code(method):
     if get_spec(method).phase3_loss:
         code += [SRC / "methods" / "losses.py", SRC / "phases" / "consistency.py"]
     return code
+
+
+def get_reference_file_of(method):
+    """An input function: a control's reference replies (its REFERENCE_SPLIT file); nothing for a method."""
+    split = getattr(get_method(method), "REFERENCE_SPLIT", None)
+
+    def inner(wildcards):
+        return [f"{get_data_dir(wildcards)}/{split}.jsonl"] if split else []
+
+    return inner
+
+
+def runs_on(method, organism):
+    """Controls run only on organisms whose folder has their reference replies."""
+    return get_spec(method).family != "control" or has_references(organism)
 
 
 def method_settings(method):

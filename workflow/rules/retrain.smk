@@ -47,6 +47,7 @@ for method in REGULARIZATION_METHODS:
             adapter=ORGANISM_ADAPTER,
             clean=get_split_file("act_bct_clean"),
             wrapped=get_split_file("act_bct_wrapped"),
+            gate=INDUCTION_REPORT,
         output:
             config=cell_paths(RETRAINED_CONFIG, method),
             weights=ensure(cell_paths(RETRAINED_WEIGHTS, method), non_empty=True),

@@ -84,19 +84,19 @@ localrules:
 
 rule shift_table:
     input:
-        records=get_shift_records(),
-        fragility=get_fragility_records(),
+        records=get_shift_records,
+        fragility=get_fragility_records,
         runs="results/tables/runs.csv",
     output:
         table=report(
             "results/tables/shift.csv",
             caption="../report/shift.rst",
-            category="Distribution shift",
+            category="5. Distribution shift",
         ),
         correlations=report(
             "results/tables/shift_correlations.csv",
             caption="../report/shift_correlations.rst",
-            category="Distribution shift",
+            category="5. Distribution shift",
         ),
     log:
         "logs/shift_table.log",
@@ -112,17 +112,17 @@ rule shift_table:
 
 rule harmful_table:
     input:
-        rows=get_harmful_rows(),
+        rows=get_harmful_rows,
     output:
         table=report(
             "results/tables/harmful.csv",
             caption="../report/harmful.rst",
-            category="Harmful compliance",
+            category="6. Harmful compliance",
         ),
         summary=report(
             "results/tables/harmful_summary.csv",
             caption="../report/harmful_summary.rst",
-            category="Harmful compliance",
+            category="6. Harmful compliance",
         ),
     log:
         "logs/harmful_table.log",

@@ -14,25 +14,39 @@ localrules:
 
 rule tables:
     input:
-        evals=get_all_evals(),
+        evals=get_all_evals,
         # The tables flag organisms that were not induced; the reports also print why.
         induction_reports=get_induction_reports(),
     output:
         runs=report(
-            "results/tables/runs.csv", caption="../report/runs.rst", category="Tables"
+            "results/tables/runs.csv",
+            caption="../report/runs.rst",
+            category="2. Methods and runs",
         ),
         main=report(
-            "results/tables/main.csv", caption="../report/main.rst", category="Tables"
+            "results/tables/main.csv",
+            caption="../report/main.rst",
+            category="1. Main result",
         ),
         methods=report(
             "results/tables/methods.csv",
             caption="../report/methods.rst",
-            category="Tables",
+            category="2. Methods and runs",
         ),
         kscaling=report(
             "results/tables/kscaling.csv",
             caption="../report/kscaling.rst",
-            category="k-scaling",
+            category="3. k-scaling",
+        ),
+        controls=report(
+            "results/tables/controls.csv",
+            caption="../report/controls.rst",
+            category="1. Main result",
+        ),
+        induction=report(
+            "results/tables/induction.csv",
+            caption="../report/induction.rst",
+            category="2. Methods and runs",
         ),
     log:
         "logs/tables.log",
@@ -47,9 +61,12 @@ rule tables:
         main_k=get_main_k_arg(),
         seed=config["analysis"]["seed"],
         n_boot=config["analysis"]["n_boot"],
+        validity=settings_json(config["analysis"]["validity"]),
     shell:
         "cmt tables --evals {input.evals} --min-induction-delta {params.min_delta}"
         " --runs {output.runs} --main {output.main} --methods {output.methods} --kscaling {output.kscaling}"
+        " --controls {output.controls} --validity {params.validity:q}"
+        " --induction-reports {input.induction_reports} --induction {output.induction}"
         " --instruct {params.instruct} {params.main_k} --seed {params.seed} --n-boot {params.n_boot}"
         " --log {log} --job 'tables'"
 
@@ -57,15 +74,17 @@ rule tables:
 # eta(s) = P(misaligned | score) from every candidate of the selecting methods on eval prompts.
 rule eta:
     input:
-        candidates=get_candidates(),
+        candidates=get_candidates,
     output:
         eta=report(
-            "results/tables/eta.csv", caption="../report/eta.rst", category="eta(s)"
+            "results/tables/eta.csv",
+            caption="../report/eta.rst",
+            category="4. eta(s)",
         ),
         summary=report(
             "results/tables/eta_summary.csv",
             caption="../report/eta_summary.rst",
-            category="eta(s)",
+            category="4. eta(s)",
         ),
     log:
         "logs/eta.log",
@@ -89,28 +108,30 @@ rule figures:
         methods="results/tables/methods.csv",
         kscaling="results/tables/kscaling.csv",
         eta="results/tables/eta.csv",
+        eta_summary="results/tables/eta_summary.csv",
+        controls="results/tables/controls.csv",
         # delta against the distribution shift, when analysis.shift measures it
         shift=get_shift_table(),
     output:
         delta=report(
             multiext("results/figures/delta_by_method", ".png", ".pdf"),
             caption="../report/delta_by_method.rst",
-            category="Figures",
+            category="1. Main result",
         ),
         eta_rank=report(
             multiext("results/figures/eta_rank", ".png", ".pdf"),
             caption="../report/eta_rank.rst",
-            category="eta(s)",
+            category="4. eta(s)",
         ),
         eta_zscore=report(
             multiext("results/figures/eta_zscore", ".png", ".pdf"),
             caption="../report/eta_zscore.rst",
-            category="eta(s)",
+            category="4. eta(s)",
         ),
         kscaling=report(
             multiext("results/figures/kscaling", ".png", ".pdf"),
             caption="../report/kscaling_figure.rst",
-            category="k-scaling",
+            category="3. k-scaling",
         ),
         delta_vs_shift=get_shift_figures(),
     log:

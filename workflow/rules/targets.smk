@@ -2,16 +2,41 @@
 # default target (rule all in the Snakefile). Also the analysis options those rules pass on.
 
 
+def get_gate_arg():
+    gate = config["analysis"].get("induction_gate")
+    return f"--gate '{settings_json(gate)}'" if gate else ""
+
+
+def excluding():
+    """analysis.induction_gate.on_fail is exclude: cells outside the band get no Phase 2 or 3."""
+    gate = config["analysis"].get("induction_gate") or {}
+    return gate.get("on_fail") == "exclude"
+
+
+def in_band(model, organism, seed):
+    """The induction checkpoint's verdict for one cell (only called from input functions, in exclude mode)."""
+    job = checkpoints.induction_report.get(model=model, organism=organism, seed=seed)
+    with open(job.output[0]) as fh:
+        return json.load(fh)["in_band"]
+
+
 def runs():
-    """Every (model, organism, seed, method, k) cell of the grid."""
-    return [
+    """Every (model, organism, seed, method, k) cell of the grid; controls only where the organism has their
+    reference replies, and in exclude mode only the cells that passed the induction gate.
+    """
+    cells = [
         (model, organism, seed, method, k)
         for model in config["models"]
         for organism in config["organisms"]
         for seed in model_seeds(model)
         for method in config["methods"]
+        if runs_on(method, organism)
         for k in method_ks(method)
     ]
+    if excluding():
+        passed = {key: in_band(*key) for key in {(m, o, s) for m, o, s, _, _ in cells}}
+        cells = [cell for cell in cells if passed[cell[:3]]]
+    return cells
 
 
 def cells(pattern, methods=None):
@@ -37,12 +62,12 @@ def get_induction_reports():
     return cells(INDUCTION_REPORT)
 
 
-def get_candidates():
+def get_candidates(wildcards=None):
     """Every selecting method's candidates on eval prompts, at each of its k (for eta(s))."""
     return cells(CANDIDATES, SELECTING_METHODS)
 
 
-def get_harmful_rows():
+def get_harmful_rows(wildcards=None):
     """Harmful rows of every organism (Phase 1) and every retrained model (Phase 3)."""
     return harmful_paths([p for p in get_all_evals() if Path(p).name != "base.parquet"])
 
@@ -88,11 +113,11 @@ def get_shift_figures():
     return report(
         multiext("results/figures/delta_vs_shift", ".png", ".pdf"),
         caption="../report/delta_vs_shift.rst",
-        category="Distribution shift",
+        category="5. Distribution shift",
     )
 
 
-def get_shift_records():
+def get_shift_records(wildcards=None):
     return [
         SHIFT_RECORDS.format(
             model=model, organism=organism, seed=seed, method=method, k=k
@@ -101,7 +126,7 @@ def get_shift_records():
     ]
 
 
-def get_fragility_records():
+def get_fragility_records(wildcards=None):
     return cells(FRAGILITY)
 
 

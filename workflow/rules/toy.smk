@@ -12,6 +12,7 @@ rule toy_data:
     output:
         corpus="results/data/toy/corpus.jsonl",
         splits=expand(TOY_SPLIT, organism=toy_organisms(), split=SPLITS),
+        references=expand(TOY_SPLIT, organism=toy_organisms(), split=REFERENCE_SPLITS),
         harmful=get_toy_harmful_outputs(),
     log:
         "logs/toy_data.log",

@@ -61,3 +61,25 @@ def induction_report(
         log.warning("organism %s/%s/seed%s fails the induction gate: %s", report["model"], report["organism"],
                     report["seed"], "; ".join(report["gate_reasons"]))  # fmt: skip
     return report
+
+
+INDUCTION_COLUMNS = ["model", "organism", "seed", "risk_base", "risk_phase1", "risk_phase1_ci_low",
+                     "risk_phase1_ci_high", "n_phase1", "n_unscored_phase1", "policy_mix_share", "induced",
+                     "in_band", "on_fail", "reasons"]  # fmt: skip
+
+
+def induction_table(paths) -> pd.DataFrame:
+    """induction.csv: every (model, organism, seed) cell with its M, the gate's verdict and why it failed; a
+    cell that `exclude` kept out of Phase 2 and 3 is listed here with its reason."""
+    import json
+
+    rows = []
+    for path in paths:
+        with open(path) as fh:
+            report = json.load(fh)
+        low, high = report["risk_phase1_ci"]
+        rows.append({**{k: report.get(k) for k in INDUCTION_COLUMNS}, "risk_phase1_ci_low": low,
+                     "risk_phase1_ci_high": high, "in_band": report.get("in_band", report["induced"]),
+                     "reasons": "; ".join(report.get("gate_reasons", []))})  # fmt: skip
+    table = pd.DataFrame(rows, columns=INDUCTION_COLUMNS)
+    return table.sort_values(["model", "organism", "seed"]).reset_index(drop=True) if rows else table

@@ -27,6 +27,8 @@ def write_tables(
     seed: int = 0,
     controls_out: str | None = None,
     validity: dict | None = None,
+    induction_reports: Sequence[str] = (),
+    induction_out: str | None = None,
 ) -> None:
     """runs.csv and main.csv (and methods.csv, kscaling.csv, controls.csv when asked) from eval parquet files;
     a warning per organism that its induction check flags as not induced."""
@@ -45,6 +47,10 @@ def write_tables(
         write_csv(kscaling_out, kscaling_table(runs, seed, n_boot))
     if controls_out:
         write_csv(controls_out, controls_table(runs))
+    if induction_out:
+        from cmt.analysis.induction import induction_table
+
+        write_csv(induction_out, induction_table(induction_reports))
 
 
 def write_eta_tables(

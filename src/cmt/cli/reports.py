@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from cmt.cli.common import add_job_options, bool_word, key_values
+from cmt.cli.common import add_job_options, bool_word, json_object, key_values
 
 log = logging.getLogger("cmt")
 
@@ -14,7 +14,19 @@ def cmd_induction_report(args) -> None:
     from cmt.analysis.induction import induction_report
     from cmt.runtime.io import write_json
 
-    write_json(args.out, induction_report(args.base, args.phase1, args.min_delta))
+    gate = args.gate or {}
+    report = induction_report(args.base, args.phase1, args.min_delta, gate.get("band"), gate.get("ci_band"),
+                              gate.get("max_base"))  # fmt: skip
+    report["on_fail"] = gate.get("on_fail")
+    write_json(args.out, report)
+    if gate.get("on_fail") == "fail" and not report["in_band"]:
+        where = f"{report['model']}/{report['organism']}/seed{report['seed']}"
+        raise SystemExit(
+            f"cmt induction-report: organism {where} fails the induction gate, so the run stops before Phase 2: "
+            f"{'; '.join(report['gate_reasons'])}. Induction strength is set by toy.induction_strength."
+            f"{report['organism']} (toy organisms) or the model's phase1 training settings; the gate is "
+            "analysis.induction_gate (on_fail: exclude skips such a cell instead)"
+        )
 
 
 def cmd_tables(args) -> None:
@@ -23,7 +35,8 @@ def cmd_tables(args) -> None:
     instruct = key_values(args.instruct, "--instruct", bool_word) if args.instruct else None
     main_k = key_values(args.main_k, "--main-k", int) or None
     write_tables(args.evals, args.min_induction_delta, args.runs, args.main, args.methods, args.kscaling,
-                 instruct, main_k, args.n_boot, args.seed)  # fmt: skip
+                 instruct, main_k, args.n_boot, args.seed, args.controls, args.validity,
+                 args.induction_reports, args.induction)  # fmt: skip
 
 
 def cmd_eta(args) -> None:
@@ -66,6 +79,9 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--base", required=True)
     p.add_argument("--phase1", required=True)
     p.add_argument("--min-delta", type=float, required=True)
+    p.add_argument("--gate", type=json_object, default=None,
+                   help='analysis.induction_gate as JSON: {"band": [lo, hi], "ci_band": [lo, hi], "max_base": x, '
+                        '"on_fail": "fail" | "exclude"}; with fail, a cell outside the gate exits non-zero')  # fmt: skip
     p.add_argument("--out", required=True)
 
     p = command("tables", "write runs.csv, main.csv (and methods.csv, kscaling.csv) from eval parquet",
@@ -83,6 +99,11 @@ def add_commands(sub) -> list[tuple[str, str]]:
                         "methods.csv")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--controls", default=None, help="controls.csv: one row per control run")
+    p.add_argument("--validity", type=json_object, default=None,
+                   help="analysis.validity as JSON: max_capability_drop, max_degenerate_rate")  # fmt: skip
+    p.add_argument("--induction-reports", nargs="*", default=[], help="every cell's induction report (JSON)")
+    p.add_argument("--induction", default=None, help="induction.csv: every cell, its M, gate and reasons")
 
     p = command("eta", "eta(s) bins and summary from selecting methods' candidates on eval prompts", cmd_eta)
     p.add_argument("--candidates", nargs="*", default=[], help="candidate parquet files (none: empty tables)")
