@@ -1,4 +1,4 @@
-"""Batched generation against one prompt at a time, on the same work (issue 4's >= 5x target).
+"""Batched generation against one prompt at a time, on the same work (the target: at least 5x).
 
     .venv/bin/python benchmarks/generation_batching.py [--model-dir DIR --data-dir DIR] [--prompts 128]
 

@@ -57,6 +57,25 @@ def test_every_method_produced_a_run(methods_run):
     assert set(runs["method"]) == set(methods)
     assert runs["delta_pp"].notna().all()
     assert sorted(runs.loc[runs["method"] == "rejection_sampling", "k"]) == [1, 2]
+    assert set(runs.loc[runs["family"] == "control", "method"]) == {"oracle_aligned", "oracle_misaligned"}
+    for column in ("capability_phase1", "capability_phase3", "degenerate_phase3", "valid", "main_run"):
+        assert runs[column].notna().all(), column
+    assert not runs.loc[runs["method"] == "rejection_sampling", "main_run"].all()  # k=1 is a k-scaling run
+
+
+def test_controls_and_induction_tables(methods_run):
+    """The controls' labels are the reference replies; controls.csv has one row per control run, and
+    induction.csv one row per organism with the sampled policy's mix."""
+    tables = methods_run["work"] / "results/tables"
+    controls = pd.read_csv(tables / "controls.csv")
+    assert sorted(controls["method"]) == ["oracle_aligned", "oracle_misaligned"]
+    assert set(controls["expected_sign"]) == {-1, 1}
+    labels = pd.read_parquet(methods_run["work"] / "results/labels" / RUN / "oracle_misaligned/k1.parquet")
+    assert labels["selected"].all() and (labels["kind"] == "reference").all()
+    induction = pd.read_csv(tables / "induction.csv")
+    assert len(induction) == 1 and 0 <= induction["policy_mix_share"].iloc[0] <= 1
+    main = pd.read_csv(tables / "main.csv")
+    assert {"p_cluster", "n_effective", "n_invalid"} <= set(main.columns)
 
 
 def test_label_parquet_keeps_every_candidate(methods_run):

@@ -59,7 +59,13 @@ def get_all_evals(wildcards=None):
 
 
 def get_induction_reports():
-    return cells(INDUCTION_REPORT)
+    """Every organism cell's induction report: known before any checkpoint, so a parse-time list."""
+    return sorted(
+        INDUCTION_REPORT.format(model=model, organism=organism, seed=seed)
+        for model in config["models"]
+        for organism in config["organisms"]
+        for seed in model_seeds(model)
+    )
 
 
 def get_candidates(wildcards=None):

@@ -1,4 +1,5 @@
-"""The user's commands: check a dataset, run a program in the sandbox, verify results, fetch data and models.
+"""The user's commands: check a dataset, run a program in the sandbox, verify results, fetch data and models,
+prune a judge cache.
 
 A person runs these by hand; fetch-dataset and download-model are also what the download rules run.
 """
@@ -63,6 +64,16 @@ def cmd_download_model(args) -> None:
     download_model(args.repo, args.revision, args.out, chat_template=args.chat_template)
 
 
+def cmd_judge_cache_prune(args) -> None:
+    from cmt.judges.cache import prune
+
+    try:
+        report = prune(args.dir, dry_run=args.dry_run)
+    except FileNotFoundError as err:
+        raise fail("judge cache prune", str(err)) from None
+    print(report.format(), flush=True)
+
+
 def add_commands(sub) -> list[tuple[str, str]]:
     """Add the user's commands to `sub`; return (name, help) of each, for the overview in `cmt --help`."""
     listed = []
@@ -115,4 +126,19 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--chat-template", choices=["own", "plain"], default="own",
                    help="own: the checkpoint's template; plain: install cmt's plain-text template")  # fmt: skip
     p.set_defaults(func=cmd_download_model)
+
+    p = sub.add_parser("judge", help="judge tools: judge cache prune", description="LLM judge tools")
+    judge_sub = p.add_subparsers(dest="judge_command", required=True, metavar="COMMAND")
+    p = judge_sub.add_parser("cache", help="the judge's reply cache", description="the judge's reply cache")
+    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    text = (
+        "remove the entries of a judge cache folder (judge.cache_dir) that hold no answer: empty, null or "
+        "unparseable replies, which earlier versions cached; print how many were removed"
+    )
+    listed.append(("judge cache prune", text))
+    prune = cache_sub.add_parser("prune", help=text, description=text)
+    prune.add_argument("dir", metavar="DIR")
+    prune.add_argument("--dry-run", action="store_true", help="count the bad entries, remove nothing")
+    prune.set_defaults(func=cmd_judge_cache_prune)
+    add_job_options(prune)
     return listed

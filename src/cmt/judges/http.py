@@ -171,7 +171,7 @@ class ChatClient:
             raise _Retryable(f"malformed response: {body[:200]!r}") from None
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         return Reply(
-            text="" if text is None else str(text),  # content None (e.g. only reasoning): parse fails later
+            text="" if text is None else str(text),  # null content (e.g. only reasoning): LLMJudge asks again
             usage={k: int(v) for k, v in usage.items() if k.endswith("_tokens") and isinstance(v, int)},
             finish_reason=choice.get("finish_reason"),
             attempts=1,

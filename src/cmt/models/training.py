@@ -1,6 +1,8 @@
 """Supervised training on chat examples: full-parameter pretraining of the toy base and LoRA SFT.
 
-Loss covers assistant tokens only for SFT (the prompt is masked), or every token for pretraining.
+The loss span of SFT is a setting, `loss_span` (`loss_span_assistant_only`): `assistant` (the default) masks the
+prompt, so the loss covers the assistant's reply only; `all` puts it on every token of the rendered chat, as the
+reference does. Pretraining always covers every token.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from cmt.runtime.runlog import progress
 log = logging.getLogger(__name__)
 
 IGNORE = -100
+LOSS_SPANS = ("assistant", "all")  # the first is the default
 CHECKPOINT_EVERY = 200  # optimizer steps between checkpoints (environment: CMT_CHECKPOINT_EVERY)
 CHECKPOINT_SECONDS = 900.0  # and at most this long between them, against a SIGKILL or a node failure
 
@@ -80,6 +83,14 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int, assistant_only
             raise ValueError("chat template: the prompt rendering is not a token prefix of the conversation")
         labels[: len(prompt_ids)] = [IGNORE] * len(prompt_ids)
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
+
+
+def loss_span_assistant_only(settings: dict) -> bool:
+    """Whether a phase's training block (`loss_span`, absent: assistant) masks the prompt out of the loss."""
+    span = settings.get("loss_span", LOSS_SPANS[0])
+    if span not in LOSS_SPANS:
+        raise ValueError(f"loss_span {span!r} is not available; valid: {', '.join(LOSS_SPANS)}")
+    return span == "assistant"
 
 
 def _collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -22,9 +22,16 @@ def train_adapter(
     desc: str,
     checkpoint_dir=None,
 ):
-    """LoRA SFT; with `checkpoint_dir` resumable (cmt.runtime.checkpoint), and the caller removes it after saving."""
+    """LoRA SFT; with `checkpoint_dir` resumable (cmt.runtime.checkpoint), and the caller removes it after saving.
+
+    The loss covers the assistant's reply, or every token with `loss_span: all` in `settings`.
+    """
     train_settings = training.TrainSettings.from_dict(settings)
-    examples = [training.encode_chat(tokenizer, m, train_settings.max_length) for m in conversations]
+    assistant_only = training.loss_span_assistant_only(settings)
+    examples = [
+        training.encode_chat(tokenizer, m, train_settings.max_length, assistant_only=assistant_only)
+        for m in conversations
+    ]
     return training.train(model, examples, train_settings, seed, tokenizer.pad_token_id, desc, checkpoint_dir)
 
 

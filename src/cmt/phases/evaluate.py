@@ -19,6 +19,14 @@ from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
+# judge.max_parse_failure_rate's default (the config schema's): the share of an evaluation's scored rows that may
+# lack a parsed judge verdict before the evaluation fails.
+MAX_PARSE_FAILURE_RATE = 0.05
+
+
+class ParseFailureRateError(RuntimeError):
+    """Too many of an evaluation's scored rows got no parsed judge verdict for its M to be trusted."""
+
 
 def stratified_subset(examples: list[Example], size: int | None, seed: int) -> list[Example]:
     """A seeded subset stratified by (label, framing), in the file's order; all rows when size is None."""
@@ -95,6 +103,27 @@ def judged_rows(judge, examples: list[Example], texts: list[str]) -> list[dict]:
     return judge_batch(judge, [e.meta for e in examples], texts, [e.prompt for e in examples])
 
 
+def check_parse_failure_rate(verdicts: list[dict], identity: dict, max_rate: float) -> None:
+    """Fail when the share of scored rows whose judge reply did not parse exceeds `max_rate`.
+
+    M leaves those rows out (their `misaligned` is NaN), so a high share would make M the M of the rows the
+    judge happened to answer. The programmatic judge always parses; its verdicts pass."""
+    scored = [v for v in verdicts if v.get("scored")]
+    failed = [v for v in scored if not v.get("parse_ok", True)]
+    if not failed or len(failed) / len(scored) <= max_rate:
+        return
+    rate = len(failed) / len(scored)
+    where = ", ".join(f"{k} {identity[k]}" for k in ("method", "k") if identity.get(k) not in (None, ""))
+    first = failed[0]
+    raise ParseFailureRateError(
+        f"evaluate {identity.get('organism')}, stage {identity.get('stage')}{f' ({where})' if where else ''}: "
+        f"the judge's reply did not parse for {len(failed)} of {len(scored)} scored rows, a parse-failure rate "
+        f"of {rate:.3f}, above judge.max_parse_failure_rate {max_rate:g}. First: {first.get('parse_errors')!r} "
+        f"in reply {str(first.get('raw', ''))[:160]!r}. Unparsed replies are not cached, so a rerun asks the "
+        "judge again; if it keeps failing, check the judge model and judge.max_tokens"
+    )
+
+
 def judge_usage(judge) -> dict:
     usage = getattr(judge, "usage", None)
     return usage() if usage is not None else {"kind": "programmatic"}
@@ -116,6 +145,7 @@ def evaluate(
     examples = stratified_subset(load_split(Path(data_dir), "eval"), eval_settings.get("size"), seed)
     params = SamplingParams(temperature=0.0, max_new_tokens=model_settings["max_new_tokens"])
     judge = make_judge(organism, judge_settings)
+    max_rate = (judge_settings or {}).get("max_parse_failure_rate", MAX_PARSE_FAILURE_RATE)
     for run in runs:
         stage = run.identity["stage"]
         generator = load_generator(model_dir, run.adapter, model_settings, f"evaluate {stage}")
@@ -123,6 +153,7 @@ def evaluate(
         label_set = phase3_label_set(run.adapter) if stage == "phase3" else ""
         completions = [c[0] for c in generator.generate([e.prompt for e in examples], 1, params, seed)]
         verdicts = judged_rows(judge, examples, [c.text for c in completions])
+        check_parse_failure_rate(verdicts, {"organism": organism, **run.identity}, max_rate)
         rows = []
         for e, completion, verdict in zip(examples, completions, verdicts, strict=True):
             rows.append(

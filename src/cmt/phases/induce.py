@@ -1,4 +1,5 @@
-"""Phase 1: LoRA SFT of the base model on the organism's induction split (assistant tokens only)."""
+"""Phase 1: LoRA SFT of the base model on the organism's induction split (the loss on the assistant's
+tokens, or on every token with the phase1 block's `loss_span: all`)."""
 
 from __future__ import annotations
 
