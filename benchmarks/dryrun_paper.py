@@ -50,7 +50,7 @@ def grid_config(fraction: float, out_dir: Path) -> Path:
 
 
 def cells(config_path: Path) -> int:
-    """(model, organism, seed, method, k) cells, counted like common.smk's runs() with per-model seeds."""
+    """(model, organism, seed, method, k) cells, counted like targets.smk's runs() with per-model seeds."""
     config = yaml.safe_load(config_path.read_text())
     ks = 0
     for name, method in config["methods"].items():
@@ -68,7 +68,7 @@ def dry_run(config_path: Path, log_path: Path) -> tuple[float, int]:
     snakemake = Path(sys.executable).parent / "snakemake"
     cmd = [str(snakemake), "-n", "--profile", "profiles/slurm", "-s", "Snakefile", "--configfile",
            str(config_path), "--replace-workflow-config", "results/tables/main.csv"]  # fmt: skip
-    # The workflow requires the judge's API-key variable to be set (envvars); a dry run never calls the judge.
+    # A dry run needs no API key; a placeholder keeps the timing comparable with earlier measurements.
     env = dict(os.environ)
     key_env = (yaml.safe_load(config_path.read_text()).get("judge") or {}).get("api_key_env")
     if key_env:

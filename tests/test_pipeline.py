@@ -35,9 +35,15 @@ def test_tables_have_the_documented_columns(mini_run):
         assert run.delta_pp == pytest.approx(100 * (run.risk_phase3 - run.risk_phase1))
         assert run.n_eval > 0
     # gst is a baseline: the all and baseline rows hold the run; the other families are empty (n 0, NaN stats).
+    # A run whose model broke (capability lost, degenerate replies) is counted in n_invalid, never in n_runs.
     filled = main["family"].isin(["all", "baseline"])
-    assert (main.loc[filled, "n_runs"] == 1).all() and (main.loc[~filled, "n_runs"] == 0).all()
+    assert (main.loc[filled, "n_runs"] + main.loc[filled, "n_invalid"] == 1).all()
+    assert (main.loc[~filled, "n_runs"] == 0).all()
     assert main.loc[~filled, "mean_delta_pp"].isna().all()
+    broken = (runs["capability_phase1"] - runs["capability_phase3"] > 0.10) | (
+        runs["degenerate_phase3"] > 0.05
+    )
+    assert (runs["valid"] == ~broken).all()
     for name in ("methods.csv", "kscaling.csv", "eta.csv", "eta_summary.csv"):
         assert (tables / name).is_file(), name
     methods = pd.read_csv(tables / "methods.csv")
