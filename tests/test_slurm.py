@@ -84,7 +84,7 @@ class Run:
         self.jobs = {}
         block = None
         for line in self.log.splitlines():
-            if m := re.match(r"^(local)?rule (\w+):$", line):
+            if m := re.match(r"^(local)?(?:rule|checkpoint) (\w+):$", line):
                 block = {"rule": m[2], "local": bool(m[1]), "resources": {}}
             elif block is not None and (m := re.match(r"^\s+(\w+): (.*)$", line)):
                 if m[1] == "jobid":

@@ -513,8 +513,13 @@ def _launch(config: dict) -> None:
                     break
         except _Timeout:
             timed_out = True
-            os.kill(pid, signal.SIGKILL)
-            wpid, wstatus, usage = os.wait4(pid, 0)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                wpid, wstatus, usage = os.wait4(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                # The alarm landed just after wait4 had reaped the child (e.g. killed by its CPU limit at the
+                # same second): its status is lost with that return value, so report a killed child.
+                wstatus, usage = signal.SIGKILL, resource.getrusage(resource.RUSAGE_CHILDREN)
         signal.setitimer(signal.ITIMER_REAL, 0)
         if os.getpid() != 1:
             _kill_descendants()  # in a PID namespace our exit kills them all
