@@ -34,7 +34,7 @@ out = []
 for s in strengths:
     toy = copy.deepcopy(cfg["toy"])
     toy["induction_strength"] = {o: s for o in organisms}
-    toy["corpus"] = {o: 10 for o in organisms}
+    toy["corpus"] = {o: toy["corpus"][o] for o in organisms}  # as the pipeline: some splits depend on it
     toy.pop("harmful", None)
     data = Path(os.environ.get("OUT", "results/tune")) / f"data_{s}"
     write_world(data, organisms, toy)

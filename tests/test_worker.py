@@ -68,6 +68,16 @@ def test_exit_status_and_standard_streams_come_back(warm_worker, tmp_path):
     assert messages(result.stderr) == messages(direct.stderr) and "runner=warm-worker" in result.stderr
 
 
+def test_a_one_line_refusal_reaches_stderr_through_the_worker(warm_worker, tmp_path):
+    """A command that stops with SystemExit("message") prints the message in a direct run (the interpreter
+    does); a forked job must print it too, or a rule's failure would say nothing (seen: the induction gate)."""
+    _, path = warm_worker
+    result = cmt(["sandbox", str(tmp_path)], tmp_path, CMT_WORKER=path)
+    direct = cmt(["sandbox", str(tmp_path)], tmp_path)
+    assert result.returncode == direct.returncode == 1
+    assert result.stderr == direct.stderr and "is a directory" in result.stderr
+
+
 @pytest.mark.parametrize(
     "env",
     [

@@ -159,6 +159,8 @@ def _run_job(conn: socket.socket, fds: list[int], request: dict) -> None:
             code = resolve_entry(_ENTRY)(request["argv"])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            if exc.code is not None and not isinstance(exc.code, int):
+                print(exc.code, file=sys.stderr)  # as the interpreter prints it in a direct run
         except BaseException:
             import traceback
 
