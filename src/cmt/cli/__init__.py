@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup(args, **({"seed": seed} if seed is not None else {}))
     try:
         args.func(args)
-    except SystemExit as stop:  # a rule's job: its one-line refusal goes into the job log too, not only stderr
+    except (
+        SystemExit
+    ) as stop:  # a rule's job: its one-line refusal goes into the job log too, not only stderr
         if isinstance(stop.code, str) and (getattr(args, "log", None) or getattr(args, "job", None)):
             log.error("%s", stop.code)
         raise
