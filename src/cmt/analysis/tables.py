@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from cmt.analysis.runs import RUN_KEYS, family_of, read_evals, runs_table  # noqa: F401  (re-exported)
+from cmt.analysis.runs import RUN_KEYS, family_of
 from cmt.analysis.stats import (
     cluster_bootstrap_ci,
     cluster_sign_flip_p,
