@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmt.analysis.eta import eta_summary, eta_table, read_candidates, with_transforms
+from cmt.analysis.eta import eta_summary, eta_table, merge_bins, read_candidates, with_transforms
 from cmt.cli import main as cli_main
 from cmt.runtime.io import write_parquet
 
@@ -141,11 +141,125 @@ def test_eta_cli_and_bad_file(tmp_path):
         paths.append(str(path))
     out, summary = tmp_path / "eta.csv", tmp_path / "eta_summary.csv"
     argv = ["eta", "--candidates", *paths, "--out", str(out), "--summary", str(summary), "--n-boot", "200"]
-    assert cli_main(argv) == 0
+    assert cli_main([*argv, "--min-bin", "200"]) == 0
     bins = pd.read_csv(out)
     assert bins.loc[bins["transform"] == "rank", "n"].sum() == 480
-    assert pd.read_csv(summary).set_index("transform").loc["rank", "n_prompts"] == 60  # prompts pooled
+    rank = pd.read_csv(summary).set_index("transform").loc["rank"]
+    assert rank["n_prompts"] == 60  # prompts pooled
+    # Bins of 120 at ranks 0, 1/3, 2/3, 1 merge pairwise into two groups of 240: η (0.15 + 0.30) / 2 and
+    # (0.45 + 0.60) / 2.
+    assert rank["min_bin"] == 200 and rank["n_bins_flatness"] == 2
+    assert rank["flatness"] == pytest.approx(0.525 - 0.225)
     bad = tmp_path / "bad.parquet"
     write_parquet(bad, pd.DataFrame({"prompt_id": ["a"]}))
     with pytest.raises(ValueError, match=f"candidate file {bad}: missing column"):
         read_candidates([str(bad)])
+
+
+@pytest.mark.parametrize(
+    "counts, expected",
+    [
+        ([1, 189, 2], [0, 0, 0]),  # 1 joins 189, then 2 joins them: one group
+        ([5, 30, 4, 3, 40, 12], [0, 0, 0, 0, 1, 2]),  # 3+4, then 5+30, then 7 joins the smaller 35
+        ([20, 3, 20], [0, 0, 1]),  # equal neighbours: the left one
+        ([0, 4, 0, 30, 8, 0, 25], [None, 0, None, 0, 1, None, 1]),  # empty bins take no part
+        ([10, 10], [0, 1]),
+        ([0, 0], [None, None]),
+    ],
+)
+def test_merge_bins_by_hand(counts, expected):
+    assert merge_bins(counts, 10) == expected
+
+
+def merged_candidates():
+    """40 prompts × 4 candidates (rank bins 0, 3, 6, 9); verdicts only on some, so the bins hold 5, 40, 40
+    and 3 rows with 5, 10, 20 and 3 misaligned."""
+    rows = []
+    for p in range(40):
+        for r, scored, misaligned in (
+            (0, p < 5, True),
+            (1, True, p < 10),
+            (2, True, p < 20),
+            (3, p < 3, True),
+        ):
+            rows.append(candidate(f"p{p}", float(r) + p, misaligned, selected=r == 3, scored=scored))
+    return pd.DataFrame(rows)
+
+
+def test_flatness_uses_merged_groups_by_hand():
+    bins = eta_table(merged_candidates(), n_bins=10).query("transform == 'rank'").set_index("bin")
+    assert bins.loc[[0, 3, 6, 9], "n"].tolist() == [5, 40, 40, 3]
+    # 3 (bin 9) joins its only neighbour 40 (bin 6); then 5 (bin 0) joins 40 (bin 3): groups of 45 and 43.
+    assert bins.loc[[0, 3, 6, 9], "merged_bin"].tolist() == [0, 0, 1, 1]
+    assert bins.loc[[1, 2, 4, 5, 7, 8], "merged_bin"].isna().all()
+    assert bins.loc[[0, 3, 6, 9], "merged_n"].tolist() == [45, 45, 43, 43]
+    assert bins.loc[0, "merged_eta"] == pytest.approx(15 / 45)
+    assert bins.loc[9, "merged_eta"] == pytest.approx(23 / 43)
+    assert (bins.loc[6, "merged_eta_ci_low"], bins.loc[6, "merged_eta_ci_high"]) == pytest.approx(
+        wilson_by_hand(23, 43)
+    )
+    assert bins["in_flatness"].tolist() == [b in (0, 3, 6, 9) for b in range(10)]
+    summary = eta_summary(merged_candidates(), n_bins=10, n_boot=100).set_index("transform")
+    rank = summary.loc["rank"]
+    # Unmerged, bins 0 and 9 (all misaligned, 5 and 3 rows) against bin 3 would give 1 − 0.25 = 0.75.
+    assert rank["flatness"] == pytest.approx(23 / 43 - 15 / 45)
+    assert (rank["n_bins_flatness"], rank["min_bin"], rank["n_bins_nonempty"]) == (2, 10, 4)
+    with_small_bins = eta_summary(merged_candidates(), n_bins=10, n_boot=100, min_bin=1)
+    assert with_small_bins.set_index("transform").loc["rank", "flatness"] == pytest.approx(0.75)
+
+
+def test_singleton_bins_never_give_flatness():
+    """Rank bins of 1, 189 and 2 rows (the case seen on a real run): unmerged, flatness would be 1.0."""
+    rows = [candidate("p0", 0.0, 1), candidate("p0", 1.0, 0), candidate("p0", 2.0, 0)]
+    for p in range(1, 189):  # only the middle candidate has a verdict
+        rows += [candidate(f"p{p}", s, p % 2, scored=s == 1.0) for s in (0.0, 1.0, 2.0)]
+    rows += [candidate("p189", s, 0, scored=s == 2.0) for s in (0.0, 1.0, 2.0)]
+    bins = eta_table(pd.DataFrame(rows), n_bins=10).query("transform == 'rank'").set_index("bin")
+    assert bins.loc[[0, 5, 9], "n"].tolist() == [1, 189, 2]
+    assert bins.loc[[0, 5, 9], "merged_bin"].tolist() == [0, 0, 0] and not bins["in_flatness"].any()
+    rank = eta_summary(pd.DataFrame(rows), n_bins=10, n_boot=100).set_index("transform").loc["rank"]
+    assert math.isnan(rank["flatness"]) and rank["n_bins_flatness"] == 0
+
+
+def test_separated_scores_get_a_firth_slope_not_a_gee_one():
+    # M = 1 exactly for the better of two candidates: the ML slope is infinite.
+    rows = [candidate(f"p{p}", s + p, s == 1.0, selected=s == 1.0) for p in range(30) for s in (0.0, 1.0)]
+    summary = eta_summary(pd.DataFrame(rows), n_bins=10, n_boot=100).set_index("transform")
+    for transform in ("rank", "zscore"):
+        row = summary.loc[transform]
+        assert row["separated"]
+        assert math.isnan(row["slope"]) and "score separates M (complete)" in row["slope_reason"]
+        # The score is binary, so Firth's slope is the 2×2 log odds ratio with ½ added to each cell,
+        # log(30.5² / 0.5²) = 2 log 61, per step from worse to better candidate. That step is 2 SD (rank 0 → 1
+        # with SD ½; z −1 → 1 with SD 1), so the slope per SD is log 61.
+        assert row["slope_firth"] == pytest.approx(math.log(61), abs=1e-6)
+        assert 0 < row["slope_firth_ci_low"] < row["slope_firth"] < row["slope_firth_ci_high"] < math.inf
+        assert row["slope_ci_method"] == "firth_profile"
+        assert (row["slope_ci_low"], row["slope_ci_high"]) == (
+            row["slope_firth_ci_low"],
+            row["slope_firth_ci_high"],
+        )
+        assert row["slope_sign"] == 1
+    # Quasi-complete: misaligned only among the better candidates, aligned on both sides.
+    rows = [candidate(f"p{p}", s + p, s == 1.0 and p % 3 == 0) for p in range(30) for s in (0.0, 1.0)]
+    row = eta_summary(pd.DataFrame(rows), n_bins=10, n_boot=100).set_index("transform").loc["rank"]
+    assert row["separated"] and "quasi-complete" in row["slope_reason"] and row["slope_sign"] == 1
+
+
+def test_overlapping_scores_keep_the_gee_slope_and_its_wald_ci():
+    summary = eta_summary(rising_candidates(), n_bins=10, n_boot=100).set_index("transform")
+    for transform in ("rank", "zscore"):
+        row = summary.loc[transform]
+        assert not row["separated"] and row["slope_ci_method"] == "gee_wald"
+        half = 1.959963984540054 * row["slope_se"]
+        assert (row["slope_ci_low"], row["slope_ci_high"]) == pytest.approx(
+            (row["slope"] - half, row["slope"] + half)
+        )
+        assert row["slope_sign"] == 1 and row["slope_firth"] > 0 and row["slope_firth_p"] < 0.01
+    assert summary.loc["rank", "n_bins_flatness"] == 4
+    flat = []
+    rng = np.random.default_rng(1)
+    for p in range(100):
+        flat += [candidate(f"p{p}", rng.normal(), rng.random() < 0.4) for _ in range(4)]
+    row = eta_summary(pd.DataFrame(flat), n_bins=4, n_boot=100).set_index("transform").loc["rank"]
+    assert not row["separated"] and row["slope_ci_low"] < 0 < row["slope_ci_high"] and row["slope_sign"] == 0

@@ -1,4 +1,5 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -94,3 +95,114 @@ def test_sampling_params_reject_nonsense():
         SamplingParams(temperature=-1)
     with pytest.raises(ValueError, match="beam"):
         SamplingParams(temperature=0.7, num_beams=4)
+
+
+def test_completions_carry_their_sampled_token_ids(model_and_prompts):
+    """token_ids are what was generated: the reply's tokens, then the end-of-turn token when one ended it."""
+    model, tokenizer, prompts = model_and_prompts
+    gen = HFGenerator(model, tokenizer, batch_size=32)
+    out = [
+        c
+        for budget in (3, 24)
+        for cands in gen.generate(
+            prompts[:8], 3, SamplingParams(temperature=1.0, max_new_tokens=budget), seed=1
+        )
+        for c in cands
+    ]
+    kinds = set()
+    for c in out:
+        ids = list(c.token_ids)
+        assert c.finished == (ids[-1] in gen.eos_ids) and not set(ids[:-1]) & set(gen.eos_ids)
+        reply = ids[:-1] if c.finished else ids
+        assert c.text == tokenizer.decode(reply, skip_special_tokens=True) and c.num_tokens == len(ids)
+        kinds.add(c.finished)
+    assert kinds == {True, False}  # both a finished and a cut reply were checked
+
+
+def test_score_ids_matches_a_manual_forward_pass(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    gen = HFGenerator(model, tokenizer, batch_size=3)
+    token_ids = [tokenizer("The gcd is 2.", add_special_tokens=False)["input_ids"], [5, 9, 5], []] * 2
+    eos = gen.eos_ids[0]
+    for end_of_turn in (False, True):
+        scores = gen.score_ids(prompts[:6], token_ids, end_of_turn=end_of_turn)
+        for prompt, ids, score in zip(prompts[:6], token_ids, scores, strict=True):
+            target = [*ids, eos] if end_of_turn else ids
+            full = gen.render(prompt) + target
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), -1)
+            start = len(full) - len(target)
+            expected = sum(logp[start + i - 1, t].item() for i, t in enumerate(target))
+            assert score.num_tokens == len(target)
+            assert score.logprob_sum == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="2 prompts but 1 token id lists"):
+        gen.score_ids(prompts[:2], token_ids[:1])
+
+
+def test_sampling_ignores_the_model_generation_config_processors(model_and_prompts):
+    """Samples come from the model's own distribution: settings of its generation_config that reshape it (a
+    repetition penalty, an n-gram ban) are not applied, so the seeded samples do not change."""
+    import copy
+
+    model, tokenizer, prompts = model_and_prompts
+    params = SamplingParams(temperature=1.0, max_new_tokens=16)
+    plain = HFGenerator(model, tokenizer, batch_size=32).generate(prompts[:8], 2, params, seed=3)
+    shaped = copy.deepcopy(model)
+    shaped.generation_config.repetition_penalty = 5.0
+    shaped.generation_config.no_repeat_ngram_size = 1
+    again = HFGenerator(shaped, tokenizer, batch_size=32).generate(prompts[:8], 2, params, seed=3)
+    assert [c.token_ids for cands in plain for c in cands] == [c.token_ids for cands in again for c in cands]
+    assert any(len(set(c.token_ids)) < len(c.token_ids) for cands in plain for c in cands)  # repeats occur
+
+
+# ---------------------------------------------------------------- vLLM: sampled ids and id scoring (stand-ins)
+
+
+def test_vllm_completions_keep_the_sampled_ids_and_their_stop_token():
+    from cmt.generation.vllm_backend import completion_from_tokens
+
+    decode = lambda ids: " ".join(map(str, ids))  # noqa: E731
+    assert completion_from_tokens([11, 12, 3, 13], [2, 3], decode).token_ids == (11, 12, 3)
+    assert completion_from_tokens([11, 12, 13], [2], decode).token_ids == (11, 12, 13)
+    # vLLM left the stop token out: its id comes back from stop_reason; unknown (EOS, no id) gives None.
+    assert completion_from_tokens([11, 12], [2, 3], decode, stopped=True, stop_reason=3).token_ids == (
+        11,
+        12,
+        3,
+    )
+    assert completion_from_tokens([11, 12], [2, 3], decode, stopped=True).token_ids is None
+
+
+class PromptLogprobEngine:
+    """Answers vLLM prompt_logprobs requests from a real (tiny) causal LM."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.inference_mode()
+    def generate(self, prompts, sampling_params, use_tqdm, lora_request):
+        assert sampling_params.prompt_logprobs == 0
+        outputs = []
+        for prompt in prompts:
+            ids = prompt["prompt_token_ids"]
+            logp = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), dim=-1)
+            per_position = [None] + [{ids[i]: logp[i - 1, ids[i]].item()} for i in range(1, len(ids))]
+            outputs.append(SimpleNamespace(prompt_logprobs=per_position, outputs=[]))
+        return outputs
+
+
+def test_vllm_score_ids_equals_the_hf_backend(model_and_prompts):
+    from cmt.generation.vllm_backend import VLLMGenerator
+
+    model, tokenizer, prompts = model_and_prompts
+    hf = HFGenerator(model, tokenizer, batch_size=4)
+    api = SimpleNamespace(SamplingParams=lambda **kw: SimpleNamespace(**kw), LoRARequest=None)
+    vllm = VLLMGenerator(PromptLogprobEngine(model), tokenizer, hf.eos_ids, api=api)
+    token_ids = [[5, 9, 5], [], [7, hf.eos_ids[0]]]
+    for end_of_turn in (False, True):
+        got = vllm.score_ids(prompts[:3], token_ids, end_of_turn=end_of_turn)
+        want = hf.score_ids(prompts[:3], token_ids, end_of_turn=end_of_turn)
+        for g, w in zip(got, want, strict=True):
+            assert g.num_tokens == w.num_tokens
+            assert g.logprob_sum == pytest.approx(w.logprob_sum, abs=1e-4)
+    assert vllm.score_ids(prompts[:1], [[]])[0].num_tokens == 0  # nothing to score: no request

@@ -1,4 +1,5 @@
-"""Shift estimators against exact sums over every reply of two tiny models on a 3-word vocabulary."""
+"""Shift estimators against exact sums over every reply of two tiny models on a 3-word vocabulary, the
+perturbation family of fragility, and the shift tables."""
 
 from __future__ import annotations
 
@@ -12,10 +13,25 @@ import pandas as pd
 import pytest
 import torch
 
-from cmt.analysis.shift import SHIFT_COLUMNS, shift_correlations, shift_table
+from cmt.analysis.shift import (
+    MAX_UNFINISHED_SHARE,
+    SHIFT_COLUMNS,
+    kl_reliable,
+    shift_correlations,
+    shift_table,
+)
+from cmt.data.perturbations import PERTURBATIONS, perturb, perturb_text
 from cmt.generation.base import Completion
 from cmt.generation.hf import HFGenerator
-from cmt.phases.shift import fragility, label_cross_entropy, realised_kl, score_prefixes, score_replies
+from cmt.phases.shift import (
+    fragility,
+    label_cross_entropy,
+    pair_fragility,
+    realised_kl,
+    sample_log_ratios,
+    score_prefixes,
+    score_replies,
+)
 from cmt.runtime.io import DataError
 from cmt.toy.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS
 
@@ -42,7 +58,7 @@ def make_tokenizer():
     return fast
 
 
-def make_model(seed: int = 0):
+def make_model(seed: int = 0, reply_tokens: list[int] = REPLY_TOKENS):
     """A random 1-layer Llama whose lm_head has a bias: -1e4 (probability 0) on tokens no reply may use."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -58,7 +74,7 @@ def make_model(seed: int = 0):
     with torch.no_grad():
         head.weight.copy_(model.lm_head.weight)
         head.bias.fill_(-1e4)
-        head.bias[REPLY_TOKENS] = 0.0
+        head.bias[reply_tokens] = 0.0
     model.lm_head = head
     return model.eval()
 
@@ -102,13 +118,14 @@ def next_logprobs(model, ids: list[int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def outcome_logprobs(model, ids: list[int], budget: int) -> dict[tuple[int, ...], float]:
+def outcome_logprobs(
+    model, ids: list[int], budget: int, words: list[int] = REPLY_TOKENS[:-1]
+) -> dict[tuple[int, ...], float]:
     """log P of every outcome of the budget-truncated reply distribution: (..., EOS) or a cut prefix.
 
     One causal forward pass over the prompt followed by every word sequence of the budget's length gives the
     next-token distribution after every shorter prefix too.
     """
-    words = REPLY_TOKENS[:-1]
     seqs = list(itertools.product(words, repeat=budget))
     logprobs = torch.log_softmax(
         model(torch.tensor([ids + list(s) for s in seqs])).logits.double(), -1
@@ -146,9 +163,72 @@ def test_realised_kl_matches_the_exact_sum(world):
     est = realised_kl(world["p3"], world["p1"], world["prompts"], m=200, seed=0, max_new_tokens=BUDGET)
     assert est["n"] == len(world["prompts"]) and est["m"] == 200
     assert est["frac_unfinished"] > 0.2  # the truncation path is exercised
-    assert est["frac_retokenized"] == 0.0
+    assert est["scored_on_ids"] and est["frac_retokenized"] == 0.0
+    assert est["reliable"] == (est["frac_unfinished"] <= MAX_UNFINISHED_SHARE)
     assert est["kl_se"] < 0.2 * exact  # precise enough for the comparison to mean something
     assert abs(est["kl"] - exact) < 4 * est["kl_se"], (est, exact)
+
+
+# A special token that replies may sample and that decoding drops: its text re-tokenizes to fewer tokens.
+DROPPED = VOCAB["<|system|>"]
+SPECIAL_REPLY_TOKENS = [*REPLY_TOKENS[:-1], DROPPED, EOS]
+
+
+class TextOnly(HFGenerator):
+    """A backend that cannot score token ids: the estimator must fall back to scoring text."""
+
+    def score_ids(self, prompts, token_ids, end_of_turn=False):
+        raise NotImplementedError("this backend scores text only")
+
+
+@pytest.fixture(scope="module")
+def special_world(world):
+    p1 = make_model(4, SPECIAL_REPLY_TOKENS)
+    p3 = with_logit_bias(p1, "<|system|>", 1.5)
+    return {"p1": p1, "p3": p3, "prompts": world["prompts"][:6], "tokenizer": world["tokenizer"]}
+
+
+def test_each_sampled_log_ratio_is_the_exact_log_ratio_of_its_outcome(special_world):
+    """Budget 2 over {a, b, c, <|system|>}: 1 + 4 + 16 outcomes, enumerated exactly. Every sample's log-ratio
+    equals log P3(o) - log P1(o) of the outcome o it sampled, special tokens included (deterministic)."""
+    w, budget = special_world, 2
+    words = SPECIAL_REPLY_TOKENS[:-1]
+    p3, p1 = (HFGenerator(w[k], w["tokenizer"], batch_size=4096) for k in ("p3", "p1"))
+    samples = sample_log_ratios(p3, w["prompts"], [(p1, w["prompts"])], m=40, seed=0, max_new_tokens=budget)
+    assert samples.scored_on_ids and not samples.retokenized.any()
+    assert samples.log_ratio.shape == (1, len(w["prompts"]), 40)
+    seen = set()
+    for i, prompt in enumerate(w["prompts"]):
+        ids = prompt_ids(w["tokenizer"], prompt)
+        lp3 = outcome_logprobs(w["p3"], ids, budget, words)
+        lp1 = outcome_logprobs(w["p1"], ids, budget, words)
+        assert len(lp3) == 1 + 4 + 16
+        for j in range(40):
+            c = samples.completions[i * 40 + j]
+            outcome = c.token_ids
+            assert outcome in lp3, outcome  # a truncated outcome: ends with EOS or has the budget's length
+            assert c.finished == (outcome[-1] == EOS) and samples.unfinished[i, j] == (not c.finished)
+            assert samples.log_ratio[0, i, j] == pytest.approx(lp3[outcome] - lp1[outcome], abs=2e-4)
+            seen.add(outcome)
+    assert (
+        any(DROPPED in o for o in seen)
+        and any(o[-1] == EOS for o in seen)
+        and any(EOS not in o for o in seen)
+    )
+
+
+def test_text_scoring_is_the_flagged_fallback(special_world):
+    """Without id scoring, a sampled special token vanishes from the text: the sample is scored as another
+    outcome, counted in frac_retokenized, and the estimate is marked unreliable; with ids it is exact."""
+    w = special_world
+    p3, p1 = (TextOnly(w[k], w["tokenizer"], batch_size=4096) for k in ("p3", "p1"))
+    text = realised_kl(p3, p1, w["prompts"], m=40, seed=0, max_new_tokens=2)
+    assert not text["scored_on_ids"] and text["frac_retokenized"] > 0 and not text["reliable"]
+    p3, p1 = (HFGenerator(w[k], w["tokenizer"], batch_size=4096) for k in ("p3", "p1"))
+    ids = realised_kl(p3, p1, w["prompts"], m=40, seed=0, max_new_tokens=2)
+    assert ids["scored_on_ids"] and ids["frac_retokenized"] == 0.0
+    assert ids["frac_unfinished"] == text["frac_unfinished"]  # the same samples (same seed)
+    assert ids["kl"] != pytest.approx(text["kl"], abs=1e-3)
 
 
 def test_truncated_replies_are_scored_without_end_of_turn(world):
@@ -166,6 +246,9 @@ def test_truncated_replies_are_scored_without_end_of_turn(world):
     # The finished score carries the end-of-turn factor; the prefix score does not.
     prefix = score_prefixes(gen, [prompt], ["b a"])[0]
     assert prefix.logprob_sum > logp[1] and prefix.num_tokens == 2
+    # The same outcomes scored on their ids.
+    by_ids = gen.score_ids([prompt, prompt], [list(ids), [VOCAB["b"], VOCAB["a"], EOS]])
+    assert [s.logprob_sum for s in by_ids] == pytest.approx(list(logp), abs=1e-5)
 
 
 def test_kl_of_a_model_with_itself_is_exactly_zero(world):
@@ -180,22 +263,75 @@ def test_realised_kl_is_seeded(world):
     assert realised_kl(*args, m=10, seed=2, max_new_tokens=BUDGET)["kl"] != first["kl"]
 
 
-def test_fragility_matches_the_exact_sum(world):
+# ---------------------------------------------------------------------------------------------------------
+# Fragility: one perturbation family for every organism
+
+
+def test_perturbations_are_fixed_and_keep_the_task_text():
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "gcd(4, 6)? {x}"},
+            {"role": "assistant", "content": "2"}, {"role": "user", "content": "And gcd(9, {3})?"}]  # fmt: skip
+    original = copy.deepcopy(conv)
+    texts = set()
+    for name in PERTURBATIONS:
+        out = perturb(conv, name)
+        assert out == perturb(copy.deepcopy(conv), name)  # a pure function of the prompt
+        assert out[:3] == conv[:3] and out[3]["role"] == "user"  # only the last user turn changes
+        assert "And gcd(9, {3})?" in out[3]["content"] != conv[3]["content"]  # kept verbatim, braces too
+        assert out[3]["content"] == perturb_text("And gcd(9, {3})?", name)
+        texts.add(out[3]["content"])
+    assert conv == original  # the input is not modified
+    assert len(texts) == len(PERTURBATIONS) >= 3
+    with pytest.raises(ValueError, match="needs a user turn"):
+        perturb([{"role": "system", "content": "x"}], PERTURBATIONS[0])
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb(conv, "shout")
+
+
+def test_fragility_matches_the_exact_sum_over_the_perturbation_family(world):
+    prompts = world["prompts"]
+    model, tokenizer = world["p1"].model, world["tokenizer"]
+    exact = np.mean([exact_kl(model, model, tokenizer, prompts, [perturb(p, t) for p in prompts])
+                     for t in PERTURBATIONS])  # fmt: skip
+    est = fragility(world["p1"], prompts, m=200, seed=0, max_new_tokens=BUDGET)
+    assert est["n"] == len(prompts) and est["n_perturbations"] == len(PERTURBATIONS)
+    assert est["scored_on_ids"] and est["kl_ci_low"] < est["kl"] < est["kl_ci_high"]
+    assert est["kl_se"] < 0.25 * exact
+    assert abs(est["kl"] - exact) < 4 * est["kl_se"], (est, exact)
+    assert fragility(world["p1"], prompts, m=200, seed=0, max_new_tokens=BUDGET) == est  # seeded
+
+
+def test_fragility_is_zero_for_a_model_that_ignores_the_prompt(world):
+    """With attention switched off, each next-token distribution depends on the last token alone, so every
+    prompt (ending in the same generation prompt) gives the same reply distribution: fragility 0."""
+    blind = copy.deepcopy(world["p1"].model)
+    with torch.no_grad():
+        for layer in blind.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    gen = HFGenerator(blind, world["tokenizer"], batch_size=4096)
+    est = fragility(gen, world["prompts"], m=30, seed=0, max_new_tokens=BUDGET)
+    assert est["kl"] == pytest.approx(0.0, abs=1e-5) and est["n"] == len(world["prompts"])
+    assert np.isfinite(est["kl_se"]) and est["kl_se"] < 1e-5
+    # The same prompt on both sides is exactly 0, for any model.
+    same = pair_fragility(world["p1"], world["prompts"], world["prompts"], m=5, seed=0, max_new_tokens=BUDGET)
+    assert same["kl"] == 0.0
+
+
+def test_pair_fragility_matches_the_exact_sum(world):
     clean = world["prompts"]
     wrapped = [[{"role": "user", "content": "c c " + p[0]["content"]}] for p in clean]
     model, tokenizer = world["p1"].model, world["tokenizer"]
     exact = exact_kl(model, model, tokenizer, clean, wrapped)
-    est = fragility(world["p1"], clean, wrapped, m=200, seed=0, max_new_tokens=BUDGET)
+    est = pair_fragility(world["p1"], clean, wrapped, m=200, seed=0, max_new_tokens=BUDGET)
     assert est["n"] == len(clean)
     assert est["kl_se"] < 0.25 * exact
     assert abs(est["kl"] - exact) < 4 * est["kl_se"], (est, exact)
-    # Same prompts on both sides: exactly zero.
-    assert fragility(world["p1"], clean, clean, m=5, seed=0, max_new_tokens=BUDGET)["kl"] == 0.0
 
 
-def test_fragility_needs_equal_length_pairs(world):
+def test_pair_fragility_needs_equal_length_pairs(world):
     with pytest.raises(ValueError, match="paired by line"):
-        fragility(world["p1"], world["prompts"][:3], world["prompts"][:2], m=2, seed=0, max_new_tokens=BUDGET)
+        pair_fragility(
+            world["p1"], world["prompts"][:3], world["prompts"][:2], m=2, seed=0, max_new_tokens=BUDGET
+        )
 
 
 def test_label_cross_entropy_matches_a_hand_teacher_forced_sum(world):
@@ -239,28 +375,63 @@ def _runs():
     )
 
 
-def _record(seed, method, ce, kl):
+def _record(seed, method, ce, kl, reliable=True):
     return {"model": "toy", "organism": "syc", "seed": seed, "method": method, "k": 1, "label_ce_token": ce,
             "label_ce_seq": 5 * ce, "n_labels": 10, "n_label_tokens": 50, "kl_realised": kl,
-            "kl_realised_se": 0.01, "n_kl": 10, "kl_m": 8}  # fmt: skip
+            "kl_realised_reliable": reliable, "kl_realised_se": 0.01, "n_kl": 10, "kl_m": 8}  # fmt: skip
+
+
+def test_reliability_rule():
+    assert kl_reliable(MAX_UNFINISHED_SHARE, 0.3, True, 10)  # on ids, retokenization cannot happen
+    assert not kl_reliable(MAX_UNFINISHED_SHARE + 0.01, 0.0, True, 10)  # mostly cut at the budget
+    assert kl_reliable(0.0, 0.0, False, 10)  # text scoring that re-tokenized every sample to its length
+    assert not kl_reliable(0.0, 0.01, False, 10)  # one sample scored as another outcome
+    assert not kl_reliable(0.0, 0.0, True, 0) and not kl_reliable(math.nan, 0.0, True, 10)
 
 
 def test_shift_table_joins_runs_records_and_fragility():
     records = pd.DataFrame(
-        [_record(0, "gst", 0.5, 0.1), _record(1, "gst", 0.7, 0.3), _record(0, "act", math.nan, 0.2)]
+        [
+            _record(0, "gst", 0.5, 0.1),
+            _record(1, "gst", 0.7, 0.3, reliable=False),
+            _record(0, "act", math.nan, 0.2),
+        ]
     )
     records.loc[2, ["n_labels", "n_label_tokens"]] = 0
     frag = pd.DataFrame([{"model": "toy", "organism": "syc", "seed": 0, "fragility": 0.9, "fragility_se": 0.1,
-                          "n_fragility": 20}])  # fmt: skip
+                          "fragility_reliable": True, "fragility_n_prompts": 20, "fragility_n_perturbations": 4,
+                          "fragility_pair": 2.5, "fragility_pair_n_prompts": 20}])  # fmt: skip
     table = shift_table(records, _runs(), frag)
     assert list(table.columns) == SHIFT_COLUMNS and len(table) == 4
     row = table.set_index(["seed", "method"])
     assert row.loc[(1, "gst"), "kl_realised"] == 0.3 and row.loc[(1, "gst"), "delta_pp"] == 0.05
+    # An unreliable estimate keeps its number, flagged beside it.
+    assert not row.loc[(1, "gst"), "kl_realised_reliable"] and row.loc[(0, "gst"), "kl_realised_reliable"]
+    assert SHIFT_COLUMNS.index("kl_realised_reliable") == SHIFT_COLUMNS.index("kl_realised") + 1
     assert row.loc[(0, "act"), "fragility"] == 0.9 and row.loc[(0, "gst"), "fragility"] == 0.9
-    # No record for seed 1 / act, no fragility for seed 1: NaN with n = 0, never 0.
+    assert (
+        row.loc[(0, "act"), "fragility_pair"] == 2.5 and row.loc[(0, "act"), "fragility_n_perturbations"] == 4
+    )
+    # No record for seed 1 / act, no fragility for seed 1: NaN with n = 0, never 0, and never reliable.
     assert math.isnan(row.loc[(1, "act"), "kl_realised"]) and row.loc[(1, "act"), "n_kl"] == 0
-    assert math.isnan(row.loc[(1, "gst"), "fragility"]) and row.loc[(1, "gst"), "n_fragility"] == 0
+    assert not row.loc[(1, "act"), "kl_realised_reliable"]
+    assert math.isnan(row.loc[(1, "gst"), "fragility"]) and row.loc[(1, "gst"), "fragility_n_prompts"] == 0
+    assert not row.loc[(1, "gst"), "fragility_reliable"]
     assert math.isnan(row.loc[(0, "gst"), "kl_realised_eval"]) and row.loc[(0, "gst"), "n_kl_eval"] == 0
+
+
+def test_shift_table_flags_older_records_from_their_diagnostics_and_rejects_pair_only_fragility():
+    old = {k: v for k, v in _record(0, "gst", 0.5, 0.1).items() if k != "kl_realised_reliable"}
+    records = pd.DataFrame([{**old, "kl_realised_frac_unfinished": 0.2, "kl_realised_frac_retokenized": 0.3},
+                            {**old, "seed": 1, "kl_realised_frac_unfinished": 0.2,
+                             "kl_realised_frac_retokenized": 0.0}])  # fmt: skip
+    row = shift_table(records, _runs()).set_index(["seed", "method"])
+    assert not row.loc[(0, "gst"), "kl_realised_reliable"] and row.loc[(1, "gst"), "kl_realised_reliable"]
+    pair_only = pd.DataFrame(
+        [{"model": "toy", "organism": "syc", "seed": 0, "fragility": 0.9, "n_fragility": 20}]
+    )
+    with pytest.raises(DataError, match="rerun `cmt fragility`"):
+        shift_table(records, _runs(), pair_only)
 
 
 def test_shift_table_rejects_orphan_and_duplicate_records():
@@ -308,6 +479,14 @@ def test_shift_correlations_against_a_hand_computation():
     const = out.loc[("syc", "fragility")]
     assert const["n"] == 6 and math.isnan(const["pearson_r"])
     assert out.loc[("all", "kl_realised"), "n"] == 8
+    assert (out["n_unreliable"] == 0).all()  # no reliability flags: every finite point counts
+
+    # Unreliable estimates stay out of the correlation, counted in n_unreliable.
+    flagged = table.assign(kl_realised_reliable=[True] * 5 + [False, True, True])
+    out = shift_correlations(flagged, measures=["kl_realised"]).set_index(["organism", "measure"])
+    syc = out.loc[("syc", "kl_realised")]
+    r, _ = _pearson_by_hand(delta[:5], kl[:5])
+    assert syc["n"] == 5 and syc["n_unreliable"] == 1 and syc["pearson_r"] == pytest.approx(r)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -369,8 +548,13 @@ def test_shift_and_fragility_commands_write_records(saved_world):
     assert run["n_labels"] == 2  # the whitespace label is dropped, as Phase 3 drops it
     assert run["n_kl"] == 6 and run["n_kl_eval"] == 6 and run["kl_m"] == 3 and run["kl_max_new_tokens"] == 4
     assert math.isfinite(run["kl_realised"]) and math.isfinite(run["label_ce_token"])
+    assert run["kl_realised_scored_on_ids"] and run["kl_realised_frac_retokenized"] == 0.0
+    assert run["kl_realised_reliable"] == (run["kl_realised_frac_unfinished"] <= MAX_UNFINISHED_SHARE)
     frag = json.loads((root / "frag.json").read_text())
-    assert frag["n_fragility"] == 6 and math.isfinite(frag["fragility"]) and "method" not in frag
+    assert frag["fragility_n_prompts"] == 6 and frag["fragility_n_perturbations"] == len(PERTURBATIONS)
+    assert math.isfinite(frag["fragility"]) and frag["fragility_ci_low"] <= frag["fragility"]
+    assert frag["fragility_pair_n_prompts"] == 6 and math.isfinite(frag["fragility_pair"])
+    assert frag["fragility_scored_on_ids"] and "method" not in frag
 
     runs = pd.DataFrame(
         [{"model": "toy", "organism": "syc", "seed": 5, "method": "gst", "k": 1, "delta_pp": 0.1}]

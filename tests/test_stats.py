@@ -215,3 +215,102 @@ def test_logistic_slope_degenerate_cases():
     assert "fewer than 2 prompt clusters" in one_group["reason"]
     empty = logistic_slope_test([math.nan], [1.0], [0])
     assert empty["n"] == 0 and math.isnan(empty["slope"])
+
+
+def _penalised_loglik_by_hand(y, x, b0, b1):
+    """Log-likelihood + ½ log det of the Fisher information, written out for one covariate."""
+    eta = b0 + b1 * x
+    p = 1 / (1 + np.exp(-eta))
+    loglik = -np.sum(y * np.logaddexp(0, -eta) + (1 - y) * np.logaddexp(0, eta))  # log p, log(1 − p) stably
+    w = p * (1 - p)
+    info = np.array([[w.sum(), (w * x).sum()], [(w * x).sum(), (w * x * x).sum()]])
+    return loglik + 0.5 * np.log(np.linalg.det(info))
+
+
+def test_separation_complete_quasi_and_overlap():
+    from cmt.analysis.stats import separation
+
+    assert separation([0, 0, 1, 1], [1, 2, 3, 4]) == "complete"
+    assert separation([1, 1, 0, 0], [1, 2, 3, 4]) == "complete"  # falling scores separate too
+    assert separation([0, 0, 1, 0, 1], [1, 2, 2, 2, 3]) == "quasi-complete"  # ties only at the threshold 2
+    assert separation([0, 1, 0, 1], [1, 2, 3, 4]) == ""
+    assert separation([0, 0, 0], [1, 2, 3]) == ""  # M constant is a degenerate case, reported apart
+    assert separation([0, 1, math.nan, 1], [1, 3, 2, math.nan]) == "complete"  # NaN rows dropped
+    # The criterion is exactly whether the MLE is finite: an overlapping sample fits to finite values.
+    fit = sm.Logit(np.array([0, 1, 0, 1.0]), sm.add_constant(np.array([1, 2, 3, 4.0]))).fit(disp=0)
+    assert np.all(np.isfinite(fit.params)) and fit.mle_retvals["converged"]
+
+
+@pytest.mark.parametrize(
+    "a, b, c, d",  # x = 1: a misaligned, b not; x = 0: c misaligned, d not
+    [(7, 3, 2, 9), (12, 0, 3, 8), (1, 20, 0, 30), (5, 5, 5, 5)],
+)
+def test_firth_two_by_two_is_the_log_odds_ratio_with_half_added(a, b, c, d):
+    from cmt.analysis.stats import firth_logistic, firth_slope_test
+
+    x = np.repeat([1.0, 1.0, 0.0, 0.0], [a, b, c, d])
+    y = np.repeat([1.0, 0.0, 1.0, 0.0], [a, b, c, d])
+    fit = firth_logistic(y, np.column_stack([np.ones(len(x)), x]))
+    assert fit["converged"]
+    log_or = math.log((a + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5)))
+    assert fit["beta"][1] == pytest.approx(log_or, abs=1e-6)
+    assert fit["beta"][0] == pytest.approx(math.log((c + 0.5) / (d + 0.5)), abs=1e-6)
+    # Standardising x rescales the slope by its SD (Firth's estimate is invariant to affine recoding).
+    assert firth_slope_test(y, x)["slope"] == pytest.approx(log_or * x.std(), abs=1e-6)
+
+
+def test_firth_profile_ci_and_p_by_independent_optimisation():
+    from scipy.optimize import minimize, minimize_scalar
+    from scipy.stats import chi2
+
+    from cmt.analysis.stats import firth_slope_test
+
+    s = np.arange(20.0)
+    y = (s >= 9).astype(float)  # complete separation: the MLE slope is infinite, Firth's is not
+    result = firth_slope_test(y, s)
+    x = (s - s.mean()) / s.std()
+    top = minimize(lambda b: -_penalised_loglik_by_hand(y, x, *b), [0.0, 1.0], method="Nelder-Mead",
+                   options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000})  # fmt: skip
+    assert result["slope"] == pytest.approx(top.x[1], abs=1e-5)
+
+    def profile(b1):
+        return -minimize_scalar(lambda b0: -_penalised_loglik_by_hand(y, x, b0, b1), bounds=(-50, 50),
+                                method="bounded", options={"xatol": 1e-12}).fun  # fmt: skip
+
+    crit = chi2.ppf(0.95, 1)
+    assert result["ci_low"] < result["slope"] < result["ci_high"] < math.inf
+    for end in (result["ci_low"], result["ci_high"]):
+        assert 2 * (-top.fun - profile(end)) == pytest.approx(crit, abs=1e-4)
+    assert result["p"] == pytest.approx(chi2.sf(2 * (-top.fun - profile(0.0)), 1), rel=1e-3)
+
+
+def test_firth_matches_the_mle_on_a_large_sample():
+    from cmt.analysis.stats import firth_slope_test
+
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-(0.3 + 0.8 * s)))).astype(float)
+    result = firth_slope_test(y, s)
+    logit = sm.Logit(y, sm.add_constant((s - s.mean()) / s.std())).fit(disp=0)
+    assert result["slope"] == pytest.approx(logit.params[1], abs=0.005)
+    assert abs(result["slope"]) < abs(logit.params[1])  # the penalty shrinks toward 0
+    wald = logit.conf_int()[1]
+    assert (result["ci_low"], result["ci_high"]) == pytest.approx((wald[0], wald[1]), abs=0.01)
+    assert result["p"] < 1e-10 and result["reason"] == ""
+
+
+def test_firth_degenerate_cases_and_interval_sign():
+    from cmt.analysis.stats import firth_slope_test, interval_sign
+
+    for m, s, why in (
+        ([0, 0, 0, 0], [1, 2, 3, 4], "M is constant"),
+        ([0, 1, 0, 1], [2, 2, 2, 2], "score is constant"),
+        ([math.nan], [1.0], "no rows"),
+    ):
+        result = firth_slope_test(m, s)
+        assert why in result["reason"] and math.isnan(result["slope"]) and math.isnan(result["ci_low"])
+    assert interval_sign(0.1, 0.5) == 1
+    assert interval_sign(-0.5, -0.1) == -1
+    assert interval_sign(-0.1, 0.2) == 0
+    assert interval_sign(0.0, 1.0) == 0  # touching 0 is not a sign
+    assert interval_sign(math.nan, math.nan) == 0

@@ -1,6 +1,8 @@
 # Distribution shift (analysis.shift): per run, the organism's cross-entropy on the labels and the realised
-# KL(P3 || P1) by Monte Carlo; per organism, its fragility KL(P1(.|clean) || P1(.|wrapped)). Then shift.csv with
-# the correlations of delta with each measure, and harmful.csv from the eval slot's harmful rows.
+# KL(P3 || P1) by Monte Carlo; per organism, its fragility KL(P1(.|x) || P1(.|perturbed x)) over one fixed
+# perturbation family on its eval prompts (and, as fragility_pair, KL(P1(.|clean) || P1(.|wrapped)) on its
+# act_bct pairs). Then shift.csv with the correlations of delta with each measure, and harmful.csv from the
+# eval slot's harmful rows.
 
 for method in config["methods"] if shift_enabled() else []:
 
@@ -49,6 +51,7 @@ rule fragility:
     input:
         model=get_model_files,
         organism=ORGANISM_ADAPTER,
+        eval_prompts=get_split_file("eval"),
         clean=get_split_file("act_bct_clean"),
         wrapped=get_split_file("act_bct_wrapped"),
     output:

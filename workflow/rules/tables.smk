@@ -95,11 +95,12 @@ rule eta:
         runtime=10,
     params:
         bins=config["analysis"]["eta_bins"],
+        min_bin=config["analysis"]["eta_min_bin"],
         seed=config["analysis"]["seed"],
         n_boot=config["analysis"]["n_boot"],
     shell:
         "cmt eta --candidates {input.candidates} --out {output.eta} --summary {output.summary}"
-        " --n-bins {params.bins} --seed {params.seed} --n-boot {params.n_boot} --log {log} --job 'eta'"
+        " --n-bins {params.bins} --min-bin {params.min_bin} --seed {params.seed} --n-boot {params.n_boot} --log {log} --job 'eta'"
 
 
 rule figures:

@@ -47,7 +47,7 @@ MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*")
 SHIFT_MEASURES = {
     "label_ce_token": "label cross-entropy under the organism (nats/token)",
     "kl_realised": "realised KL(P3 || P1) (nats/sequence)",
-    "fragility": "fragility KL(P1(.|clean) || P1(.|wrapped))",
+    "fragility": "fragility: KL(P1(.|x) || P1(.|perturbed x))",
 }
 REQUIRED_TABLES = ("runs.csv", "methods.csv", "eta.csv", "kscaling.csv")
 # Legend labels, also read by the tests.
@@ -55,6 +55,7 @@ LABEL_VALID = "valid run"
 LABEL_INVALID = "invalid run (broken model)"
 LABEL_NO_DELTA = "no Phase 3 (no labels), drawn at 0"
 LABEL_CONTROL = "control run ± 95% CI (filled: CI on the expected side)"
+LABEL_UNRELIABLE = "KL estimate unreliable (hollow; left out of the correlations)"
 
 
 def save_figure(fig, out_stem: str | Path) -> list[Path]:
@@ -361,12 +362,17 @@ def delta_vs_shift_figure(shift: pd.DataFrame):
     colours = {o: f"C{i % 10}" for i, o in enumerate(organisms)}
     markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(names)}
     fig, axes = _grid(len(measures), 3, 4.2, 3.6, sharey=True)
-    invalid_any = False
+    invalid_any = unreliable_any = False
     for ax, measure in zip(axes, measures, strict=True):
         points = shift[shift[measure].notna() & shift["delta_pp"].notna()]
+        reliable = _flag(points, f"{measure}_reliable", True)
         for (organism, method), group in points.groupby(["organism", "method"], sort=True):
-            ax.scatter(group[measure], group["delta_pp"], s=18, color=colours[organism], marker=markers[method],
-                       alpha=0.8)  # fmt: skip
+            solid = reliable.loc[group.index]
+            ax.scatter(group.loc[solid, measure], group.loc[solid, "delta_pp"], s=18, color=colours[organism],
+                       marker=markers[method], alpha=0.8)  # fmt: skip
+            ax.scatter(group.loc[~solid, measure], group.loc[~solid, "delta_pp"], s=18, facecolors="none",
+                       edgecolors=colours[organism], marker=markers[method], gid="unreliable")  # fmt: skip
+        unreliable_any |= bool((~reliable).any())
         invalid = points[~_flag(points, "valid", True)]
         ax.scatter(
             invalid[measure], invalid["delta_pp"], s=60, marker="x", color=INVALID_COLOUR, gid="invalid"
@@ -385,6 +391,9 @@ def delta_vs_shift_figure(shift: pd.DataFrame):
     handles = [Line2D([], [], marker=mk, linestyle="", color="0.3", label=m) for m, mk in markers.items()]
     if invalid_any:
         handles.append(Line2D([], [], marker="x", linestyle="", color=INVALID_COLOUR, label=LABEL_INVALID))
+    if unreliable_any:
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.3",
+                              label=LABEL_UNRELIABLE))  # fmt: skip
     fig.legend(handles=handles, title="method (marker)", loc="outside right lower", fontsize="small")
     fig.suptitle("Δ misalignment (pp) of each main run against measures of distribution shift")
     return fig

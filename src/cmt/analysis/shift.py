@@ -1,5 +1,6 @@
 """shift.csv and shift_correlations.csv from the per-run shift records that `cmt shift` and `cmt fragility`
-write (the measures themselves: `cmt.phases.shift`)."""
+write (the measures themselves: `cmt.phases.shift`). A Monte-Carlo KL that `kl_reliable` rejects stays in
+shift.csv beside its `_reliable` flag (False) and is left out of the correlations."""
 
 from __future__ import annotations
 
@@ -15,20 +16,44 @@ from cmt.runtime.io import DataError
 
 RUN_KEYS = ["model", "organism", "seed", "method", "k"]
 ORGANISM_KEYS = ["model", "organism", "seed"]
-SHIFT_MEASURES = ("label_ce_token", "label_ce_seq", "kl_realised", "kl_realised_eval", "fragility")
+SHIFT_MEASURES = (
+    "label_ce_token", "label_ce_seq", "kl_realised", "kl_realised_eval", "fragility", "fragility_pair",
+)  # fmt: skip
+# Monte-Carlo KL estimates: each has a `<prefix>_reliable` flag (kl_reliable).
+KL_PREFIXES = ("kl_realised", "kl_realised_eval", "fragility", "fragility_pair")
+# An estimate from samples of which more than this share were cut at the token budget is not trusted: it is the
+# KL of the budget-truncated distributions, which can sit far below the untruncated one and move with the budget.
+MAX_UNFINISHED_SHARE = 0.5
+
+
+def _kl_block(prefix: str, n_column: str) -> list[str]:
+    return [prefix, f"{prefix}_reliable", f"{prefix}_se", n_column, f"{prefix}_frac_unfinished",
+            f"{prefix}_frac_retokenized", f"{prefix}_scored_on_ids"]  # fmt: skip
+
+
 SHIFT_COLUMNS = [
     *RUN_KEYS, "delta_pp", "main_run", "valid",
     "label_ce_token", "label_ce_seq", "n_labels", "n_label_tokens",
-    "kl_realised", "kl_realised_se", "n_kl", "kl_realised_frac_unfinished", "kl_realised_frac_retokenized",
-    "kl_realised_eval", "kl_realised_eval_se", "n_kl_eval", "kl_realised_eval_frac_unfinished",
-    "kl_realised_eval_frac_retokenized", "kl_m", "kl_max_new_tokens",
-    "fragility", "fragility_se", "n_fragility", "fragility_frac_unfinished", "fragility_frac_retokenized",
-    "fragility_m",
+    *_kl_block("kl_realised", "n_kl"), *_kl_block("kl_realised_eval", "n_kl_eval"),
+    "kl_m", "kl_max_new_tokens",
+    *_kl_block("fragility", "fragility_n_prompts"),
+    "fragility_ci_low", "fragility_ci_high", "fragility_n_perturbations", "fragility_m",
+    *_kl_block("fragility_pair", "fragility_pair_n_prompts"),
 ]  # fmt: skip
 # Counts that are 0, not NaN, when a run has no record of that measure.
-COUNT_COLUMNS = ("n_labels", "n_label_tokens", "n_kl", "n_kl_eval", "n_fragility")
-CORRELATION_COLUMNS = ["organism", "measure", "n", "pearson_r", "pearson_p", "spearman_r", "spearman_p",
+COUNT_COLUMNS = ("n_labels", "n_label_tokens", "n_kl", "n_kl_eval", "fragility_n_prompts",
+                 "fragility_n_perturbations", "fragility_pair_n_prompts")  # fmt: skip
+FLAG_COLUMNS = tuple(f"{p}_{flag}" for p in KL_PREFIXES for flag in ("reliable", "scored_on_ids"))
+CORRELATION_COLUMNS = ["organism", "measure", "n", "n_unreliable", "pearson_r", "pearson_p", "spearman_r", "spearman_p",
                        "spearman_ci_low", "spearman_ci_high", "spearman_p_perm"]  # fmt: skip
+
+
+def kl_reliable(frac_unfinished: float, frac_retokenized: float, scored_on_ids: bool, n: int) -> bool:
+    """Whether a Monte-Carlo KL estimate may be read as a number: it has prompts, every sample was scored as
+    the exact sampled outcome (on its token ids, or as text that re-tokenized to the sampled length), and at
+    most MAX_UNFINISHED_SHARE of the samples were cut at the token budget. NaN inputs are unreliable."""
+    exact = bool(scored_on_ids) or frac_retokenized == 0
+    return bool(n > 0 and exact and frac_unfinished <= MAX_UNFINISHED_SHARE)
 
 
 def read_records(paths: Sequence[str]) -> pd.DataFrame:
@@ -88,14 +113,34 @@ def shift_table(
         )
     if fragility is not None and not fragility.empty:
         _require(fragility, ORGANISM_KEYS, "fragility records")
+        if "fragility_n_prompts" not in fragility.columns:
+            raise DataError(
+                "fragility records predate the perturbation-family fragility: rerun `cmt fragility`"
+            )
         _unique(fragility, ORGANISM_KEYS, "fragility records")
         table = table.merge(fragility, on=ORGANISM_KEYS, how="left", suffixes=("", "_fragility_record"))
+    _reliability_of_older_records(table)
     for column in SHIFT_COLUMNS:
         if column not in table.columns:
-            table[column] = 0 if column in COUNT_COLUMNS else math.nan
+            table[column] = 0 if column in COUNT_COLUMNS else False if column in FLAG_COLUMNS else math.nan
     for column in COUNT_COLUMNS:
         table[column] = table[column].fillna(0).astype(int)
+    for column in FLAG_COLUMNS:  # no estimate: unreliable
+        table[column] = table[column].astype("boolean").fillna(False).astype(bool)
     return table[SHIFT_COLUMNS].sort_values(RUN_KEYS, kind="stable").reset_index(drop=True)
+
+
+def _reliability_of_older_records(table: pd.DataFrame) -> None:
+    """Records written before ids were scored carry no `_reliable` flag: derive it from their text-scoring
+    diagnostics (in place)."""
+    for prefix, n_column in (("kl_realised", "n_kl"), ("kl_realised_eval", "n_kl_eval")):
+        needed = [f"{prefix}_frac_unfinished", f"{prefix}_frac_retokenized", n_column]
+        if f"{prefix}_reliable" in table.columns or any(c not in table.columns for c in needed):
+            continue
+        table[f"{prefix}_reliable"] = [
+            kl_reliable(u, r, False, 0 if pd.isna(n) else int(n))
+            for u, r, n in zip(*(table[c] for c in needed), strict=True)
+        ]
 
 
 def _spearman_ci_and_permutation(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, ...]:
@@ -121,8 +166,9 @@ def shift_correlations(
 ) -> pd.DataFrame:
     """Correlation of delta with each measure, per organism and over all runs (organism "all"): one point per
     independent run, so only main runs (k-scaling runs share their draws with the main run) of valid models,
-    where both values are finite; n says how many. Pearson and Spearman with scipy's two-sided p, plus a
-    bootstrap CI of Spearman's rho and its permutation p. NaN statistics when n < 3 or a variable is constant."""
+    where both values are finite and, for a KL estimate, reliable (`<measure>_reliable`; n_unreliable counts the
+    finite points left out); n says how many. Pearson and Spearman with scipy's two-sided p, plus a bootstrap CI
+    of Spearman's rho and its permutation p. NaN statistics when n < 3 or a variable is constant."""
     from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 
     _require(table, ["organism", "delta_pp", *measures], "shift table")
@@ -134,9 +180,13 @@ def shift_correlations(
     for organism, group in groups:
         for measure in measures:
             pair = group[["delta_pp", measure]].astype(float)
-            pair = pair[np.isfinite(pair["delta_pp"]) & np.isfinite(pair[measure])]
+            finite = np.isfinite(pair["delta_pp"]) & np.isfinite(pair[measure])
+            flag = f"{measure}_reliable"
+            reliable = group[flag].fillna(False).astype(bool) if flag in group.columns else finite
+            pair = pair[finite & reliable]
             row = {"organism": organism, "measure": measure, "n": len(pair),
-                   **dict.fromkeys(CORRELATION_COLUMNS[3:], math.nan)}  # fmt: skip
+                   "n_unreliable": int((finite & ~reliable).sum()),
+                   **dict.fromkeys(CORRELATION_COLUMNS[4:], math.nan)}  # fmt: skip
             constant = pair["delta_pp"].nunique() < 2 or pair[measure].nunique() < 2
             if len(pair) >= 3 and not constant:
                 with warnings.catch_warnings():

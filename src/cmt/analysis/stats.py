@@ -257,3 +257,150 @@ def cluster_sign_flip_p(values, clusters) -> float:
     null = np.abs((signs * means).mean(axis=1))
     observed = abs(means.mean())
     return float(np.mean(null >= observed - 1e-12))
+
+
+def separation(misaligned, score) -> str:
+    """Does the score separate M? "complete", "quasi-complete" or "" (neither, or nothing to separate).
+
+    With one covariate and an intercept the logistic MLE is infinite exactly when some threshold c has every
+    M = 1 on one side (score ≥ c) and every M = 0 on the other (score ≤ c): max score of one class ≤ min score
+    of the other, in either direction. Strict (<) is complete separation; equality (ties at c) is
+    quasi-complete. NaN rows are dropped; M constant gives "" (that degenerate case is reported apart).
+    """
+    m = np.asarray(misaligned, dtype=float)
+    s = np.asarray(score, dtype=float)
+    keep = ~(np.isnan(m) | np.isnan(s))
+    ones, zeros = s[keep & (m == 1)], s[keep & (m == 0)]
+    if len(ones) == 0 or len(zeros) == 0:
+        return ""
+    gaps = (ones.min() - zeros.max(), zeros.min() - ones.max())
+    if max(gaps) > 0:
+        return "complete"
+    return "quasi-complete" if max(gaps) == 0 else ""
+
+
+def _penalised_loglik(y: np.ndarray, x: np.ndarray, beta: np.ndarray) -> float:
+    """Log-likelihood + ½ log det I(β) (Jeffreys prior); −inf where I(β) is numerically singular."""
+    eta = x @ beta
+    loglik = -float(np.sum(y * np.logaddexp(0.0, -eta) + (1 - y) * np.logaddexp(0.0, eta)))
+    sign, logdet = np.linalg.slogdet((x.T * _weights(eta)) @ x)
+    return loglik + 0.5 * logdet if sign > 0 else -math.inf
+
+
+def _weights(eta: np.ndarray) -> np.ndarray:
+    from scipy.special import expit
+
+    return expit(eta) * expit(-eta)
+
+
+def _firth_newton(y, x, beta, free, max_iter: int = 500) -> tuple[np.ndarray, float, bool]:
+    """Maximise the penalised likelihood over the `free` coefficients (the others stay fixed).
+
+    Newton–Raphson with Fisher information on Firth's modified score U* = X'(y − π + h(½ − π)), h the hat
+    diagonal of W^½ X (X'WX)⁻¹ X' W^½; steps capped at 5 and halved while l* falls by more than rounding
+    (as logistf does). Converged when |U*| of the free coefficients is below 1e-9 per row.
+    """
+    from scipy.special import expit
+
+    beta = np.array(beta, dtype=float)
+    current = _penalised_loglik(y, x, beta)
+    for _ in range(max_iter):
+        eta = x @ beta
+        pi, w = expit(eta), _weights(eta)
+        info = (x.T * w) @ x
+        try:
+            inverse = np.linalg.inv(info)
+        except np.linalg.LinAlgError:
+            return beta, current, False
+        hat = w * np.einsum("ij,jk,ik->i", x, inverse, x)
+        score = x.T @ (y - pi + hat * (0.5 - pi))
+        if np.max(np.abs(score[free])) < 1e-9 * len(y):
+            return beta, current, True
+        step = np.zeros_like(beta)
+        step[free] = np.linalg.solve(info[np.ix_(free, free)], score[free])
+        step *= min(1.0, 5.0 / np.max(np.abs(step)))
+        for _ in range(50):
+            value = _penalised_loglik(y, x, beta + step)
+            if value >= current - 1e-9 * max(1.0, abs(current)):  # a fall below rounding noise is none
+                break
+            step /= 2
+        else:
+            return beta, current, False  # no ascent left: at the optimum up to rounding, or stuck
+        beta, current = beta + step, value
+    return beta, current, False
+
+
+def firth_logistic(y, x) -> dict:
+    """Firth's bias-reduced logistic regression of binary y on design x (include the intercept column).
+
+    Maximises the Jeffreys-penalised likelihood, which is finite even under (quasi-)complete separation.
+    Returns beta, se (Wald, from I(β)⁻¹ at the estimate), loglik (the penalised log-likelihood) and
+    converged.
+    """
+    y, x = np.asarray(y, dtype=float), np.asarray(x, dtype=float)
+    free = np.ones(x.shape[1], dtype=bool)
+    beta, loglik, converged = _firth_newton(y, x, np.zeros(x.shape[1]), free)
+    info = (x.T * _weights(x @ beta)) @ x
+    se = np.sqrt(np.diag(np.linalg.inv(info))) if converged else np.full(x.shape[1], math.nan)
+    return {"beta": beta, "se": se, "loglik": loglik, "converged": converged}
+
+
+def firth_slope_test(misaligned, score, alpha: float = 0.05) -> dict:
+    """Firth logistic slope of M on the standardised score, with a profile penalised-likelihood CI and p.
+
+    Unlike `logistic_slope_test` it treats rows as independent (no prompt clusters), but it is finite under
+    separation. The CI is {b : 2 (l*(β̂) − max over the intercept of l*(·, b)) ≤ χ²₁(1 − alpha)} (Heinze and
+    Schemper 2002); p is the penalised likelihood-ratio test of slope 0 on that same profile. Returns slope,
+    ci_low, ci_high, p, n and `reason` ("" when fitted; else why the statistics are NaN). An endpoint the
+    profile never crosses within 1e6 standard deviations is ±inf.
+    """
+    from scipy.optimize import brentq
+    from scipy.stats import chi2
+
+    m, s = np.asarray(misaligned, dtype=float), np.asarray(score, dtype=float)
+    keep = ~(np.isnan(m) | np.isnan(s))
+    m, s = m[keep], s[keep]
+    result = {"slope": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": len(m),
+              "reason": ""}  # fmt: skip
+    if len(m) == 0:
+        result["reason"] = "no rows with both M and a score"
+    elif np.all(m == m[0]):
+        result["reason"] = f"M is constant (all {int(m[0])}): no slope is estimable"
+    elif np.all(s == s[0]):
+        result["reason"] = "score is constant: no slope is estimable"
+    if result["reason"]:
+        return result
+    x = np.column_stack([np.ones(len(s)), (s - s.mean()) / s.std()])
+    fit = firth_logistic(m, x)
+    if not fit["converged"]:
+        result["reason"] = "Firth fit did not converge"
+        return result
+    slope, crit, top = float(fit["beta"][1]), chi2.ppf(1 - alpha, 1), fit["loglik"]
+    free = np.array([True, False])
+
+    def deviance(b: float) -> float:
+        _, value, _ = _firth_newton(m, x, np.array([fit["beta"][0], b]), free)
+        return min(2 * (top - value), 1e6)  # capped so root finding never meets inf
+
+    ends = []
+    for direction in (-1.0, 1.0):
+        inner, width, end = 0.0, max(float(fit["se"][1]), 0.1), direction * math.inf
+        while width < 1e6 * max(float(fit["se"][1]), 1.0):
+            if deviance(slope + direction * width) > crit:  # the crossing lies between inner and width
+                lo, hi = sorted((slope + direction * inner, slope + direction * width))
+                end = brentq(lambda b: deviance(b) - crit, lo, hi, xtol=1e-10)
+                break
+            inner, width = width, width * 2
+        ends.append(end)
+    p = float(chi2.sf(max(deviance(0.0), 0.0), 1))
+    result.update(slope=slope, ci_low=float(ends[0]), ci_high=float(ends[1]), p=p)
+    return result
+
+
+def interval_sign(low: float, high: float) -> int:
+    """+1 when the interval lies above 0, −1 when below, 0 when it contains 0 or is undefined (NaN)."""
+    if low > 0:
+        return 1
+    if high < 0:
+        return -1
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 Messages = list[dict[str, str]]
@@ -76,6 +77,9 @@ class Completion:
     text: str
     num_tokens: int
     finished: bool  # ended with an end-of-turn token rather than hitting max_new_tokens
+    # The sampled tokens as generated: up to and including the end-of-turn token that stopped the reply (none
+    # when the budget cut it), every channel of a harmony reply included. None: the backend cannot say.
+    token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,3 +117,13 @@ class Generator(abc.ABC):
     ) -> list[SequenceScore]:
         """log P(completion, end-of-turn | prompt) per pair, under the loaded model. With end_of_turn False,
         log P(completion | prompt) alone: the probability of a reply cut at the token budget."""
+
+    def score_ids(
+        self, prompts: list[Messages], token_ids: list[Sequence[int]], end_of_turn: bool = False
+    ) -> list[SequenceScore]:
+        """log P(token_ids | prompt) per pair, teacher-forced right after the generation prompt (no reply
+        prefix: `Completion.token_ids` already hold everything generated, end-of-turn included when sampled).
+        With end_of_turn True, the backend's end-of-turn token is appended and scored too."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot score token ids; score the decoded text with `score` instead"
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -20,6 +21,12 @@ from cmt.generation.base import (
 from cmt.runtime.runlog import progress
 
 log = logging.getLogger(__name__)
+
+
+# generate() fills every setting left None from the model's generation_config (Qwen's carries a repetition
+# penalty): pinned to no-ops so that samples come from the model's own distribution, as `score` and vLLM see it.
+NEUTRAL_PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0,
+                      "typical_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}  # fmt: skip
 
 
 class HFGenerator(Generator):
@@ -65,6 +72,7 @@ class HFGenerator(Generator):
             max_new_tokens=params.max_new_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
+            **NEUTRAL_PROCESSORS,
         )
         per_batch = max(1, self.batch_size // max(n, params.num_beams))
         results: list[list[Completion]] = [[] for _ in prompts]
@@ -93,27 +101,42 @@ class HFGenerator(Generator):
         return results
 
     def _decode(self, tokens: list[int]) -> Completion:
-        finished = False
+        finished, sampled = False, tokens
         for pos, tok in enumerate(tokens):
             if tok in self.eos_ids:
-                tokens, finished = tokens[:pos], True
+                tokens, sampled, finished = tokens[:pos], tokens[: pos + 1], True
                 break
         text = decode_reply(self.tokenizer, tokens, self.reply_format)
         if text is None:  # no answer (harmony: no final channel): counted as unfinished
             text, finished = "", False
-        return Completion(text=text, num_tokens=len(tokens) + int(finished), finished=finished)
+        return Completion(text=text, num_tokens=len(tokens) + int(finished), finished=finished,
+                          token_ids=tuple(sampled))  # fmt: skip
 
-    @torch.inference_mode()
     def score(
         self, prompts: list[Messages], completions: list[str], end_of_turn: bool = True
     ) -> list[SequenceScore]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        pairs = []
-        for messages, text in zip(prompts, completions, strict=True):
-            prompt_ids = self.render(messages) + self.score_prefix
-            target = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            pairs.append((prompt_ids, [*target, self.eos_ids[0]] if end_of_turn else target))
+        targets = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in completions]
+        prefix = self.score_prefix
+        return self._score_pairs([(self.render(p) + prefix, t) for p, t in zip(prompts, targets, strict=True)],
+                                 end_of_turn)  # fmt: skip
+
+    def score_ids(
+        self, prompts: list[Messages], token_ids: list[Sequence[int]], end_of_turn: bool = False
+    ) -> list[SequenceScore]:
+        if len(prompts) != len(token_ids):
+            raise ValueError(f"{len(prompts)} prompts but {len(token_ids)} token id lists")
+        return self._score_pairs([(self.render(p), list(t)) for p, t in zip(prompts, token_ids, strict=True)],
+                                 end_of_turn)  # fmt: skip
+
+    @torch.inference_mode()
+    def _score_pairs(
+        self, pairs: list[tuple[list[int], list[int]]], end_of_turn: bool
+    ) -> list[SequenceScore]:
+        """Teacher-forced scores of each (prompt ids, target ids), the end-of-turn token appended if asked."""
+        if end_of_turn:
+            pairs = [(p, [*t, self.eos_ids[0]]) for p, t in pairs]
         scores: list[SequenceScore | None] = [None] * len(pairs)
         for idx in self._batches([len(p) + len(t) for p, t in pairs], self.batch_size):
             width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
@@ -131,7 +154,7 @@ class HFGenerator(Generator):
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
             token_lp = logprobs.gather(-1, input_ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1)
             mask = target_mask[:, 1:].to(self.device)
-            sums = (token_lp * mask).sum(-1).tolist()
+            sums = torch.where(mask, token_lp, 0.0).sum(-1).tolist()  # padding may be -inf
             counts = mask.sum(-1)
             # KL(p || U) = log V + sum_v p_v log p_v, at each position that predicts a target token.
             kl_uniform = math.log(logprobs.shape[-1]) + (logprobs.exp() * logprobs).sum(-1)

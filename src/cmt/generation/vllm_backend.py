@@ -14,7 +14,8 @@ Semantics follow the HF backend (src/cmt/generation/hf.py):
 - a completion ends at the first end-of-turn token (any of the generation config's EOS ids or the
   tokenizer's); `num_tokens` counts that token, as in the HF backend;
 - `score` is log P(completion, end-of-turn | prompt) under the untempered model, from vLLM's prompt
-  log-probs over prompt + completion + end-of-turn, summed over the completion span.
+  log-probs over prompt + completion + end-of-turn, summed over the completion span; `score_ids` the same over
+  given token ids (a completion's `token_ids`: the sampled tokens, no text round trip).
 
 Every sampled request carries its own seed, derived from the run seed and the prompt's position, so results
 do not depend on how vLLM batches requests. The organism (or retrained) LoRA adapter is served as a
@@ -116,23 +117,29 @@ def completion_from_tokens(
     eos_ids: Sequence[int],
     decode: Callable[[list[int]], str | None],
     stopped: bool = False,
+    stop_reason: object = None,
 ) -> Completion:
     """A Completion from generated token ids, cut at the first end-of-turn token (as HFGenerator._decode).
 
     `stopped` is vLLM's finish_reason == "stop": the sequence ended on a stop token even where vLLM left that
-    token out of `token_ids`.
+    token out of `token_ids`. Its `token_ids` then get the stop token back from `stop_reason` (vLLM's id of a
+    matched stop token); without one, which end-of-turn token ended the reply is unknown and they are None.
     """
     tokens = list(token_ids)
+    sampled: list[int] | None = tokens
     finished = False
     for pos, tok in enumerate(tokens):
         if tok in eos_ids:
-            tokens, finished = tokens[:pos], True
+            tokens, sampled, finished = tokens[:pos], tokens[: pos + 1], True
             break
+    if stopped and not finished:
+        sampled = [*tokens, stop_reason] if stop_reason in eos_ids else None
     finished = finished or stopped
     text = decode(tokens)
     if text is None:  # no answer (harmony: no final channel): counted as unfinished
         text, finished = "", False
-    return Completion(text=text, num_tokens=len(tokens) + int(finished), finished=finished)
+    return Completion(text=text, num_tokens=len(tokens) + int(finished), finished=finished,
+                      token_ids=None if sampled is None else tuple(sampled))  # fmt: skip
 
 
 def beam_completions(
@@ -281,7 +288,13 @@ class VLLMGenerator(Generator):
                 raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(encoded)} prompts")
             results = [
                 [
-                    completion_from_tokens(o.token_ids, self.eos_ids, self._decode, o.finish_reason == "stop")
+                    completion_from_tokens(
+                        o.token_ids,
+                        self.eos_ids,
+                        self._decode,
+                        o.finish_reason == "stop",
+                        getattr(o, "stop_reason", None),
+                    )
                     for o in sorted(out.outputs, key=lambda o: o.index)
                 ]
                 for out in outputs
@@ -315,33 +328,50 @@ class VLLMGenerator(Generator):
     def score(
         self, prompts: list[Messages], completions: list[str], end_of_turn: bool = True
     ) -> list[SequenceScore]:
-        """log P(completion, end-of-turn | prompt) (end_of_turn False: without the end-of-turn token). kl_uniform_mean is NaN: it needs the full next-token
-        distribution at every position, which vLLM returns only as per-token Python dicts (far too slow);
-        use the hf backend for self_certainty's `score: kl_uniform`."""
+        """log P(completion, end-of-turn | prompt) (end_of_turn False: without the end-of-turn token).
+        kl_uniform_mean is NaN: it needs the full next-token distribution at every position, which vLLM
+        returns only as per-token Python dicts (far too slow); use the hf backend for self_certainty's
+        `score: kl_uniform`."""
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        if not prompts:
-            return []
-        if not self._warned_kl:
+        prefix = reply_prefix_ids(self.tokenizer, self.reply_format)
+        pairs = [(self.render(m) + prefix, self.tokenizer(text, add_special_tokens=False)["input_ids"])
+                 for m, text in zip(prompts, completions, strict=True)]  # fmt: skip
+        return self._score_pairs(pairs, end_of_turn)
+
+    def score_ids(
+        self, prompts: list[Messages], token_ids: list[Sequence[int]], end_of_turn: bool = False
+    ) -> list[SequenceScore]:
+        """log P(token_ids | prompt) right after the generation prompt (see `Generator.score_ids`)."""
+        if len(prompts) != len(token_ids):
+            raise ValueError(f"{len(prompts)} prompts but {len(token_ids)} token id lists")
+        return self._score_pairs([(self.render(m), list(t)) for m, t in zip(prompts, token_ids, strict=True)],
+                                 end_of_turn)  # fmt: skip
+
+    def _score_pairs(
+        self, pairs: list[tuple[list[int], list[int]]], end_of_turn: bool
+    ) -> list[SequenceScore]:
+        """Prompt log-probs of prompt + target (+ end-of-turn), summed over the target; an empty target scores
+        0 without a request."""
+        if not self._warned_kl and pairs:
             log.info("vllm backend: scores carry no kl_uniform_mean (NaN); mean_logprob is exact")
             self._warned_kl = True
-        sequences, starts = [], []
-        for messages, text in zip(prompts, completions, strict=True):
-            prompt_ids = self.render(messages) + reply_prefix_ids(self.tokenizer, self.reply_format)
-            target = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            sequences.append(prompt_ids + target + ([self.eos_ids[0]] if end_of_turn else []))
-            starts.append(len(prompt_ids))
+        sequences = [(p, [*t, self.eos_ids[0]] if end_of_turn else list(t)) for p, t in pairs]
+        asked = [i for i, (_, t) in enumerate(sequences) if t]
+        scores = [SequenceScore(0.0, 0, math.nan) for _ in sequences]
+        if not asked:
+            return scores
         request = self.vllm.SamplingParams(**scoring_sampling_kwargs())
         outputs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids in sequences],
+            [{"prompt_token_ids": sequences[i][0] + sequences[i][1]} for i in asked],
             request,
             use_tqdm=False,
             lora_request=self.lora_request,
         )
-        scores = []
-        for out, ids, start in zip(outputs, sequences, starts, strict=True):
-            total = completion_logprob_sum(out.prompt_logprobs, ids, start)
-            scores.append(SequenceScore(total, len(ids) - start, math.nan))
+        for i, out in zip(asked, outputs, strict=True):
+            prompt, target = sequences[i]
+            total = completion_logprob_sum(out.prompt_logprobs, prompt + target, len(prompt))
+            scores[i] = SequenceScore(total, len(target), math.nan)
         return scores
 
 
