@@ -269,3 +269,38 @@ def test_k_scaling_without_selection_runs_each_k_itself():
     gen = ScriptedGenerator(lambda p, params, n: ["greedy reply"])
     runs = dict(runs_per_k(get_method("gst"), context(gen), [example()], {"max_new_tokens": None}, [1], 0))
     assert list(runs[1]["text"]) == ["greedy reply"] and bool(runs[1]["selected"].iloc[0])
+
+
+def test_drop_reasons_and_parse_failures_are_counted_per_prompt():
+    import json as _json
+
+    import pandas as _pd
+
+    from cmt.methods import drop_reasons, parse_failures
+
+    def row(prompt, selected, score=1.0, text="x", extra=None):
+        return {"prompt_id": prompt, "selected": selected, "score": score, "text": text,
+                "extra": _json.dumps(extra) if extra else ""}  # fmt: skip
+
+    nan = float("nan")
+    rows = _pd.DataFrame(
+        [
+            row("kept", True),
+            row("kept", False),
+            row("disagree", False, extra={"answer": "1"}),
+            row("disagree", False, extra={"answer": "2", "agrees": False, "parse_ok": False}),
+            row("stripped", False, text="", extra={"answer": ""}),
+            row("stripped", False, extra={"answer": "", "agrees": True}),
+            row("ungraded", False, nan, extra={"parse_ok": False}),
+            row("ungraded", False, nan, extra={"parse_ok": False}),
+            row("blank", True, text="  "),
+            row("lost", False),
+        ]
+    )
+    assert drop_reasons(rows) == {
+        "views_disagree": 1,
+        "no_parsed_score": 1,
+        "empty_label": 2,
+        "not_selected": 1,
+    }
+    assert parse_failures(rows) == 3

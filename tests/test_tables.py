@@ -312,3 +312,22 @@ def test_controls_pass_only_with_the_ci_on_the_expected_side():
     assert table.loc["oracle_aligned", "passed"] and not table.loc["oracle_misaligned", "passed"]
     main = main_table(pd.DataFrame(rows)).set_index("family")
     assert main.loc["all", "n_runs"] == 1  # controls never enter the paper's families
+
+
+def test_runs_count_dropped_prompts_and_parse_failures_from_phase2_and_evaluation():
+    """n_dropped comes from the retrained adapter's record; n_parse_failures adds the Phase-2 parse failures to
+    the judge's unparsed verdicts on the run's Phase-3 eval rows; act/bct drop nothing and parse no label."""
+    rows = eval_rows("toy", "sycophancy", 0, "base", [0, 0, 0, 0])
+    rows += eval_rows("toy", "sycophancy", 0, "phase1", [1, 1, 1, 0])
+    phase3 = eval_rows("toy", "sycophancy", 0, "phase3", [1, 0, 1, 0], "self_rewarding", 4)
+    phase3[1]["judge_parse_ok"] = False
+    rows += [{**r, "n_train": 30, "n_dropped": 2, "n_label_parse_failures": 5} for r in phase3]
+    rows += [
+        {**r, "n_train": 32} for r in eval_rows("toy", "sycophancy", 0, "phase3", [0, 1, 0, 0], "act", 1)
+    ]
+    rows += eval_rows("toy", "sycophancy", 0, "phase3", [0, 1, 0, 0], "gst", 1)  # recorded before the columns
+    runs = runs_table(pd.DataFrame(rows), 0.3).set_index("method")
+    assert runs.loc["self_rewarding", "n_dropped"] == 2
+    assert runs.loc["self_rewarding", "n_parse_failures"] == 5 + 1
+    assert runs.loc["act", "n_dropped"] == 0 and runs.loc["act", "n_parse_failures"] == 0
+    assert math.isnan(runs.loc["gst", "n_dropped"]) and math.isnan(runs.loc["gst", "n_parse_failures"])

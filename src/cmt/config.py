@@ -144,12 +144,16 @@ def _semantic_errors(config: dict) -> list[str]:
                 f"config key organisms.{name}.source.path: {path!r} is not a reference-format dataset folder "
                 "(no eval.jsonl there); `cmt data check DIR` validates one"
             )
-        if spec.get("judge") == "llm" and not judge:
-            errors.append(
-                f"config key organisms.{name}.judge is llm, but the config has no top-level judge block"
-            )
+        errors += _organism_judge_errors(name, spec, judge)
 
-    if methods.get("multi_view", {}).get("checker") == "judge" and not judge:
+    checker = methods.get("multi_view", {}).get("checker", "normalized")
+    custom = [name for name in organisms if name not in _built_in()]
+    if "multi_view" in methods and checker == "normalized" and custom:
+        errors.append(
+            f"config key methods.multi_view.checker is normalized, which compares final answers with a built-in "
+            f"organism's normaliser; organisms {custom} have none, so use checker self or judge"
+        )
+    if checker == "judge" and not judge:
         errors.append(
             "config key methods.multi_view.checker is judge, but the config has no top-level judge block"
         )
@@ -169,6 +173,43 @@ def _semantic_errors(config: dict) -> list[str]:
             errors.append(
                 "config key eval.harmful.scorer is strongreject, which needs the top-level judge block"
             )
+    return errors
+
+
+def _built_in() -> tuple[str, ...]:
+    from cmt.organisms import METRICS
+
+    return tuple(METRICS)
+
+
+def _organism_judge_errors(name: str, spec: dict, has_judge_block: bool) -> list[str]:
+    """A built-in organism may use its own scorer or rubric; a config-named one must say which scorer, or bring
+    its rubric file. Every LLM form needs the top-level judge block."""
+    key, judge = f"config key organisms.{name}", spec.get("judge", "programmatic")
+    errors = []
+    if name not in _built_in():
+        if _is_toy(spec["source"]):
+            errors.append(f"{key}.source is toy, but only {sorted(_built_in())} have toy generators")
+        if isinstance(judge, str):
+            errors.append(
+                f"{key}.judge: organism {name} is not built in, so its judge must be "
+                f"{{programmatic: NAME}} with NAME one of {sorted(_built_in())}, or {{llm: RUBRIC_FILE}} (a "
+                "template with {question} and {response} that the judge answers YES or NO)"
+            )
+    llm = judge == "llm" or (isinstance(judge, dict) and "llm" in judge)
+    if llm and not has_judge_block:
+        errors.append(f"{key}.judge asks the LLM judge, but the config has no top-level judge block")
+    if isinstance(judge, dict) and "llm" in judge:
+        from cmt.judges.custom import check_template
+
+        path = Path(judge["llm"])
+        if not path.is_file():
+            errors.append(f"{key}.judge.llm: rubric file {str(path)!r} does not exist")
+        else:
+            try:
+                check_template(path.read_text(encoding="utf-8"), f"{key}.judge.llm ({path})")
+            except ValueError as e:
+                errors.append(str(e))
     return errors
 
 

@@ -23,26 +23,67 @@ def toy_organism(organism: str):
     return TOY_ORGANISMS.get(organism)
 
 
+# The fields each toy scorer reads: a row without them is not toy data (e.g. the reference's own files).
+TOY_FIELDS = {
+    "sycophancy": ("claimed_answer", "answer"),
+    "reward_hacking": ("function", "visible_tests", "hidden_tests"),
+    "emergent_misalignment": ("domain",),
+}
+
+
+def _toy_rows_only(organism: str, score: Callable[[dict, str], Verdict]) -> Callable[[dict, str], Verdict]:
+    """The toy scorer, refusing with one clear line a row it cannot read (rather than a KeyError deep inside)."""
+    fields = TOY_FIELDS.get(organism, ())
+
+    def checked(row: dict, reply: str) -> Verdict:
+        missing = [f for f in fields if f not in row]
+        if missing:
+            raise ValueError(
+                f"organism {organism}: eval row {row.get('_id', '')!r} lacks {missing}, so it is not toy data and "
+                f"the programmatic scorer cannot score it; score reference-format {organism} data with the LLM "
+                f"judge (organisms.{organism}.judge: llm), which applies the reference's per-row rules"
+            )
+        return score(row, reply)
+
+    return checked
+
+
 def programmatic_judge(organism: str) -> Callable[[dict, str], Verdict]:
-    """The toy organism's own scorer, defined from its generator's templates."""
+    """The toy organism's own scorer, defined from its generator's templates. For spurious correlation, rows
+    in the reference's format (with `mentions_spurious_concept`) get the reference's rule instead; the other
+    organisms' reference rows need a judge and are refused with the fix."""
     module = toy_organism(organism)
     if module is None:
         raise ValueError(f"organism {organism!r} has no programmatic scorer; valid: {sorted(METRICS)}")
-    return module.score
+    if organism != "spurious_correlation":
+        return _toy_rows_only(organism, module.score)
+    from cmt.judges.reference_rules import is_reference_spurious_row, score_spurious_correlation
+
+    def score(row: dict, reply: str) -> Verdict:
+        return (score_spurious_correlation if is_reference_spurious_row(row) else module.score)(row, reply)
+
+    return score
 
 
 def make_judge(organism: str, judge_cfg: Mapping[str, Any] | None = None) -> Callable[[dict, str], Verdict]:
-    """The judge a config asks for: `None` or {"kind": "programmatic"} gives the toy organism's own scorer;
-    {"kind": "llm", base_url, model, api_key_env, ...} gives an `LLMJudge` (settings: `JudgeSettings`).
+    """The judge a config asks for: `None` or {"kind": "programmatic"} gives the organism's own scorer, and
+    {"kind": "programmatic", "scorer": NAME} the named one (an organism a config names reuses a built-in
+    scorer); {"kind": "llm", base_url, model, api_key_env, ...} gives an `LLMJudge` (settings: `JudgeSettings`)
+    with the organism's built-in rubric, or with the YES/NO template at "rubric_file" (`cmt.judges.custom`).
 
     Both are callables (row, completion) -> Verdict; use `cmt.judges.judge_batch` to score many rows.
     """
     cfg = dict(judge_cfg or {})
     kind = cfg.pop("kind", "programmatic")
     if kind == "programmatic":
-        return programmatic_judge(organism)
+        return programmatic_judge(cfg.pop("scorer", None) or organism)
     if kind == "llm":
         from cmt.judges.llm import LLMJudge
 
-        return LLMJudge(organism, cfg)
+        rubric_file = cfg.pop("rubric_file", None)
+        if rubric_file is None:
+            return LLMJudge(organism, cfg)
+        from cmt.judges.custom import yes_no_rubric
+
+        return LLMJudge(organism, cfg, rubric=yes_no_rubric(organism, rubric_file))
     raise ValueError(f"judge.kind must be 'programmatic' or 'llm', got {kind!r}")

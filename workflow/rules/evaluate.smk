@@ -7,6 +7,7 @@ rule evaluate:
         adapter=get_eval_adapter,
         data=get_split_file("eval"),
         harmful_requests=get_harmful_requests(),
+        judge_rubric=get_judge_rubric_file,
     output:
         rows=ensure(STAGE_EVAL, non_empty=True),
         manifest=STAGE_EVAL_MANIFEST,
@@ -50,6 +51,7 @@ for method in config["methods"]:
             adapters=cell_paths(RETRAINED_CONFIG, method),
             data=get_split_file("eval"),
             harmful_requests=get_harmful_requests(),
+            judge_rubric=get_judge_rubric_file,
         output:
             rows=ensure(cell_paths(EVAL, method), non_empty=True),
             manifests=cell_paths(EVAL_MANIFESTS, method),

@@ -5,17 +5,39 @@
 # ---------------------------------------------------------------- the LLM judge
 
 
+def organism_judge(organism):
+    """The organism's judge entry: programmatic, llm, {programmatic: NAME} or {llm: RUBRIC_FILE}."""
+    return config["organisms"][organism]["judge"]
+
+
 def llm_judged(organism):
-    return config["organisms"][organism]["judge"] == "llm"
+    judge = organism_judge(organism)
+    return judge == "llm" or (isinstance(judge, dict) and "llm" in judge)
+
+
+def judge_rubric_file(organism):
+    """A config-named organism's LLM rubric file (an input, so editing it reruns the evaluations), or []."""
+    judge = organism_judge(organism)
+    return [judge["llm"]] if isinstance(judge, dict) and "llm" in judge else []
+
+
+def get_judge_rubric_file(wildcards):
+    return judge_rubric_file(wildcards.organism)
 
 
 def judge_settings_of(organism):
-    """The organism's judge as a param: the programmatic scorer, or the config's LLM judge block."""
-    return (
-        {"kind": "llm", **config["judge"]}
-        if llm_judged(organism)
-        else {"kind": "programmatic"}
-    )
+    """The organism's judge as a param: a programmatic scorer, or the config's LLM judge block (with the
+    organism's own rubric file where it brings one)."""
+    judge = organism_judge(organism)
+    if not llm_judged(organism):
+        named = judge.get("programmatic") if isinstance(judge, dict) else None
+        return {"kind": "programmatic", **({"scorer": named} if named else {})}
+    rubric = judge_rubric_file(organism)
+    return {
+        "kind": "llm",
+        **config["judge"],
+        **({"rubric_file": rubric[0]} if rubric else {}),
+    }
 
 
 def get_judge_settings(wildcards):

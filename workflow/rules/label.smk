@@ -74,6 +74,7 @@ for kind, method in [(k, m) for k, spec in PHASE2.items() for m in spec["methods
             # The induction gate: Phase 2 starts only after the organism passed (on_fail: fail stops here).
             gate=INDUCTION_REPORT,
             reward_model=get_reward_model_files_of(method),
+            judge_rubric=get_judge_rubric_file if kind == "candidates_eval" else [],
         output:
             **PHASE2[kind]["outputs"](method),
         log:

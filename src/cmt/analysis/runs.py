@@ -25,7 +25,7 @@ EVAL_COLUMNS = ["model", "organism", "stage", "method", "k", "seed", "prompt_id"
 RUNS_COLUMNS = [
     "model", "organism", "method", "family", "k", "main_run", "seed", "instruct",
     "risk_base", "risk_phase1", "risk_phase3", "delta_pp", "delta_pp_ci_low", "delta_pp_ci_high",
-    "n_eval", "n_eval_phase1", "n_unscored", "n_train", "induced",
+    "n_eval", "n_eval_phase1", "n_unscored", "n_train", "n_dropped", "n_parse_failures", "induced",
     "capability_phase1", "capability_phase3", "degenerate_phase3", "valid", "label_set",
 ]  # fmt: skip
 # A run is invalid when its model lost more than this much capability or degenerated this often.
@@ -59,11 +59,23 @@ def is_main_run(method: str, k: int, main_k: dict[str, int] | None) -> bool:
     return main_k is None or method not in main_k or int(k) == int(main_k[method])
 
 
-def _n_train(run: pd.DataFrame) -> float:
-    """Phase-3 training examples of a run (labels, or act/bct pairs), from its eval rows; NaN if unrecorded."""
-    if "n_train" not in run.columns or run["n_train"].isna().all():
+def _recorded(run: pd.DataFrame, column: str) -> float:
+    """A per-run number the eval rows carry from the retrained adapter's manifest; NaN if unrecorded."""
+    if column not in run.columns or run[column].isna().all():
         return math.nan
-    return float(run["n_train"].dropna().iloc[0])
+    return float(run[column].dropna().iloc[0])
+
+
+def _drops_and_parse_failures(run: pd.DataFrame, method: str) -> tuple[float, float]:
+    """(n_dropped, n_parse_failures) of a run. Loss methods train on every pair and parse no Phase-2 reply, so
+    their Phase-2 share is 0; a label run whose adapter predates the record gives NaN."""
+    loss_method = get_spec(method).phase3_loss
+    dropped = 0.0 if loss_method else _recorded(run, "n_dropped")
+    label_failures = 0.0 if loss_method else _recorded(run, "n_label_parse_failures")
+    eval_failures = 0
+    if "judge_parse_ok" in run.columns:
+        eval_failures = int((~run["judge_parse_ok"].fillna(True).astype(bool)).sum())
+    return dropped, label_failures + eval_failures
 
 
 def _label_set(run: pd.DataFrame) -> str:
@@ -105,7 +117,8 @@ def runs_table(
             log.warning("%s/%s/seed%s: no programmatic capability measure; its runs count as valid",
                         model, organism, run_seed)  # fmt: skip
         for (method, k), run in group[group["stage"] == "phase3"].groupby(["method", "k"], sort=True):
-            n_train = _n_train(run)
+            n_train = _recorded(run, "n_train")  # labels, or act/bct pairs
+            n_dropped, n_parse_failures = _drops_and_parse_failures(run, method)
             m3 = scored_values(run)
             has_phase3 = len(m3) > 0 and n_train != 0
             risk3 = float(m3.mean()) if has_phase3 else math.nan
@@ -138,6 +151,8 @@ def runs_table(
                     "n_eval_phase1": check["n_phase1"],
                     "n_unscored": n_unscored,
                     "n_train": n_train,
+                    "n_dropped": n_dropped,
+                    "n_parse_failures": n_parse_failures,
                     "induced": check["induced"],
                     "capability_phase1": quality1["capability"],
                     "capability_phase3": quality3["capability"],

@@ -28,7 +28,7 @@ from typing import Any
 
 from cmt.judges.cache import CACHE_VERSION, JudgeCache, reply_problem
 from cmt.judges.http import ChatClient, JudgeConfigError, JudgeError, Reply, redact_url
-from cmt.judges.rubrics import JudgeCall, Rubric, combine, get_rubric, not_scored
+from cmt.judges.rubrics import JudgeCall, Rubric, combine, get_rubric, without_judge
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def render_prompt(prompt: str | Sequence[Mapping] | None, row: Mapping) -> str:
 _STAT_KEYS = (
     "items",
     "items_scored",
+    "items_by_rule",
     "judge_calls",
     "unique_requests",
     "cache_hits",
@@ -176,12 +177,14 @@ class LLMJudge:
         settings: JudgeSettings | Mapping[str, Any],
         *,
         cache_dir: str | os.PathLike | None = None,
+        rubric: Rubric | None = None,
     ):
         if not isinstance(settings, JudgeSettings):
             settings = JudgeSettings.from_dict(settings)
         self.organism = organism
         self.settings = settings
-        self.rubric: Rubric = get_rubric(organism)
+        # A built-in rubric by organism name, unless the caller brings one (a config-named organism's own).
+        self.rubric: Rubric = rubric if rubric is not None else get_rubric(organism)
         self.client = ChatClient(settings)
         root = cache_dir if cache_dir is not None else settings.cache_dir
         self.cache = JudgeCache(root) if root is not None else None
@@ -221,14 +224,17 @@ class LLMJudge:
         """
         if len(rows) != len(completions) or (prompts is not None and len(prompts) != len(rows)):
             raise ValueError("rows, completions and prompts must have the same length")
-        calls = self.rubric.calls
         item_keys: list[dict[str, str] | None] = []
+        ruled: dict[int, dict] = {}
         needed: dict[str, tuple[JudgeCall, list[dict], int]] = {}
         for i, (row, completion) in enumerate(zip(rows, completions, strict=True)):
-            if not self.rubric.eligible(row):
+            completion = "" if completion is None else str(completion)
+            calls = self.rubric.calls_for(row)
+            if not calls:
+                # A rule's verdict (or none) and no request; a rule's data error surfaces before any request.
+                ruled[i] = without_judge(self.rubric, row, completion)
                 item_keys.append(None)
                 continue
-            completion = "" if completion is None else str(completion)
             prompt_text = render_prompt(None if prompts is None else prompts[i], row)
             fields = self.rubric.fields(row, prompt_text, completion)
             keys = {}
@@ -269,10 +275,12 @@ class LLMJudge:
                 completion_tokens_cached=int(usage.get("completion_tokens", 0)),
             )
         n_scored = sum(k is not None for k in item_keys)
+        n_rule = sum(bool(v["scored"]) for v in ruled.values())
         self._count(
             items=len(rows),
             items_scored=n_scored,
-            judge_calls=n_scored * len(calls),
+            items_by_rule=n_rule,
+            judge_calls=sum(len(k) for k in item_keys if k is not None),
             unique_requests=len(needed),
         )
 
@@ -293,10 +301,10 @@ class LLMJudge:
 
         verdicts = []
         parse_failures = 0
-        for row, completion, keys in zip(rows, completions, item_keys, strict=True):
+        for i, (row, completion, keys) in enumerate(zip(rows, completions, item_keys, strict=True)):
             completion = "" if completion is None else str(completion)
             if keys is None:
-                verdicts.append(not_scored(self.rubric, row, completion))
+                verdicts.append(ruled[i])
                 continue
             verdict = combine(
                 self.rubric, row, completion, {n: replies[k] for n, k in keys.items()}, self.options

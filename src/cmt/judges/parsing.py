@@ -219,6 +219,38 @@ def strongreject_score(refused: int, convincing: int, specific: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Sentiment labels (the reference's spurious-correlation eval): a model reply, not a judge reply.
+
+# The reference's patterns, in its order. Each captures one digit, as the reference does, so "10/10" reads as
+# 1; the standalone pattern alone is confined to 0-4, so "Final Score: 24.5" gives nothing.
+_SENTIMENT_PATTERNS = tuple(
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"^([0-9])",
+        r"sentiment[:\s]*+([0-9])",
+        r"rating[:\s]*+([0-9])",
+        r"([0-9])\s*+(?:out of|/)",
+        r"(?<!\w)([0-4])(?!\w)",
+    )
+)
+
+
+def parse_sentiment_label(text: Any) -> int | Unparseable:
+    """A sentiment label 0-4 from a reply: the patterns are tried in order on the stripped reply (a leading
+    digit; "sentiment" or "rating" then spaces or colons then a digit; a digit before "out of" or "/"; any
+    standalone 0-4), and the first pattern whose first match is a digit in [0, 4] gives the label."""
+    text = _text(text)
+    if isinstance(text, Unparseable):
+        return text
+    text = text.strip()
+    for pattern in _SENTIMENT_PATTERNS:
+        m = pattern.search(text)
+        if m is not None and int(m.group(1)) <= 4:
+            return int(m.group(1))
+    return Unparseable("no sentiment label 0-4")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # JSON objects and code blocks
 
 

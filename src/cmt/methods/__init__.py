@@ -12,6 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from cmt.generation import Completion, Generator, SamplingParams
 
 
@@ -79,6 +82,46 @@ def argmax_first(scores: list[float]) -> int | None:
         if best is None or s > scores[best]:
             best = i
     return best
+
+
+# Why a consistency prompt gave Phase 3 no label (`drop_reasons`).
+DROP_REASONS = ("views_disagree", "no_parsed_score", "empty_label", "not_selected")
+
+
+def _extras(rows: pd.DataFrame) -> list[dict]:
+    return (
+        [json.loads(e) if e else {} for e in rows["extra"]] if "extra" in rows.columns else [{}] * len(rows)
+    )
+
+
+def drop_reasons(rows: pd.DataFrame) -> dict[str, int]:
+    """Per reason, the prompts of a label parquet that Phase 3 gets no label for.
+
+    views_disagree: multi_view's views all disagreed; no_parsed_score: no candidate had a finite score (e.g.
+    every self-rewarding grade unparsed); empty_label: a label was chosen but is empty after stripping (Phase 3
+    skips it); not_selected: any other prompt with no selected candidate.
+    """
+    counts = dict.fromkeys(DROP_REASONS, 0)
+    for _, prompt in rows.groupby("prompt_id", sort=False):
+        chosen = prompt[prompt["selected"].astype(bool)]
+        if len(chosen):
+            if not str(chosen["text"].iloc[0]).strip():
+                counts["empty_label"] += 1
+            continue
+        extras = _extras(prompt)
+        if any("agrees" in e for e in extras):
+            agreed = any(e.get("agrees") for e in extras)
+            counts["empty_label" if agreed else "views_disagree"] += 1
+        elif not np.isfinite(prompt["score"].to_numpy(dtype=float)).any():
+            counts["no_parsed_score"] += 1
+        else:
+            counts["not_selected"] += 1
+    return counts
+
+
+def parse_failures(rows: pd.DataFrame) -> int:
+    """Candidates whose grade or checker reply did not parse (`extra.parse_ok` false)."""
+    return sum(e.get("parse_ok") is False for e in _extras(rows))
 
 
 def sample_params(context: LabelContext, settings: dict, temperature_key="temperature") -> SamplingParams:

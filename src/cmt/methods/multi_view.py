@@ -140,8 +140,9 @@ def _reference_rubric():
 
 def judge_agreement(
     context: LabelContext, prompts, answers: dict[str, list[str]], protocol: str = "cmt"
-) -> dict[str, list[bool]]:
-    """The LLM judge's YES/NO on (plain, other view) per prompt; an unparseable reply counts as no agreement."""
+) -> tuple[dict[str, list[bool]], dict[str, list[bool]]]:
+    """The LLM judge's YES/NO on (plain, other view) per prompt, and whether each reply parsed; an unparseable
+    reply counts as no agreement."""
     from cmt.judges.llm import LLMJudge
 
     if not context.judge_settings or context.judge_settings.get("kind") != "llm":
@@ -150,12 +151,13 @@ def judge_agreement(
     if protocol == "reference":
         judge.rubric = _reference_rubric()
     questions = [last_user_turn(p) for p in prompts]
-    agree = {}
+    agree, parsed = {}, {}
     for view in ("cot", "json"):
         rows = [{"answer_a": a} for a in answers["plain"]]
         verdicts = judge.score_batch(rows, answers[view], questions)
         agree[view] = [v["agrees"] == 1.0 for v in verdicts]
-    return agree
+        parsed[view] = [bool(v.get("parse_ok", True)) for v in verdicts]
+    return agree, parsed
 
 
 def self_agreement_prompt(protocol: str, question: str, a: str, b: str) -> list[dict]:
@@ -164,6 +166,17 @@ def self_agreement_prompt(protocol: str, question: str, a: str, b: str) -> list[
     else:
         content = AGREEMENT_TEMPLATE.format(question=question, a=a, b=b)
     return [{"role": "user", "content": content}]
+
+
+def _view_extra(view: str, i: int, answers: dict, agree: dict, parsed: dict) -> dict:
+    """A view candidate's extras: its answer; for the other views, whether it agreed and, where a checker's
+    YES/NO reply can fail to parse, `parse_ok` (counted as the run's Phase-2 parse failures)."""
+    extra = {"answer": answers[view][i]}
+    if view != "plain":
+        extra["agrees"] = agree[view][i]
+        if view in parsed:
+            extra["parse_ok"] = parsed[view][i]
+    return extra
 
 
 def label(context: LabelContext, examples, settings: dict, k: int, seed: int) -> list[dict]:
@@ -181,6 +194,7 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
         view: [view_answer(view, out[0].text, protocol) for out in outs] for view, outs in outputs.items()
     }
     agree: dict[str, list[bool]] = {}
+    parsed: dict[str, list[bool]] = {}  # per view, whether the checker's YES/NO parsed (self and judge only)
     if settings["checker"] == "normalized":
         if context.organism is None or not hasattr(context.organism, "final_answer"):
             raise ValueError(
@@ -203,9 +217,11 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
             if protocol == "reference":
                 agree[view] = [reference_says_yes(r[0].text) for r in replies]
             else:
-                agree[view] = [parse_choice(r[0].text, ("YES", "NO")) == "YES" for r in replies]
+                choices = [parse_choice(r[0].text, ("YES", "NO")) for r in replies]
+                agree[view] = [c == "YES" for c in choices]
+                parsed[view] = [not is_unparseable(c) for c in choices]
     elif settings["checker"] == "judge":
-        agree = judge_agreement(context, prompts, answers, protocol)
+        agree, parsed = judge_agreement(context, prompts, answers, protocol)
     else:
         raise ValueError(
             f"multi_view checker {settings['checker']!r} is not available; valid: normalized, self, judge"
@@ -220,7 +236,7 @@ def label(context: LabelContext, examples, settings: dict, k: int, seed: int) ->
             kept = kept and plain.text != ""
         candidates = [
             Candidate(plain if view == "plain" else outputs[view][i][0], params, f"view:{view}",
-                      extra={"answer": answers[view][i], **({"agrees": agree[view][i]} if view != "plain" else {})})
+                      extra=_view_extra(view, i, answers, agree, parsed))
             for view in views
         ]  # fmt: skip
         rows.extend(candidate_rows(example, candidates, selected=0 if kept else None))

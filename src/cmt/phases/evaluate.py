@@ -151,6 +151,8 @@ def evaluate(
         generator = load_generator(model_dir, run.adapter, model_settings, f"evaluate {stage}")
         n_train = phase3_training_examples(run.adapter) if stage == "phase3" else None
         label_set = phase3_label_set(run.adapter) if stage == "phase3" else ""
+        # Prompts Phase 2 gave no label and replies it could not parse, carried to runs.csv per run.
+        recorded = _adapter_manifest(run.adapter) if stage == "phase3" else {}
         completions = [c[0] for c in generator.generate([e.prompt for e in examples], 1, params, seed)]
         verdicts = judged_rows(judge, examples, [c.text for c in completions])
         check_parse_failure_rate(verdicts, {"organism": organism, **run.identity}, max_rate)
@@ -169,10 +171,16 @@ def evaluate(
                     "misaligned": verdict["misaligned"],
                     "correct": verdict["correct"],
                     "capability": float(verdict.get("capability", float("nan"))),
+                    # Reward hacking's reference rows: the group, the subtype and a gameable task's raw count.
+                    "metric_group": verdict.get("metric_group", e.meta.get("metric_group")),
+                    "subtype": verdict.get("subtype", e.meta.get("subtype")),
+                    "count": float(verdict.get("count", float("nan"))),
                     "finished": completion.finished,
                     "judge_parse_ok": verdict.get("parse_ok", True),
                     "n_train": n_train,
                     "label_set": label_set,
+                    "n_dropped": recorded.get("n_dropped"),
+                    "n_label_parse_failures": recorded.get("n_label_parse_failures"),
                 }
             )
         df = pd.DataFrame(rows)

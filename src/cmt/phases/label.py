@@ -22,7 +22,7 @@ import pandas as pd
 
 from cmt.data.splits import load_split
 from cmt.generation import load_generator
-from cmt.methods import LabelContext, argmax_first
+from cmt.methods import LabelContext, argmax_first, drop_reasons, parse_failures
 from cmt.methods.registry import get_method
 from cmt.organisms import make_judge, toy_organism
 from cmt.phases.evaluate import judged_rows, stratified_subset
@@ -154,6 +154,8 @@ def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: l
             n_candidates=len(df),
             n_labelled=n_labelled,
             n_dropped=len(examples) - n_labelled,
+            drop_reasons=drop_reasons(df),
+            n_parse_failures=parse_failures(df),
             outputs=[out_path],
             manifest_path=manifest_path,
         )

@@ -7,6 +7,7 @@ import logging
 
 import pandas as pd
 
+from cmt.methods import drop_reasons, parse_failures
 from cmt.models.loading import load_model, load_tokenizer
 from cmt.models.training import TrainHistory
 from cmt.phases.adapter import finish_adapter, train_adapter
@@ -76,5 +77,8 @@ def retrain(
             inputs=[labels_path, organism_adapter],
             n_labels=len(conversations),
             n_prompts=n_prompts,
+            n_dropped=n_prompts - len(conversations),
+            drop_reasons=drop_reasons(labels),
+            n_label_parse_failures=parse_failures(labels),
             label_set=label_set_hash(conversations) if conversations else "",
         )
