@@ -49,6 +49,7 @@ include: "workflow/rules/retrain.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/shift.smk"
+include: "workflow/rules/diagnose.smk"
 
 
 rule all:

@@ -42,3 +42,4 @@ EVAL_MANIFESTS = (
 )
 SHIFT_RECORDS = "results/shift/{model}/{organism}/seed{seed}/{method}/k{k}.json"
 FRAGILITY = "results/shift/{model}/{organism}/seed{seed}/fragility.json"
+DIAGNOSE_DIR = "results/diagnose/{model}/{organism}/seed{seed}"

