@@ -31,7 +31,8 @@ rule toy_data:
 
 # Between-workflow cache (`snakemake --cache` with SNAKEMAKE_OUTPUT_CACHE set): another clone or config with the
 # same toy data and settings restores the base instead of pretraining it (docs/benchmarks.md). Caching needs
-# every file of the model folder declared, hence the multiext.
+# every file of the model folder declared, hence the multiext, and no benchmark: pretrain_report.json records the
+# job's seconds instead (a cached result could not fill a benchmark file).
 rule pretrain_base:
     input:
         corpus="results/data/toy/corpus.jsonl",
@@ -49,8 +50,6 @@ rule pretrain_base:
         ),
     log:
         "logs/pretrain_base/{model}.log",
-    benchmark:
-        "results/benchmarks/pretrain_base/{model}.tsv"
     cache: "omit-software"
     conda:
         "../envs/train.yml"
