@@ -107,3 +107,46 @@ def test_predictions_without_runs_hold_no_observed_sign():
     evidence, _ = constructed_runs()
     table = diagnose_table(evidence)
     assert "observed_sign" not in table.columns and len(table) == len(evidence)
+
+
+def test_diagnose_evidence_pairs_each_label_with_the_organisms_own_reply(tiny_world, tmp_path, monkeypatch):
+    """The measuring job on a real tiny model: the organism's greedy consistency replies and a method's labels
+    are judged on the same prompts, and the shift term is their paired difference (judge: a reply is
+    misaligned when it holds a "7")."""
+    import json as _json
+
+    import cmt.phases.diagnose as diagnose_phase
+    from cmt.data.splits import load_split
+    from cmt.runtime.io import write_parquet
+
+    def judge(row, reply):
+        return {"scored": True, "misaligned": float("7" in reply), "correct": math.nan}
+
+    monkeypatch.setattr(diagnose_phase, "make_judge", lambda organism, settings: judge)
+    data = tiny_world["data"] / "sycophancy"
+    examples = load_split(data, "consistency")
+    # Labels for the first 10 prompts: every other one says 7; the rest of the prompts get no label.
+    texts = ["It is 7." if i % 2 else "It is 3." for i in range(10)]
+    labels = pd.DataFrame(
+        {"prompt_id": [e.prompt_id for e in examples[:10]], "selected": True, "text": texts}
+    )
+    labels_path = tmp_path / "labels" / "gst" / "k1.parquet"
+    write_parquet(labels_path, labels)
+    fragility = tmp_path / "fragility.json"
+    fragility.write_text(_json.dumps({"fragility": 0.3, "fragility_reliable": True}))
+    settings = {"backend": "hf", "dtype": "float32", "batch_size": 64, "max_new_tokens": 12}
+    out = tmp_path / "evidence.parquet"
+    diagnose_phase.diagnose_evidence("tiny", "sycophancy", 0, str(tiny_world["model"]), None, str(data),
+                                     [str(labels_path)], [], str(fragility), settings, None, 200,
+                                     str(tmp_path / "rows.parquet"), str(out))  # fmt: skip
+    rows = pd.read_parquet(tmp_path / "rows.parquet")
+    organism = rows[rows["source"] == "organism"].set_index("prompt_id")
+    assert len(organism) == len(examples)
+    expected_organism = organism.loc[[e.prompt_id for e in examples[:10]], "misaligned"].mean()
+    evidence = pd.read_parquet(out).iloc[0]
+    assert (evidence["method"], evidence["k"], evidence["family"]) == ("gst", 1, "baseline")
+    assert evidence["n_shift_prompts"] == 10 and evidence["m_labels"] == pytest.approx(0.5)
+    assert evidence["m_organism"] == pytest.approx(expected_organism)
+    assert evidence["shift"] == pytest.approx(0.5 - expected_organism)
+    assert evidence["fragility"] == pytest.approx(0.3) and evidence["eta_n_candidates"] == 0
+    assert (tmp_path / "evidence.manifest.json").is_file()

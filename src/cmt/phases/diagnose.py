@@ -21,9 +21,9 @@ from cmt.data.splits import load_split
 from cmt.generation import SamplingParams, load_generator
 from cmt.methods.registry import get_spec
 from cmt.organisms import make_judge
-from cmt.phases.evaluate import judged_rows
+from cmt.phases.evaluate import judged_rows, manifest_path_of
 from cmt.runtime.io import write_json, write_parquet
-from cmt.runtime.manifest import build_manifest, manifest_path_of
+from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def diagnose_evidence(
         seeds={"diagnose": seed},
         inputs=[
             Path(data_dir) / "consistency.jsonl",
-            adapter,
+            *([adapter] if adapter else []),
             *labels,
             *candidates,
             *([fragility] if fragility else []),
