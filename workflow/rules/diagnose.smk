@@ -8,28 +8,6 @@ localrules:
     diagnose_table,
 
 
-def diagnose_inputs(pattern, methods):
-    """An input function: `pattern` for every method of `methods` that runs on the organism, at each k."""
-
-    def inner(wildcards):
-        return [
-            pattern.format(**wildcards, method=method, k=k)
-            for method in methods
-            if runs_on(method, wildcards.organism)
-            for k in method_ks(method)
-        ]
-
-    return inner
-
-
-def get_diagnose_fragility(wildcards):
-    return [FRAGILITY.format(**wildcards)] if shift_enabled() else []
-
-
-def get_diagnose_evidence(wildcards=None):
-    return cells(f"{DIAGNOSE_DIR}/evidence.parquet", LABEL_METHODS)
-
-
 rule diagnose:
     input:
         code=SRC / "phases" / "diagnose.py",

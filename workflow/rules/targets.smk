@@ -171,3 +171,28 @@ def get_final_outputs():
     if harmful_enabled():
         outputs.append("results/tables/harmful.csv")
     return outputs
+
+
+# ---------------------------------------------------------------- diagnose
+
+
+def diagnose_inputs(pattern, methods):
+    """An input function: `pattern` for every method of `methods` that runs on the organism, at each k."""
+
+    def inner(wildcards):
+        return [
+            pattern.format(**wildcards, method=method, k=k)
+            for method in methods
+            if runs_on(method, wildcards.organism)
+            for k in method_ks(method)
+        ]
+
+    return inner
+
+
+def get_diagnose_fragility(wildcards):
+    return [FRAGILITY.format(**wildcards)] if shift_enabled() else []
+
+
+def get_diagnose_evidence(wildcards=None):
+    return cells(f"{DIAGNOSE_DIR}/evidence.parquet", LABEL_METHODS)
