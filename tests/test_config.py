@@ -171,7 +171,11 @@ def test_an_llm_judged_organism_needs_its_key_only_in_the_jobs_that_call_the_jud
     assert proc.returncode == 0, output[-3000:]
     commands = re.findall(r"^Shell command: (.*)$", output, re.M)
     guarded = [c for c in commands if "CMT_TEST_JUDGE_KEY:?" in c]
-    assert guarded and all(c.split('}"; ', 1)[1].startswith("cmt evaluate") for c in guarded)
+    # The evaluations and diagnose (which judges the organism's consistency replies and labels) call the judge.
+    assert guarded and all(
+        c.split('}"; ', 1)[1].startswith(("cmt evaluate", "cmt diagnose")) for c in guarded
+    )
+    assert any(c.split('}"; ', 1)[1].startswith("cmt diagnose") for c in guarded)
     assert all("--organism sycophancy" in c for c in guarded)  # the LLM-judged organism's evaluations only
     assert any("cmt evaluate" in c and "--organism reward_hacking" in c for c in commands)
     assert '"api_key_env":"CMT_TEST_JUDGE_KEY"' in output  # the judge block reaches the job, its name only
