@@ -274,7 +274,9 @@ def eta_figure(bins: pd.DataFrame, transform: str, summary: pd.DataFrame | None 
         if reasons and (fitted or drawn - set(unfit)):  # some k fitted: the others are named in the title
             title += "\nno slope: " + "; ".join(reasons)
         elif reasons:
-            ax.text(0.5, 0.5, "no slope can be fitted:\n" + "\n".join(reasons), transform=ax.transAxes,
+            separated = any("separates M" in r for r in reasons)
+            header = "no ML slope (slope_firth: eta_summary.csv):" if separated else "no slope can be fitted:"
+            ax.text(0.5, 0.5, header + "\n" + "\n".join(reasons), transform=ax.transAxes,
                     ha="center", va="center", fontsize="x-small", gid="eta_reason",
                     bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.6"})  # fmt: skip
         ax.set_title(title, fontsize="small")
