@@ -184,6 +184,17 @@ def holm_adjust(pvalues) -> np.ndarray:
     return adjusted
 
 
+def _unestimable(m: np.ndarray, s: np.ndarray) -> str:
+    """Why no slope of M on the score can be estimated from these rows ('' when one can)."""
+    if len(m) == 0:
+        return "no rows with both M and a score"
+    if np.all(m == m[0]):
+        return f"M is constant (all {int(m[0])}): no slope is estimable"
+    if np.all(s == s[0]):
+        return "score is constant: no slope is estimable"
+    return ""
+
+
 def logistic_slope_test(misaligned, score, groups) -> dict:
     """Monotonicity of P(M=1 | score): logistic GEE slope of M on the standardised score, prompt clusters.
 
@@ -204,13 +215,8 @@ def logistic_slope_test(misaligned, score, groups) -> dict:
     m, s, g = m[keep], s[keep], g[keep].to_numpy()
     result = {"slope": math.nan, "se": math.nan, "p": math.nan, "n": len(m),
               "n_groups": len(set(g)), "reason": ""}  # fmt: skip
-    if len(m) == 0:
-        result["reason"] = "no rows with both M and a score"
-    elif np.all(m == m[0]):
-        result["reason"] = f"M is constant (all {int(m[0])}): no slope is estimable"
-    elif np.all(s == s[0]):
-        result["reason"] = "score is constant: no slope is estimable"
-    elif result["n_groups"] < 2:
+    result["reason"] = _unestimable(m, s)
+    if not result["reason"] and result["n_groups"] < 2:
         result["reason"] = "fewer than 2 prompt clusters: the robust covariance is undefined"
     if result["reason"]:
         return result
@@ -362,12 +368,7 @@ def firth_slope_test(misaligned, score, alpha: float = 0.05) -> dict:
     m, s = m[keep], s[keep]
     result = {"slope": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": len(m),
               "reason": ""}  # fmt: skip
-    if len(m) == 0:
-        result["reason"] = "no rows with both M and a score"
-    elif np.all(m == m[0]):
-        result["reason"] = f"M is constant (all {int(m[0])}): no slope is estimable"
-    elif np.all(s == s[0]):
-        result["reason"] = "score is constant: no slope is estimable"
+    result["reason"] = _unestimable(m, s)
     if result["reason"]:
         return result
     x = np.column_stack([np.ones(len(s)), (s - s.mean()) / s.std()])
