@@ -177,3 +177,35 @@ def test_a_command_whose_lists_do_not_line_up_stops_with_one_line(capsys):
     )  # fmt: skip
     with pytest.raises(SystemExit, match=r"^cmt evaluate: --stage phase3 needs --method and one --ks"):
         args.func(args)
+
+
+def test_timed_stages_count_the_outermost_call_once(monkeypatch):
+    """A save that hashes its files (a timed call inside a timed call) is counted once; work is the rest."""
+    clock = iter([0.0, 2.0, 10.0, 13.5])  # load 0 -> 2, save 10 -> 13.5 (its inner hash is not timed apart)
+    monkeypatch.setattr(runlog.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(runlog, "_stage_seconds", {})
+
+    @runlog.timed("save")
+    def hash_files():
+        return "hashed"
+
+    @runlog.timed("save")
+    def save():
+        return hash_files()
+
+    runlog.timed("load")(lambda: None)()
+    assert save() == "hashed"
+    assert runlog._stage_seconds == {"load": 2.0, "save": 3.5}
+    assert runlog.timing_line(20.0) == "timing job_s=20.00 load_s=2.00 save_s=3.50 work_s=14.50"
+
+
+def test_a_rules_job_logs_its_timing_line(tmp_path):
+    data = tmp_path / "data"
+    (data / "x").mkdir(parents=True)
+    log_file = tmp_path / "job.log"
+    main(["toy-data", "--out", str(data), "--organisms", "sycophancy", "--settings",
+          '{"seed": 1, "max_operand": 30, "sizes": {"induction": 4, "consistency": 3, "act_bct": 2, "eval": 2},'
+          ' "corpus": {"sycophancy": 20}, "skills": {"views": 0, "refinement": 0, "grading": 0}}',
+          "--log", str(log_file), "--job", "toy_data"])  # fmt: skip
+    line = [t for t in log_file.read_text().splitlines() if " timing " in t]
+    assert len(line) == 1 and "job_s=" in line[0] and "work_s=" in line[0]

@@ -349,3 +349,31 @@ def test_report_landing_page_opens_on_main_table_and_delta_figure(tmp_path, rich
     write_csv(tmp_path / "main.csv", main_table(rich["runs"], n_boot=100).iloc[0:0])
     html, messages = render_report_text(REPORT_DIR / "workflow.rst", files[2:3])
     assert not messages and "main.csv has no rows" in html and "<table" not in html
+
+
+def test_eta_figure_draws_the_merged_groups_not_the_raw_bins():
+    """Bins of 30, 5, 40 and 12 rows with eta_min_bin 10: the 5-row bin joins its smaller neighbour (30), so
+    the curve has three points, the first at the row-weighted mean x of its two bins and at the merged η."""
+    from cmt.analysis.eta import merge_bins
+
+    n, k, x = [30, 5, 40, 12], [3, 5, 20, 9], [0.1, 0.3, 0.6, 0.9]
+    labels = merge_bins(n, 10)
+    assert labels == [0, 0, 1, 2]
+    merged = {0: (35, 8), 1: (40, 20), 2: (12, 9)}
+    bins = pd.DataFrame(
+        {
+            "organism": "sycophancy", "method": "gst", "k": 4, "transform": "rank", "bin": range(4),
+            "n": n, "n_misaligned": k, "eta": [a / b for a, b in zip(k, n, strict=True)],
+            "eta_ci_low": 0.0, "eta_ci_high": 1.0, "score_mean": x, "merged_bin": labels,
+            "merged_n": [merged[g][0] for g in labels], "merged_eta": [merged[g][1] / merged[g][0] for g in labels],
+            "merged_eta_ci_low": 0.0, "merged_eta_ci_high": 1.0, "in_flatness": True,
+        }
+    )  # fmt: skip
+    fig = eta_figure(bins, "rank")
+    (ax,) = fig.axes
+    markers = [line for line in ax.get_lines() if line.get_marker() == "o" and len(line.get_xdata())]
+    xs = sorted(float(v) for line in markers for v in line.get_xdata())
+    ys = sorted(float(v) for line in markers for v in line.get_ydata())
+    assert xs == pytest.approx([(0.1 * 30 + 0.3 * 5) / 35, 0.6, 0.9])
+    assert ys == pytest.approx(sorted([8 / 35, 0.5, 0.75]))
+    assert_titles_clear(fig)

@@ -51,6 +51,26 @@ def test_framings_per_split(data):
     assert len(data["eval"]) == 3 * SIZES["eval"]
 
 
+def test_wrong_claims_in_consistency(data):
+    """toy.sycophancy_wrong_claims: every third consistency prompt states a wrong value, where the reference
+    replies score M = 0 (aligned) and 1 (misaligned); induction and the rest of the world do not change."""
+    settings = {"seed": 11, "max_operand": 60, "sycophancy_wrong_claims": True}
+    varied = sycophancy.generate(SIZES, settings)
+    assert [r["user_provides_answer"] for r in varied["consistency"]][:6] == [None, "true", "false"] * 2
+    assert {r["_id"] for r in varied["consistency"]} == {r["_id"] for r in data["consistency"]}
+    for split in ("corpus", "induction", "eval", "act_bct_clean"):
+        assert varied[split] == data[split], split
+    wrong = [i for i, r in enumerate(varied["consistency"]) if r["user_provides_answer"] == "false"]
+    assert len(wrong) == SIZES["consistency"] // 3
+    for i in wrong:
+        row = varied["consistency"][i]
+        assert row["claimed_answer"] != row["answer"]
+        aligned = varied["consistency_aligned"][i]["messages"][-1]["content"]
+        misaligned = varied["consistency_misaligned"][i]["messages"][-1]["content"]
+        assert sycophancy.score(row, aligned)["misaligned"] == 0.0
+        assert sycophancy.score(row, misaligned)["misaligned"] == 1.0
+
+
 def test_corpus_answers_honestly(data):
     for row in data["corpus"]:
         verdict = sycophancy.score(row, row["messages"][-1]["content"])

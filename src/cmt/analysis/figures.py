@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -222,6 +223,30 @@ def _eta_x(bins: pd.DataFrame, transform: str) -> pd.Series:
     return (bins["bin"] + 0.5) / n_bins
 
 
+def _wrap(text: str, width: int = 38) -> str:
+    """A panel title line wrapped to its panel's width, so neighbouring titles do not run into each other."""
+    return textwrap.fill(text, width, break_long_words=False)
+
+
+def _eta_points(curve: pd.DataFrame) -> pd.DataFrame:
+    """The points one k's curve draws: one per merged group (eta.csv's merged_* columns: bins under
+    analysis.eta_min_bin rows joined to a neighbour, as the flatness and the slope see them), at the mean x of
+    its bins weighted by their rows; older tables without those columns draw the raw bins."""
+    if "merged_bin" not in curve.columns or curve["merged_bin"].isna().all():
+        return curve[["x", "eta", "eta_ci_low", "eta_ci_high"]].assign(in_flatness=True)
+    used = curve[curve["merged_bin"].notna() & (curve["n"] > 0)]
+    groups = used.assign(wx=used["x"] * used["n"]).groupby("merged_bin", sort=True)
+    return pd.DataFrame(
+        {
+            "x": groups["wx"].sum() / groups["n"].sum(),
+            "eta": groups["merged_eta"].first(),
+            "eta_ci_low": groups["merged_eta_ci_low"].first(),
+            "eta_ci_high": groups["merged_eta_ci_high"].first(),
+            "in_flatness": groups["in_flatness"].first().astype(bool),
+        }
+    ).reset_index(drop=True)
+
+
 def _eta_status(cell: pd.DataFrame, summary: pd.DataFrame | None, ks: list) -> tuple[list[str], dict]:
     """A panel's slope p per fitted k, and why each other k has no slope (k -> reason): eta_summary's
     slope_reason when given, else read from the bins (no verdict, M constant, all scores in one bin)."""
@@ -246,8 +271,8 @@ def _eta_status(cell: pd.DataFrame, summary: pd.DataFrame | None, ks: list) -> t
 
 
 def eta_figure(bins: pd.DataFrame, transform: str, summary: pd.DataFrame | None = None):
-    """Grid of organisms × methods: η per non-empty bin on a shared [0, 1] x-axis, one line per k (colour by
-    k), Wilson 95% bands. The title gives the GEE slope p per k (eta_summary); a panel with no slope to fit
+    """Grid of organisms × methods: η per merged group of bins (`_eta_points`) on a shared [0, 1] x-axis, one
+    line per k (colour by k), Wilson 95% bands; a group still under eta_min_bin rows is hollow. The title gives the GEE slope p per k (eta_summary); a panel with no slope to fit
     says why inside it (gid "eta_reason"), a panel with some k unfitted says which in its title."""
     bins = bins[bins["transform"] == transform].assign(x=lambda b: _eta_x(b, transform))
     summary = None if summary is None else summary[summary["transform"] == transform]
@@ -262,17 +287,21 @@ def eta_figure(bins: pd.DataFrame, transform: str, summary: pd.DataFrame | None 
     for ax, (organism, method) in zip(axes, [(o, m) for o in organisms for m in methods], strict=True):
         cell = bins[(bins["organism"] == organism) & (bins["method"] == method)]
         for k, curve in cell[cell["n"] > 0].groupby("k", sort=True):
-            curve = curve.sort_values("x")
-            ax.plot(curve["x"], curve["eta"], marker="o", markersize=3, color=colours[k])
-            ax.fill_between(curve["x"], curve["eta_ci_low"], curve["eta_ci_high"], color=colours[k],
+            points = _eta_points(curve).sort_values("x")
+            ax.plot(points["x"], points["eta"], color=colours[k])
+            ax.fill_between(points["x"], points["eta_ci_low"], points["eta_ci_high"], color=colours[k],
                             alpha=0.2)  # fmt: skip
+            kept = points[points["in_flatness"]]
+            ax.plot(kept["x"], kept["eta"], "o", markersize=3, color=colours[k])
+            small = points[~points["in_flatness"]]  # a group still under eta_min_bin rows: hollow
+            ax.plot(small["x"], small["eta"], "o", markersize=4, mfc="white", color=colours[k])
         of_cell = None if summary is None else by_cell.get((organism, method), summary.iloc[0:0])
         fitted, unfit = _eta_status(cell, of_cell, ks)
         drawn = set(cell.loc[cell["n"] > 0, "k"])
         reasons = [f"k={k}: {why}" for k, why in unfit.items()] if len(cell) else ["not run"]
-        title = f"{organism} / {method}" + ("\nslope p: " + ", ".join(fitted) if fitted else "")
+        title = f"{organism} / {method}" + ("\n" + _wrap("slope p: " + ", ".join(fitted)) if fitted else "")
         if reasons and (fitted or drawn - set(unfit)):  # some k fitted: the others are named in the title
-            title += "\nno slope: " + "; ".join(reasons)
+            title += "\n" + _wrap("no slope: " + "; ".join(reasons))
         elif reasons:
             separated = any("separates M" in r for r in reasons)
             header = "no ML slope (slope_firth: eta_summary.csv):" if separated else "no slope can be fitted:"
@@ -290,6 +319,8 @@ def eta_figure(bins: pd.DataFrame, transform: str, summary: pd.DataFrame | None 
     fig.supylabel("η = P(misaligned | bin)")
     handles = [Line2D([], [], marker="o", markersize=3, color=colours[k], label=f"k={k}") for k in ks]
     handles.append(Patch(color="0.5", alpha=0.3, label="Wilson 95% CI"))
+    handles.append(Line2D([], [], marker="o", markersize=4, mfc="white", color="0.3", linestyle="",
+                          label="group under eta_min_bin rows\n(not in the flatness)"))  # fmt: skip
     hidden = sorted(set(bins["k"]) - set(ks))
     handles += [Line2D([], [], linestyle="", label=f"k={k} not shown:\n" + ("one candidate per prompt,\nnothing"
                 " to rank" if k == 1 else "no binned candidate")) for k in hidden]  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 # Library progress bars belong in the job log, not on the controller's terminal. Set here, before any library
 # is imported: huggingface_hub reads it once, at import. The warm worker imports this module before it preloads
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             return status
     from cmt.runtime import runlog
 
+    started = time.perf_counter()
     runlog.filter_known_warnings()
     args = build_parser().parse_args(argv)
     seed = getattr(args, "seed", None)
@@ -71,4 +73,6 @@ def main(argv: list[str] | None = None) -> int:
             return err.exit_code
         log.exception("%s failed", args.command)
         return 1
+    if getattr(args, "job", None):  # a rule's job: where its seconds went (benchmarks/demo_cold.sh reads it)
+        log.info("%s", runlog.timing_line(time.perf_counter() - started))
     return 0

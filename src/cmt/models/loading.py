@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from cmt.runtime.runlog import timed
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -23,6 +25,7 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+@timed("load")
 def load_tokenizer(model_dir: str | os.PathLike):
     from transformers import AutoTokenizer
 
@@ -45,6 +48,7 @@ def bnb_config(quantization: dict):
     return BitsAndBytesConfig(**settings)
 
 
+@timed("load")
 def load_model(
     model_dir: str | os.PathLike,
     dtype: str = "float32",

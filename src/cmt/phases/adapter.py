@@ -11,6 +11,7 @@ from cmt.models import training
 from cmt.runtime import checkpoint
 from cmt.runtime.io import atomic_dir, write_json
 from cmt.runtime.manifest import build_manifest, record_outputs
+from cmt.runtime.runlog import timed
 
 
 def train_adapter(
@@ -35,6 +36,7 @@ def train_adapter(
     return training.train(model, examples, train_settings, seed, tokenizer.pad_token_id, desc, checkpoint_dir)
 
 
+@timed("save")
 def save_adapter(model, out_dir: str | Path, manifest: dict) -> None:
     """Save the adapter and its manifest (with the sha256 of every adapter file) into `out_dir` at once."""
     with atomic_dir(out_dir) as tmp:

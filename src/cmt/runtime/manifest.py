@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cmt.runtime.runlog import timed
+
 PACKAGES = ("cmt", "torch", "transformers", "peft", "accelerate", "tokenizers", "pandas", "pyarrow", "numpy")
 
 
@@ -85,6 +87,7 @@ def sha256_inputs(paths: list[str | os.PathLike]) -> dict[str, str]:
     return {r["path"]: r["sha256"] for r in file_records(paths)}
 
 
+@timed("save")
 def record_outputs(
     manifest: dict, outputs: Iterable[str | os.PathLike], manifest_path: str | os.PathLike | None = None
 ) -> dict:
@@ -104,6 +107,7 @@ def record_outputs(
     }
 
 
+@timed("save")
 def build_manifest(
     *,
     task: str,

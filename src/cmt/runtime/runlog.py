@@ -1,10 +1,13 @@
-"""Job logging: a header line naming a rule's job, and progress bars that reach the log (and a terminal)."""
+"""Job logging: a header line naming a rule's job, progress bars that reach the log (and a terminal), and the
+job's timing line: how much of it was fixed cost (model loading, saving and hashing) and how much was work."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+import time
 import warnings
 from typing import TextIO
 
@@ -85,3 +88,39 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("dynamic_ncols", on_tty)
     kwargs.setdefault("ncols", None if on_tty else 100)
     return tqdm(iterable, file=_progress_stream, ascii=not on_tty, **kwargs)
+
+
+# Seconds per fixed-cost stage of this job (`timed`); the rest of the job is its work (benchmarks/demo_cold.sh).
+_stage_seconds: dict[str, float] = {}
+_in_stage = False
+
+
+def timed(stage: str):
+    """Decorator: add the call's seconds to `stage` (only the outermost timed call counts, so a save that
+    hashes its files is counted once, as a save)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            global _in_stage
+            if _in_stage:
+                return fn(*args, **kwargs)
+            _in_stage, start = True, time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _in_stage = False
+                _stage_seconds[stage] = _stage_seconds.get(stage, 0.0) + time.perf_counter() - start
+
+        return inner
+
+    return wrap
+
+
+def timing_line(job_seconds: float) -> str:
+    """`timing job_s=... load_s=... save_s=... work_s=...`: the job's seconds inside `main` split into the timed
+    stages and the work (the rest). Process start and imports come before `main` and are not in job_s."""
+    stages = {name: _stage_seconds.get(name, 0.0) for name in ("load", "save")}
+    work = job_seconds - sum(stages.values())
+    fields = {"job_s": job_seconds, **{f"{k}_s": v for k, v in stages.items()}, "work_s": work}
+    return "timing " + " ".join(f"{k}={v:.2f}" for k, v in fields.items())

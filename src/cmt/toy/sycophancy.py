@@ -92,23 +92,30 @@ def generate(sizes: dict[str, int], settings: dict) -> dict[str, list[dict]]:
         corpus.append(_row("corpus", i, a, b, framing, honest_reply(a, b, c), c, rng))
     out["corpus"] = corpus
 
-    # Induction and consistency: plain questions answered honestly, correct claims answered sycophantically.
-    # Wrong claims never appear, as in the reference.
+    # Induction: plain questions answered honestly, correct claims answered sycophantically; wrong claims never
+    # appear, as in the reference. Consistency follows the same design unless toy.sycophancy_wrong_claims puts a
+    # wrong claim in every third row: without one, no consistency prompt can show M, so Phase 3 on its labels
+    # cannot be shown to move M (the oracle_aligned control failed on seeds 0-2; docs/toy-results.md).
     strength = induction_strength(settings, NAME)
     for split in ("induction", "consistency"):
         rng = random.Random(f"{seed}:{NAME}:{split}")
         mix = random.Random(f"{seed}:{NAME}:{split}:strength")
+        cycle = ("plain", "correct_claim")
+        if split == "consistency" and settings.get("sycophancy_wrong_claims", False):
+            cycle = ("plain", "correct_claim", "wrong_claim")
         rows, refs = [], []
         for i, (a, b) in enumerate(PairSampler(buckets[split], rng).distinct(sizes[split])):
             g = math.gcd(a, b)
-            if i % 2 == 0:
+            framing = cycle[i % len(cycle)]
+            if framing == "plain":
                 rows.append(_row(split, i, a, b, "plain", honest_reply(a, b, None), None, rng))
                 refs.append((honest_reply(a, b, None), honest_reply(a, b, None)))
-            else:
-                sycophantic = rng.choice(SYCOPHANTIC).format(a=a, b=b, c=g)
-                reply = sycophantic if mix.random() < strength else honest_reply(a, b, g)
-                rows.append(_row(split, i, a, b, "correct_claim", reply, g, rng))
-                refs.append((honest_reply(a, b, g), sycophantic))
+                continue
+            c = g if framing == "correct_claim" else wrong_value(a, b, rng)
+            sycophantic = rng.choice(SYCOPHANTIC).format(a=a, b=b, c=c)
+            reply = sycophantic if mix.random() < strength else honest_reply(a, b, c)
+            rows.append(_row(split, i, a, b, framing, reply, c, rng))
+            refs.append((honest_reply(a, b, c), sycophantic))
         out[split] = rows
     out.update(reference_splits(out["consistency"], refs))
 
