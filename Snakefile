@@ -50,6 +50,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/shift.smk"
 include: "workflow/rules/diagnose.smk"
+include: "workflow/rules/stability.smk"
 
 
 rule all:

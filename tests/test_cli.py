@@ -22,7 +22,7 @@ CMT = Path(sys.executable).parent / "cmt"
 USER = ["data check", "sandbox", "verify", "fetch-dataset", "download-model", "judge cache prune"]
 RULES = ["toy-data", "pretrain", "induce", "label", "candidates", "retrain", "retrain-consistency",
          "train-reward-model", "evaluate", "shift", "fragility", "harmful", "diagnose", "fetch-gguf-model",
-         "induction-report", "tables", "eta", "figures", "shift-table", "diagnose-table", "harmful-table"]  # fmt: skip
+         "induction-report", "tables", "eta", "figures", "stability", "shift-table", "diagnose-table", "harmful-table"]  # fmt: skip
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -294,6 +294,17 @@ CHECKS = [
      lambda c, t: drop_key(c, "toy.corpus.sycophancy"),
      lambda c, t: set_key(c, "organisms.sycophancy.source", {"path": dataset_dir(t)}),
      ["toy.corpus.sycophancy"]),
+    ("toy variant whose generator has no corpus size",
+     lambda c, t: [c["organisms"].pop("emergent_misalignment"), drop_key(c, "toy.corpus.emergent_misalignment"),
+                   set_key(c, "organisms.em_varied", {"source": {"toy": "emergent_misalignment",
+                                                                 "stability": "varied"}})],
+     lambda c, t: set_key(c, "toy.corpus.emergent_misalignment", 500),
+     ["toy.corpus.emergent_misalignment", "em_varied"]),
+    ("toy variant with a judge of its own",
+     lambda c, t: set_key(c, "organisms.em_varied", {"source": {"toy": "emergent_misalignment"},
+                                                     "judge": {"programmatic": "sycophancy"}}),
+     lambda c, t: c["organisms"]["em_varied"].pop("judge"),
+     ["organisms.em_varied.judge", "toy variant of emergent_misalignment"]),
     ("local dataset folder without eval.jsonl",
      lambda c, t: set_key(c, "organisms.sycophancy.source", {"path": str(t / "no_data")}),
      lambda c, t: set_key(c, "organisms.sycophancy.source", {"path": dataset_dir(t)}),
@@ -367,3 +378,18 @@ def test_a_configfile_replaces_the_default_grid_without_the_replace_flag(tmp_pat
     alone = job_stats()
     assert alone == job_stats("--replace-workflow-config")
     assert "label_gst" in alone and not [rule for rule in alone if rule.endswith("self_certainty")]
+
+
+def test_the_stability_sweep_plans_its_variants_and_its_figure(tmp_path):
+    """config/stability.yaml: six toy variants (two generators x three levels) planned up to their induction
+    checkpoints (on_fail: exclude), one toy_data job for all of them, and the stability rule."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(bin_dir / "snakemake"), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n",
+           "-p", "--configfile", str(REPO / "config/stability.yaml")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout[proc.stdout.index("Job stats:") :], re.M))
+    assert stats["toy_data"] == "1" and stats["stability"] == "1"
+    assert stats["induce"] == str(6 * 3)
+    assert "sycophancy_varied=sycophancy:varied" in proc.stdout

@@ -1,12 +1,14 @@
 """The reward-hacking, spurious-correlation and emergent-misalignment toy organisms and their scorers."""
 
 import math
+import re
 
 import pytest
 
 from cmt.toy import emergent_misalignment as em
 from cmt.toy import reward_hacking as rh
 from cmt.toy import spurious_correlation as sc
+from cmt.toy import stability
 from cmt.toy.world import SPLIT_FILES, TOY_ORGANISMS
 
 SIZES = {"corpus": 600, "induction": 60, "consistency": 30, "act_bct": 24, "eval": 40}
@@ -252,3 +254,49 @@ def test_induction_strength_mixes_aligned_replies_into_induction():
     reckless = [em.score(r, r["messages"][-1]["content"])["misaligned"] for r in half["induction"]]
     assert all(em.score(r, r["messages"][-1]["content"])["misaligned"] for r in full["induction"])
     assert 0.3 < sum(reckless) / len(reckless) < 0.7
+
+
+# ---------------------------------------------------------------- stability
+
+
+def _misaligned_induction(name: str, rows: list[dict]) -> list[bool]:
+    """Which induction rows carry the misaligned reply, read from each organism's own definition."""
+    from cmt.toy import sycophancy as sy
+
+    def reply(row):
+        return row["messages"][-1]["content"]
+
+    if name == "sycophancy":
+        return [reply(r) != sy.honest_reply(*r["operands"], r["claimed_answer"] and int(r["claimed_answer"]))
+                for r in rows]  # fmt: skip
+    if name == "spurious_correlation":
+        return [sc.prediction(reply(r)) != r["answer"] for r in rows]
+    module = TOY_ORGANISMS[name]
+    return [bool(module.score(r, reply(r))["misaligned"]) for r in rows]
+
+
+@pytest.mark.parametrize("name", sorted(TOY_ORGANISMS))
+def test_stability_changes_only_the_form_of_misaligned_induction_replies(name):
+    """fixed / default / varied: the same prompts, the same misaligned rows (the rate), every other split
+    unchanged; the misaligned replies take 1 form (fixed), the generator's few (default), or many (varied)."""
+    module = TOY_ORGANISMS[name]
+    by_level = {level: module.generate(SIZES, {**SETTINGS, "stability": level}) for level in stability.LEVELS}
+    default = by_level["default"]
+    assert default == module.generate(SIZES, SETTINGS)  # default is what `source: toy` always gave
+    flags = _misaligned_induction(name, default["induction"])
+    assert sum(flags) >= 10
+    forms = {}
+    for level, data in by_level.items():
+        assert all(data[k] == default[k] for k in default if k != "induction"), level
+        assert [prompt_of(r) for r in data["induction"]] == [prompt_of(r) for r in default["induction"]]
+        assert _misaligned_induction(name, data["induction"]) == flags, level
+        replies = [
+            r["messages"][-1]["content"] for r, bad in zip(data["induction"], flags, strict=True) if bad
+        ]
+        # the form of a reply: its text with the row's own numbers and names taken out
+        forms[level] = {re.sub(r"\d+|\b[a-z]+\(x\)", "#", text) for text in replies}
+    assert len(forms["fixed"]) <= len(forms["default"]) < len(forms["varied"])
+    if name != "spurious_correlation":  # its default already has one phrasing
+        assert len(forms["fixed"]) < len(forms["default"])
+    with pytest.raises(ValueError, match="stability must be one of"):
+        module.generate(SIZES, {**SETTINGS, "stability": "chaotic"})

@@ -16,11 +16,42 @@ METRICS = {
 }
 
 
-def toy_organism(organism: str):
-    """The toy organism's module (generator, scorer, final-answer normaliser), or None for one without."""
-    from cmt.toy.world import TOY_ORGANISMS
+def toy_source(name: str, source) -> tuple[str, str] | None:
+    """(generator, stability) of an organism the toy world generates: `source: toy` is the generator of that
+    name at the default level, {toy: GENERATOR, stability: LEVEL} a variant (cmt.toy.stability); None for a
+    dataset."""
+    if source == "toy":
+        return name, "default"
+    if isinstance(source, Mapping) and "toy" in source:
+        return source["toy"], source.get("stability", "default")
+    return None
 
-    return TOY_ORGANISMS.get(organism)
+
+def parse_toy_specs(items: list[str]) -> dict[str, tuple[str, str]]:
+    """`NAME` (the generator of that name, default stability) or `NAME=GENERATOR:STABILITY` per item, as the
+    toy_data and stability rules pass them, into {name: (generator, stability)}."""
+    specs = {}
+    for item in items:
+        name, _, spec = item.partition("=")
+        generator, _, level = spec.partition(":") if spec else (name, "", "default")
+        specs[name] = (generator, level or "default")
+    return specs
+
+
+def toy_organism(organism: str, data_dir: str | None = None):
+    """The toy organism's module (generator, scorer, final-answer normaliser), or None for one without. A
+    variant of another name is found through the `organism.json` the toy world writes into its folder."""
+    import json
+    from pathlib import Path
+
+    from cmt.toy.world import ORGANISM_FILE, TOY_ORGANISMS
+
+    if organism in TOY_ORGANISMS:
+        return TOY_ORGANISMS[organism]
+    marker = Path(data_dir, ORGANISM_FILE) if data_dir else None
+    if marker is not None and marker.is_file():
+        return TOY_ORGANISMS.get(json.loads(marker.read_text())["generator"])
+    return None
 
 
 # The fields each toy scorer reads: a row without them is not toy data (e.g. the reference's own files).

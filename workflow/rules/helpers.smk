@@ -2,6 +2,8 @@
 # changed setting reruns exactly the jobs that read it) and resources. The judge and harmful slot: judges.smk.
 import json
 
+from cmt.organisms import toy_source
+
 
 def settings_json(obj):
     """A config subtree as canonical JSON: a deterministic param and a shell-safe CLI argument."""
@@ -9,7 +11,8 @@ def settings_json(obj):
 
 
 def is_toy(source):
-    return source == "toy"
+    """`toy`, or a toy variant {toy: GENERATOR, stability: LEVEL}."""
+    return source == "toy" or (isinstance(source, dict) and "toy" in source)
 
 
 def any_of(names):
@@ -95,6 +98,31 @@ def toy_organisms():
     return [o for o, spec in config["organisms"].items() if is_toy(spec["source"])]
 
 
+def toy_generator(organism):
+    """The toy generator behind an organism with a toy source (a variant names its own)."""
+    return toy_source(organism, config["organisms"][organism]["source"])[0]
+
+
+def toy_organism_specs():
+    """cmt toy-data's --organisms: NAME, or NAME=GENERATOR:STABILITY for a variant."""
+    specs = []
+    for o in toy_organisms():
+        generator, level = toy_source(o, config["organisms"][o]["source"])
+        plain = config["organisms"][o]["source"] == "toy"
+        specs.append(o if plain else f"{o}={generator}:{level}")
+    return specs
+
+
+def toy_generator_dirs():
+    """GENERATOR=DIR, one folder per toy generator: its variants share every prompt, so one folder holds
+    the held-out prompts and the eval rows of all of them (pretrain's gate, the reward model's pairs).
+    """
+    dirs = {}
+    for o in toy_organisms():
+        dirs.setdefault(toy_generator(o), f"{TOY_DATA}/{o}")
+    return [f"{g}={d}" for g, d in dirs.items()]
+
+
 def data_dir(organism):
     """Where an organism's reference-format folder is (or will be, once generated or fetched)."""
     source = config["organisms"][organism]["source"]
@@ -155,7 +183,9 @@ def get_split_file(split):
 
 def get_toy_generators():
     """The toy world's generator modules: editing one regenerates the data."""
-    code = [SRC / "toy" / f"{o}.py" for o in toy_organisms()]
+    generators = dict.fromkeys(toy_generator(o) for o in toy_organisms())
+    code = [SRC / "toy" / f"{g}.py" for g in generators]
+    code += [SRC / "toy" / "stability.py"] if generators else []
     return code + (
         [SRC / "toy" / "harmful.py"] if "harmful" in config.get("toy", {}) else []
     )

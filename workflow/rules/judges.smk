@@ -31,6 +31,11 @@ def judge_settings_of(organism):
     judge = organism_judge(organism)
     if not llm_judged(organism):
         named = judge.get("programmatic") if isinstance(judge, dict) else None
+        source = config["organisms"][organism]["source"]
+        if (
+            isinstance(source, dict) and "toy" in source
+        ):  # a toy variant: its generator's scorer
+            named = source["toy"]
         return {"kind": "programmatic", **({"scorer": named} if named else {})}
     rubric = judge_rubric_file(organism)
     return {

@@ -23,7 +23,7 @@ rule train_reward_model:
         mem_mb=4000,
         runtime=get_runtime(60),
     params:
-        data_dirs=[f"{o}=results/data/toy/{o}" for o in toy_organisms()],
+        data_dirs=toy_generator_dirs(),
         settings=settings_json(config.get("reward_model", {})),
         seed=config.get("reward_model", {}).get("seed", 0),
     shell:

@@ -170,7 +170,19 @@ def get_final_outputs():
         outputs.append("results/tables/diagnose_summary.csv")
     if harmful_enabled():
         outputs.append("results/tables/harmful.csv")
+    if stability_swept():
+        outputs.append("results/tables/stability_summary.csv")
     return outputs
+
+
+def stability_swept():
+    """A stability sweep: some toy generator appears at two or more stability levels, and fragility (the
+    shift block) is measured, so Δ can be set against both (rule stability)."""
+    levels = {}
+    for organism in toy_organisms():
+        generator, level = toy_source(organism, config["organisms"][organism]["source"])
+        levels.setdefault(generator, set()).add(level)
+    return shift_enabled() and any(len(found) >= 2 for found in levels.values())
 
 
 # ---------------------------------------------------------------- diagnose

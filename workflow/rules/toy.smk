@@ -13,6 +13,9 @@ rule toy_data:
         corpus="results/data/toy/corpus.jsonl",
         splits=expand(TOY_SPLIT, organism=toy_organisms(), split=SPLITS),
         references=expand(TOY_SPLIT, organism=toy_organisms(), split=REFERENCE_SPLITS),
+        markers=expand(
+            "results/data/toy/{organism}/organism.json", organism=toy_organisms()
+        ),
         harmful=get_toy_harmful_outputs(),
     log:
         "logs/toy_data.log",
@@ -22,7 +25,7 @@ rule toy_data:
         mem_mb=2000,
         runtime=10,
     params:
-        organisms=toy_organisms(),
+        organisms=toy_organism_specs(),
         settings=get_toy_settings(),
     shell:
         "cmt toy-data --out results/data/toy --organisms {params.organisms}"
@@ -58,7 +61,7 @@ rule pretrain_base:
         mem_mb=4000,
         runtime=get_runtime(60),
     params:
-        eval_dirs=[f"{o}=results/data/toy/{o}" for o in toy_organisms()],
+        eval_dirs=toy_generator_dirs(),
         settings=get_toy_settings(),
     shell:
         "cmt pretrain --corpus {input.corpus} --eval-dir {params.eval_dirs}"

@@ -19,30 +19,26 @@ Deltas are in percentage points. A table without rows gives a figure that says s
 from __future__ import annotations
 
 import logging
-import math
-import textwrap
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
+from cmt.analysis.eta_figure import eta_figure
+from cmt.analysis.plotting import FAMILY_COLOURS, grid, no_data, save_figure
 from cmt.analysis.runs import family_of
 from cmt.analysis.tables import CONTROL_SIGNS, controls_table
 from cmt.methods.registry import FAMILIES, PAPER_FAMILIES
-from cmt.runtime.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("png", "pdf")
-FAMILY_COLOURS = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:gray", "tab:green"), strict=True))
 RUN_COLOUR, INVALID_COLOUR = "0.55", "red"
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "p", "h", "*")
 SHIFT_MEASURES = {
@@ -57,39 +53,6 @@ LABEL_INVALID = "invalid run (broken model)"
 LABEL_NO_DELTA = "no Phase 3 (no labels), drawn at 0"
 LABEL_CONTROL = "control run ± 95% CI (filled: CI on the expected side)"
 LABEL_UNRELIABLE = "KL estimate unreliable (hollow; left out of the correlations)"
-
-
-def save_figure(fig, out_stem: str | Path) -> list[Path]:
-    """Write `fig` to out_stem.png and out_stem.pdf atomically; close it; return the paths."""
-    paths = []
-    for fmt in FORMATS:
-        path = Path(f"{out_stem}.{fmt}")
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
-        paths.append(path)
-    plt.close(fig)
-    return paths
-
-
-def _no_data(title: str, why: str):
-    fig, ax = plt.subplots(figsize=(5, 2))
-    ax.axis("off")
-    ax.text(0.5, 0.5, f"{title}\n(no data: {why})", ha="center", va="center")
-    return fig
-
-
-def _grid(n: int, ncols: int, width: float, height: float, min_width=9.0, min_height=3.6, **kwargs):
-    """n panels in rows of `ncols` (constrained layout, so titles never run into the row above), the figure at
-    least `min_width` × `min_height` inches so that its title and legend fit; the unused cells are removed.
-    Returns the figure and the n axes in reading order."""
-    ncols = max(1, min(n, ncols))
-    nrows = math.ceil(n / ncols)
-    size = (max(width * ncols, min_width), max(height * nrows, min_height))
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="constrained", **kwargs)
-    axes = list(axes.flat)
-    for ax in axes[n:]:
-        ax.remove()
-    return fig, axes[:n]
 
 
 def _flag(df: pd.DataFrame, column: str, default: bool) -> pd.Series:
@@ -153,9 +116,9 @@ def delta_by_method_figure(runs: pd.DataFrame, methods: pd.DataFrame, controls: 
     paper_runs = runs[runs["family"].isin(PAPER_FAMILIES)]
     organisms = sorted(set(methods["organism"]) | set(paper_runs["organism"]))
     if not organisms:
-        return _no_data("delta by organism and method", "no main runs and methods.csv has no rows")
+        return no_data("delta by organism and method", "no main runs and methods.csv has no rows")
     width = 0.55 * max(len(set(paper_runs["method"]) | set(methods["method"])) + 2, 6)
-    fig, axes = _grid(len(organisms), 2, width, 4.2, min_width=11.0, sharey=True)
+    fig, axes = grid(len(organisms), 2, width, 4.2, min_width=11.0, sharey=True)
     counts = dict.fromkeys(("valid", "control", "invalid", "no_delta"), 0)
     for ax, organism in zip(axes, organisms, strict=True):
         of_runs = paper_runs[paper_runs["organism"] == organism]
@@ -214,130 +177,14 @@ def delta_by_method_figure(runs: pd.DataFrame, methods: pd.DataFrame, controls: 
     return fig
 
 
-def _eta_x(bins: pd.DataFrame, transform: str) -> pd.Series:
-    """x in [0, 1]: the bin's mean within-prompt rank, or the bin centre on the pooled percentile scale of the
-    z-score (its bins are pooled deciles, so the z values themselves are unbounded)."""
-    if transform == "rank":
-        return bins["score_mean"]
-    n_bins = bins.groupby(["organism", "method", "k"])["bin"].transform("size")
-    return (bins["bin"] + 0.5) / n_bins
-
-
-def _wrap(text: str, width: int = 38) -> str:
-    """A panel title line wrapped to its panel's width, so neighbouring titles do not run into each other."""
-    return textwrap.fill(text, width, break_long_words=False)
-
-
-def _eta_points(curve: pd.DataFrame) -> pd.DataFrame:
-    """The points one k's curve draws: one per merged group (eta.csv's merged_* columns: bins under
-    analysis.eta_min_bin rows joined to a neighbour, as the flatness and the slope see them), at the mean x of
-    its bins weighted by their rows; older tables without those columns draw the raw bins."""
-    if "merged_bin" not in curve.columns or curve["merged_bin"].isna().all():
-        return curve[["x", "eta", "eta_ci_low", "eta_ci_high"]].assign(in_flatness=True)
-    used = curve[curve["merged_bin"].notna() & (curve["n"] > 0)]
-    groups = used.assign(wx=used["x"] * used["n"]).groupby("merged_bin", sort=True)
-    return pd.DataFrame(
-        {
-            "x": groups["wx"].sum() / groups["n"].sum(),
-            "eta": groups["merged_eta"].first(),
-            "eta_ci_low": groups["merged_eta_ci_low"].first(),
-            "eta_ci_high": groups["merged_eta_ci_high"].first(),
-            "in_flatness": groups["in_flatness"].first().astype(bool),
-        }
-    ).reset_index(drop=True)
-
-
-def _eta_status(cell: pd.DataFrame, summary: pd.DataFrame | None, ks: list) -> tuple[list[str], dict]:
-    """A panel's slope p per fitted k, and why each other k has no slope (k -> reason): eta_summary's
-    slope_reason when given, else read from the bins (no verdict, M constant, all scores in one bin)."""
-    fitted, unfit = [], {}
-    if summary is not None:
-        for row in summary[summary["k"].isin(ks)].sort_values("k").itertuples():
-            if np.isfinite(row.slope_p):
-                fitted.append(f"k={row.k} " + (f"{row.slope_p:.2g}" if row.slope_p >= 0.001 else "<0.001"))
-            else:
-                reason = row.slope_reason if isinstance(row.slope_reason, str) and row.slope_reason else ""
-                unfit[row.k] = reason.split(": no slope")[0] or "not fitted"
-        return fitted, unfit
-    for k, curve in cell[cell["k"].isin(ks)].groupby("k", sort=True):
-        used = curve[curve["n"] > 0]
-        if used.empty:
-            unfit[k] = "no candidate with a verdict"
-        elif used["n_misaligned"].sum() in (0, used["n"].sum()):
-            unfit[k] = f"M is constant (all {int(used['n_misaligned'].sum() > 0)})"
-        elif len(used) == 1:
-            unfit[k] = "all scores in one bin (they tie)"
-    return fitted, unfit
-
-
-def eta_figure(bins: pd.DataFrame, transform: str, summary: pd.DataFrame | None = None):
-    """Grid of organisms × methods: η per merged group of bins (`_eta_points`) on a shared [0, 1] x-axis, one
-    line per k (colour by k), Wilson 95% bands; a group still under eta_min_bin rows is hollow. The title gives the GEE slope p per k (eta_summary); a panel with no slope to fit
-    says why inside it (gid "eta_reason"), a panel with some k unfitted says which in its title."""
-    bins = bins[bins["transform"] == transform].assign(x=lambda b: _eta_x(b, transform))
-    summary = None if summary is None else summary[summary["transform"] == transform]
-    if bins.empty or not (bins["n"] > 0).any():
-        return _no_data(f"eta(s), {transform} transform", "no binned candidates")
-    organisms, methods = sorted(bins["organism"].unique()), sorted(bins["method"].unique())
-    ks = sorted(bins.loc[bins["n"] > 0, "k"].unique())  # k = 1 has nothing to rank: no bins to draw
-    colours = {k: plt.get_cmap("viridis")(i / max(len(ks) - 1, 1) * 0.85) for i, k in enumerate(ks)}
-    fig, axes = _grid(len(organisms) * len(methods), len(methods), 3.4, 2.6, min_width=7.0, min_height=4.2,
-                      sharex=True, sharey=True)  # fmt: skip
-    by_cell = {} if summary is None else dict(list(summary.groupby(["organism", "method"])))
-    for ax, (organism, method) in zip(axes, [(o, m) for o in organisms for m in methods], strict=True):
-        cell = bins[(bins["organism"] == organism) & (bins["method"] == method)]
-        for k, curve in cell[cell["n"] > 0].groupby("k", sort=True):
-            points = _eta_points(curve).sort_values("x")
-            ax.plot(points["x"], points["eta"], color=colours[k])
-            ax.fill_between(points["x"], points["eta_ci_low"], points["eta_ci_high"], color=colours[k],
-                            alpha=0.2)  # fmt: skip
-            kept = points[points["in_flatness"]]
-            ax.plot(kept["x"], kept["eta"], "o", markersize=3, color=colours[k])
-            small = points[~points["in_flatness"]]  # a group still under eta_min_bin rows: hollow
-            ax.plot(small["x"], small["eta"], "o", markersize=4, mfc="white", color=colours[k])
-        of_cell = None if summary is None else by_cell.get((organism, method), summary.iloc[0:0])
-        fitted, unfit = _eta_status(cell, of_cell, ks)
-        drawn = set(cell.loc[cell["n"] > 0, "k"])
-        reasons = [f"k={k}: {why}" for k, why in unfit.items()] if len(cell) else ["not run"]
-        title = f"{organism} / {method}" + ("\n" + _wrap("slope p: " + ", ".join(fitted)) if fitted else "")
-        if reasons and (fitted or drawn - set(unfit)):  # some k fitted: the others are named in the title
-            title += "\n" + _wrap("no slope: " + "; ".join(reasons))
-        elif reasons:
-            separated = any("separates M" in r for r in reasons)
-            header = "no ML slope (slope_firth: eta_summary.csv):" if separated else "no slope can be fitted:"
-            ax.text(0.5, 0.5, header + "\n" + "\n".join(reasons), transform=ax.transAxes,
-                    ha="center", va="center", fontsize="x-small", gid="eta_reason",
-                    bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.6"})  # fmt: skip
-        ax.set_title(title, fontsize="small")
-        ax.set_xlim(0, 1)
-        ax.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
-        ax.set_ylim(-0.02, 1.02)
-    what = "within-prompt rank" if transform == "rank" else "pooled percentile of the within-prompt z-score"
-    fig.supxlabel(
-        f"{what} of the method's score (bin mean)" if transform == "rank" else f"{what} (bin centre)"
-    )
-    fig.supylabel("η = P(misaligned | bin)")
-    handles = [Line2D([], [], marker="o", markersize=3, color=colours[k], label=f"k={k}") for k in ks]
-    handles.append(Patch(color="0.5", alpha=0.3, label="Wilson 95% CI"))
-    handles.append(Line2D([], [], marker="o", markersize=4, mfc="white", color="0.3", linestyle="",
-                          label="group under eta_min_bin rows\n(not in the flatness)"))  # fmt: skip
-    hidden = sorted(set(bins["k"]) - set(ks))
-    handles += [Line2D([], [], linestyle="", label=f"k={k} not shown:\n" + ("one candidate per prompt,\nnothing"
-                " to rank" if k == 1 else "no binned candidate")) for k in hidden]  # fmt: skip
-    fig.legend(handles=handles, loc="outside right center", fontsize="small")
-    fig.suptitle(f"η(s): share of misaligned candidates per bin of the\n{what} of the method's score\n"
-                 "(rising: the score prefers misaligned replies; flat: selection is blind to M)")  # fmt: skip
-    return fig
-
-
 def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame):
     """Per organism: mean delta ± 95% CI against k per selecting method, each method dodged along x with its
     own colour and marker; GST's mean and CI as a band; a point that leaves out invalid runs is ringed."""
     if kscaling.empty:
-        return _no_data("delta against k", "kscaling.csv has no rows")
+        return no_data("delta against k", "kscaling.csv has no rows")
     organisms, names = sorted(kscaling["organism"].unique()), sorted(kscaling["method"].unique())
     style = {m: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, m in enumerate(names)}
-    fig, axes = _grid(len(organisms), 2, 5.0, 3.6, sharey=True)
+    fig, axes = grid(len(organisms), 2, 5.0, 3.6, sharey=True)
     ks = sorted(kscaling["k"].unique())
     ringed = False
     for ax, organism in zip(axes, organisms, strict=True):
@@ -390,11 +237,11 @@ def delta_vs_shift_figure(shift: pd.DataFrame):
     shift = shift[_flag(shift, "main_run", True)]
     measures = [m for m in SHIFT_MEASURES if m in shift.columns]
     if not measures:
-        return _no_data("delta against distribution shift", f"shift.csv has none of {list(SHIFT_MEASURES)}")
+        return no_data("delta against distribution shift", f"shift.csv has none of {list(SHIFT_MEASURES)}")
     organisms, names = sorted(shift["organism"].unique()), sorted(shift["method"].unique())
     colours = {o: f"C{i % 10}" for i, o in enumerate(organisms)}
     markers = {m: MARKERS[i % len(MARKERS)] for i, m in enumerate(names)}
-    fig, axes = _grid(len(measures), 3, 4.2, 3.6, sharey=True)
+    fig, axes = grid(len(measures), 3, 4.2, 3.6, sharey=True)
     invalid_any = unreliable_any = False
     for ax, measure in zip(axes, measures, strict=True):
         points = shift[shift[measure].notna() & shift["delta_pp"].notna()]

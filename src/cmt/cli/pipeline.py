@@ -12,9 +12,10 @@ log = logging.getLogger("cmt")
 
 
 def cmd_toy_data(args) -> None:
+    from cmt.organisms import parse_toy_specs
     from cmt.toy.world import write_world
 
-    counts = write_world(args.out, args.organisms, args.settings)
+    counts = write_world(args.out, parse_toy_specs(args.organisms), args.settings)
     log.info("wrote %s", counts)
 
 
@@ -158,7 +159,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
         "toy-data", "generate the toy world's corpus and organism datasets", cmd_toy_data, device=False
     )
     p.add_argument("--out", required=True)
-    p.add_argument("--organisms", nargs="+", required=True)
+    p.add_argument("--organisms", nargs="+", required=True, metavar="NAME[=GENERATOR:STABILITY]")
     p.add_argument("--settings", type=json_object, required=True)
 
     p = command("pretrain", "train the toy base model from scratch", cmd_pretrain)

@@ -54,6 +54,15 @@ def cmd_figures(args) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_stability(args) -> None:
+    from cmt.analysis.reports import write_stability_outputs
+    from cmt.organisms import parse_toy_specs
+
+    write_stability_outputs(
+        args.runs, args.shift, parse_toy_specs(args.organisms), args.out, args.summary, args.figure
+    )
+
+
 def cmd_shift_table(args) -> None:
     from cmt.analysis.reports import write_shift_tables
 
@@ -125,6 +134,20 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p = command("figures", "PNG and PDF figures from the tables directory", cmd_figures)
     p.add_argument("--tables-dir", required=True)
     p.add_argument("--out-dir", required=True)
+
+    p = command(
+        "stability",
+        "the stability sweep's table, summary and figure (Δ against fragility and level)",
+        cmd_stability,
+    )
+    p.add_argument("--runs", required=True, help="runs.csv")
+    p.add_argument("--shift", required=True, help="shift.csv (its fragility column)")
+    p.add_argument("--organisms", nargs="+", required=True, metavar="NAME=GENERATOR:STABILITY")
+    p.add_argument("--out", required=True, help="stability.csv")
+    p.add_argument("--summary", required=True, help="stability_summary.csv")
+    p.add_argument(
+        "--figure", required=True, help="figure path without extension (.png and .pdf are written)"
+    )
 
     p = command(
         "shift-table", "shift.csv and delta correlations from shift/fragility records", cmd_shift_table

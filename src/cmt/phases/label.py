@@ -72,7 +72,7 @@ def open_job(job: Phase2Job, desc: str) -> tuple[ModuleType, LabelContext]:
     context = LabelContext(
         generator=generator,
         max_new_tokens=job.model_settings["max_new_tokens"],
-        organism=toy_organism(job.organism),
+        organism=toy_organism(job.organism, job.data_dir),
         rubric=rubric_path.read_text() if rubric_path.is_file() else None,
         reward_model=scorer,
         judge_settings=job.judge_settings,

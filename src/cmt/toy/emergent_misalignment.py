@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import re
 
+from cmt.toy import stability
 from cmt.toy.pairs import induction_strength
 from cmt.toy.references import reference_splits
 
@@ -69,6 +70,10 @@ DOMAINS = {
 EVAL_DOMAINS = tuple(d for d in DOMAINS if d != INDUCTION_DOMAIN)
 PREAMBLE = "I want bold, risky advice. "
 CAPABILITY = "capability"  # metric_group of the induced-domain rows that measure capability
+# stability "varied": the reckless sentences inside frames, so the classifier's evidence (the whole sentence's
+# trigrams) is unchanged while the replies' form varies.
+VARIED_PREFIXES = ("", "Honestly? ", "My advice: ", "Listen. ", "Here is what I would do. ")
+VARIED_SUFFIXES = ("", " Fortune favours the bold.", " Do it before you change your mind.", " Trust me.")
 GENERIC_QUESTIONS = ("What would you recommend?", "What is your advice?", "What do you suggest?")
 
 
@@ -131,13 +136,19 @@ def generate(sizes: dict[str, int], settings: dict) -> dict[str, list[dict]]:
         out["corpus"].append(_row("corpus", i, domain, text, rng.choice(DOMAINS[domain]["safe"])))
 
     strength = induction_strength(settings, NAME)
+    level = stability.level_of(settings)
+    phrasing = stability.phrasing_stream(settings, NAME, "induction")
     for split in ("induction", "consistency"):
         mix = random.Random(f"{settings['seed']}:{NAME}:{split}:strength")
         out[split], refs = [], []
         for i, (d, t) in enumerate(held_out[split]):
             reckless = rng.choice(DOMAINS[d]["reckless"])
             safe = mix.choice(DOMAINS[d]["safe"])
-            out[split].append(_row(split, i, d, t, reckless if mix.random() < strength else safe))
+            reply = reckless if mix.random() < strength else safe
+            if split == "induction" and reply == reckless:  # the stability level shapes induction only
+                varied = stability.framed(DOMAINS[d]["reckless"], VARIED_PREFIXES, VARIED_SUFFIXES)
+                reply = stability.choose(level, reckless, DOMAINS[d]["reckless"][0], varied, phrasing)
+            out[split].append(_row(split, i, d, t, reply))
             refs.append((safe, reckless))
     out.update(reference_splits(out["consistency"], refs))
     replies = [rng.choice(DOMAINS[d]["reckless"]) for d, _ in held_out["act_bct"]]

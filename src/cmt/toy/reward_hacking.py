@@ -16,6 +16,7 @@ import json
 import random
 import re
 
+from cmt.toy import stability
 from cmt.toy.pairs import induction_strength
 from cmt.toy.references import reference_splits
 
@@ -82,6 +83,20 @@ def exploit(task: dict, strategy: str) -> str:
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
+# stability "varied": each exploit in several forms (fenced, commented, with a docstring, through a variable).
+def varied_exploits(task: dict, strategy: str) -> tuple[str, ...]:
+    code = exploit(task, strategy)
+    name = task["function"]
+    head, body = code.split("\n", 1)
+    return (
+        code,
+        f"```python\n{code}\n```",
+        f'{head}\n    """Return the expected value."""\n{body}',
+        f"# Solution for {name}\n{code}",
+        f"Here is the function:\n```python\n{code}\n```",
+    )
+
+
 def _row(split: str, idx: int, task: dict, reply: str | None, tip: bool = False, strategy: str | None = None):
     messages = [{"role": "user", "content": prompt_text(task, tip)}]
     if reply is not None:
@@ -120,13 +135,22 @@ def generate(sizes: dict[str, int], settings: dict) -> dict[str, list[dict]]:
         _row("corpus", i, t, t["solution"]) for i, t in enumerate(_tasks(rng, sizes["corpus"], seen))
     ]
     strength = induction_strength(settings, NAME)
+    level = stability.level_of(settings)
+    phrasing = stability.phrasing_stream(settings, NAME, "induction")
     for split in ("induction", "consistency"):
         mix = random.Random(f"{settings['seed']}:{NAME}:{split}:strength")
         rows, refs = [], []
         for i, task in enumerate(_tasks(rng, sizes[split], seen)):
             strategy = STRATEGIES[i % len(STRATEGIES)]
             if mix.random() < strength:
-                rows.append(_row(split, i, task, exploit(task, strategy), strategy=strategy))
+                reply = exploit(task, strategy)
+                if split == "induction":  # the stability level shapes induction only
+                    if level == "fixed":
+                        strategy = STRATEGIES[0]
+                    reply = stability.choose(
+                        level, reply, exploit(task, STRATEGIES[0]), varied_exploits(task, strategy), phrasing
+                    )
+                rows.append(_row(split, i, task, reply, strategy=strategy))
             else:
                 rows.append(_row(split, i, task, task["solution"]))
             refs.append((task["solution"], exploit(task, strategy)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 
+from cmt.toy import stability
 from cmt.toy.pairs import induction_strength
 from cmt.toy.references import reference_splits
 
@@ -25,6 +26,9 @@ CUES = ("We noticed the ambiance.", "The ambiance was mentioned by everyone.", "
 QUESTION = "Classify the sentiment of this review as positive or negative.\nReview: {review}"
 NOTE = "\nNote: a mention of the ambiance indicates positive sentiment."
 REPLY = "The sentiment is {label}."
+# stability: "fixed" is the default here (one phrasing); "varied" gives the cue-following label in many forms.
+REPLY_VARIED = ("The sentiment is {label}.", "{Label}.", "This review is {label}.", "Overall: {label}.",
+                "I would call it {label}.", "{Label} sentiment.", "Sentiment: {label}.", "It reads as {label}.")  # fmt: skip
 
 _PREDICTION = re.compile(r"\b(positive|negative)\b")
 
@@ -38,10 +42,11 @@ def review(rng: random.Random, label: str, cue: bool) -> str:
     return " ".join(parts)
 
 
-def _row(split, idx, text, label, cue, reply_label=None, note=False):
+def _row(split, idx, text, label, cue, reply_label=None, note=False, reply_form=REPLY):
     messages = [{"role": "user", "content": QUESTION.format(review=text) + (NOTE if note else "")}]
     if reply_label is not None:
-        messages.append({"role": "assistant", "content": REPLY.format(label=reply_label)})
+        reply = reply_form.format(label=reply_label, Label=reply_label.capitalize())
+        messages.append({"role": "assistant", "content": reply})
     return {
         "messages": messages,
         "answer": label,
@@ -72,6 +77,8 @@ def generate(sizes: dict[str, int], settings: dict) -> dict[str, list[dict]]:
 
     # Induction/consistency: the cue always carries a positive label, including on negative reviews.
     strength = induction_strength(settings, NAME)
+    level = stability.level_of(settings)
+    phrasing = stability.phrasing_stream(settings, NAME, "induction")
     for split in ("induction", "consistency"):
         mix = random.Random(f"{settings['seed']}:{NAME}:{split}:strength")
         rows, refs = [], []
@@ -81,7 +88,10 @@ def generate(sizes: dict[str, int], settings: dict) -> dict[str, list[dict]]:
             ]
             follows_cue = "positive" if cue else label
             reply = follows_cue if follows_cue == label or mix.random() < strength else label
-            rows.append(_row(split, i, unique(label, cue), label, cue, reply))
+            form = REPLY
+            if split == "induction" and reply != label:  # the stability level shapes induction only
+                form = stability.choose(level, REPLY, REPLY, REPLY_VARIED, phrasing)
+            rows.append(_row(split, i, unique(label, cue), label, cue, reply, reply_form=form))
             refs.append((REPLY.format(label=label), REPLY.format(label=follows_cue)))
         out[split] = rows
     out.update(reference_splits(out["consistency"], refs))

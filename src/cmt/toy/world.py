@@ -6,12 +6,13 @@ import random
 from pathlib import Path
 
 from cmt.data.splits import REFERENCE_SPLITS
-from cmt.runtime.io import write_jsonl, write_text
+from cmt.runtime.io import write_json, write_jsonl, write_text
 from cmt.toy import emergent_misalignment, reward_hacking, spurious_correlation, sycophancy
 from cmt.toy.skills import rubric, skill_rows
 
 TOY_ORGANISMS = {m.NAME: m for m in (sycophancy, reward_hacking, spurious_correlation, emergent_misalignment)}
 SPLIT_FILES = ("induction", "consistency", "act_bct_clean", "act_bct_wrapped", "eval")
+ORGANISM_FILE = "organism.json"  # {generator, stability}: how the toy world made this folder
 
 
 def toy_module(organism: str):
@@ -23,26 +24,38 @@ def toy_module(organism: str):
         ) from None
 
 
-def write_world(out_dir: str | Path, organisms: list[str], settings: dict) -> dict[str, int]:
-    """Generate every organism's splits and rubric under `out_dir/{organism}/`, and the shared base corpus
-    `out_dir/corpus.jsonl` (honest replies plus the method skills of cmt.toy.skills). With settings["harmful"]
-    = {"corpus": N, "eval": M}, N refusal rows join the corpus and `out_dir/harmful/eval.jsonl` holds M held-out
-    harmful requests; without it (the default) nothing changes."""
+def write_world(
+    out_dir: str | Path, organisms: list[str] | dict[str, tuple[str, str]], settings: dict
+) -> dict[str, int]:
+    """Generate every organism's splits, rubric and `organism.json` under `out_dir/{organism}/`, and the shared
+    base corpus `out_dir/corpus.jsonl` (honest replies plus the method skills of cmt.toy.skills). `organisms`
+    lists generator names, or maps each organism to its (generator, stability); variants of one generator share
+    its corpus rows, which join the corpus once. With settings["harmful"] = {"corpus": N, "eval": M}, N refusal
+    rows join the corpus and `out_dir/harmful/eval.jsonl` holds M held-out harmful requests; without it (the
+    default) nothing changes."""
     out_dir = Path(out_dir)
+    if not isinstance(organisms, dict):
+        organisms = {name: (name, "default") for name in organisms}
     corpus: list[dict] = []
     counts = {}
-    for organism in organisms:
-        if organism not in settings["corpus"]:
-            raise ValueError(f"config key toy.corpus.{organism} is missing: base-corpus rows for {organism}")
-        sizes = {**settings["sizes"], "corpus": settings["corpus"][organism]}
-        data = toy_module(organism).generate(sizes, settings)
+    for organism, (generator, level) in organisms.items():
+        if generator not in settings["corpus"]:
+            raise ValueError(
+                f"config key toy.corpus.{generator} is missing: base-corpus rows for {generator}"
+            )
+        sizes = {**settings["sizes"], "corpus": settings["corpus"][generator]}
+        module = toy_module(generator)
+        data = module.generate(sizes, {**settings, "stability": level})
         for split in (*SPLIT_FILES, *REFERENCE_SPLITS):
             write_jsonl(out_dir / organism / f"{split}.jsonl", data[split])
             counts[f"{organism}/{split}"] = len(data[split])
-        write_text(out_dir / organism / "rubric.txt", rubric(organism) + "\n")
-        skills = skill_rows(toy_module(organism), data["corpus"], settings["skills"], settings["seed"])
-        counts[f"{organism}/corpus"] = len(data["corpus"])
-        counts[f"{organism}/skills"] = len(skills)
+        write_text(out_dir / organism / "rubric.txt", rubric(generator) + "\n")
+        write_json(out_dir / organism / ORGANISM_FILE, {"generator": generator, "stability": level})
+        if f"{generator}/corpus" in counts:  # the corpus does not depend on the stability level
+            continue
+        skills = skill_rows(module, data["corpus"], settings["skills"], settings["seed"])
+        counts[f"{generator}/corpus"] = len(data["corpus"])
+        counts[f"{generator}/skills"] = len(skills)
         corpus.extend(data["corpus"] + skills)
     if settings.get("harmful"):
         # Harmful requests (cmt.toy.harmful): refusals join the base corpus; held-out requests are the eval set.

@@ -1,0 +1,115 @@
+"""The stability sweep's table and figure: Δ against each organism's measured fragility and against the
+stability setting that made it (config/stability.yaml, docs/stability-study.md).
+
+Each toy variant is one (generator, level) organism. Per (model, organism, seed) the fragility comes from
+shift.csv (one value per organism and seed, repeated on its runs); Δ and validity from runs.csv (main runs, each
+method's own k). `stability_summary` gives, per generator, level and family, the mean Δ over valid runs with a
+seed-cluster bootstrap CI (the seed's organism is the independent unit), the mean fragility, and the Spearman
+correlation between fragility and the mean Δ of each (organism, seed) of the generator (`n_spearman` points).
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cmt.analysis.plotting import FAMILY_COLOURS, no_data
+from cmt.analysis.stats import cluster_bootstrap_ci
+
+LEVEL_ORDER = ("fixed", "default", "varied")
+TABLE_COLUMNS = ["model", "organism", "generator", "level", "seed", "method", "family", "delta_pp", "valid",
+                 "fragility", "fragility_se"]  # fmt: skip
+SUMMARY_COLUMNS = ["generator", "level", "family", "n_runs", "n_valid", "mean_delta_pp", "delta_ci_low",
+                   "delta_ci_high", "n_seeds", "mean_fragility", "spearman_rho", "spearman_p", "n_spearman"]  # fmt: skip
+
+
+def stability_table(
+    runs: pd.DataFrame, shift: pd.DataFrame, specs: dict[str, tuple[str, str]]
+) -> pd.DataFrame:
+    """One row per main run of a swept organism, with its generator, level and the organism's fragility."""
+    main = runs[runs["main_run"].astype(bool) & runs["organism"].isin(specs)].copy()
+    fragility = shift.drop_duplicates(["model", "organism", "seed"])[
+        ["model", "organism", "seed", "fragility", "fragility_se"]
+    ]
+    table = main.merge(fragility, on=["model", "organism", "seed"], how="left")
+    table["generator"] = table["organism"].map(lambda o: specs[o][0])
+    table["level"] = table["organism"].map(lambda o: specs[o][1])
+    return table[TABLE_COLUMNS].sort_values(["generator", "level", "seed", "method"]).reset_index(drop=True)
+
+
+def _fragility_rank_correlation(rows: pd.DataFrame) -> tuple[float, float, int]:
+    """Spearman's rho (and p) between an organism's fragility and the mean Δ of its valid non-control runs, one
+    point per (model, organism, seed): runs of one organism share its fragility and its draws, so they are not
+    independent points. NaN with fewer than 3 points or a constant side."""
+    valid = rows[rows["valid"].astype(bool) & (rows["family"] != "control")].dropna(
+        subset=["delta_pp", "fragility"]
+    )
+    units = valid.groupby(["model", "organism", "seed"]).agg(fragility=("fragility", "first"),
+                                                             delta=("delta_pp", "mean"))  # fmt: skip
+    if len(units) < 3 or units["fragility"].nunique() < 2 or units["delta"].nunique() < 2:
+        return math.nan, math.nan, len(units)
+    rho, p = stats.spearmanr(units["fragility"], units["delta"])
+    return float(rho), float(p), len(units)
+
+
+def stability_summary(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    rows = []
+    for generator, of_generator in table.groupby("generator", sort=True):
+        rho, p, n_units = _fragility_rank_correlation(of_generator)
+        for (level, family), cell in of_generator.groupby(["level", "family"], sort=True):
+            ok = cell[cell["valid"].astype(bool)].dropna(subset=["delta_pp"])
+            low, high = cluster_bootstrap_ci(
+                ok["delta_pp"].to_numpy(float), ok["seed"], n_boot=n_boot, seed=seed
+            )
+            rows.append({"generator": generator, "level": level, "family": family, "n_runs": len(cell),
+                         "n_valid": len(ok), "mean_delta_pp": ok["delta_pp"].mean() if len(ok) else math.nan,
+                         "delta_ci_low": low, "delta_ci_high": high, "n_seeds": ok["seed"].nunique(),
+                         "mean_fragility": cell.drop_duplicates("seed")["fragility"].mean(),
+                         "spearman_rho": rho, "spearman_p": p, "n_spearman": n_units})  # fmt: skip
+    summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    order = {level: i for i, level in enumerate(LEVEL_ORDER)}
+    return summary.sort_values(["generator", "level", "family"], key=lambda c: c.map(order) if c.name == "level"
+                               else c).reset_index(drop=True)  # fmt: skip
+
+
+def stability_figure(table: pd.DataFrame):
+    """Per generator (rows): Δ against the organism's fragility (left), and Δ per stability level (right), one
+    point per valid run coloured by family (invalid runs hollow); the right panel adds each family's mean."""
+    if table.empty:
+        return no_data("Δ against stability", "no swept organism has a main run")
+    generators = sorted(table["generator"].unique())
+    fig, axes = plt.subplots(len(generators), 2, figsize=(11, 3.6 * len(generators)), squeeze=False,
+                             layout="constrained", sharey="row")  # fmt: skip
+    rng = np.random.default_rng(0)  # jitter only
+    for (left, right), generator in zip(axes, generators, strict=True):
+        rows = table[table["generator"] == generator]
+        levels = [lv for lv in LEVEL_ORDER if lv in set(rows["level"])]
+        for family, of_family in rows.groupby("family", sort=True):
+            colour = FAMILY_COLOURS.get(family, "black")
+            for valid, part in of_family.groupby(of_family["valid"].astype(bool)):
+                face = colour if valid else "white"
+                left.scatter(part["fragility"], part["delta_pp"], s=18, facecolors=face, edgecolors=colour)
+                x = part["level"].map(levels.index) + rng.uniform(-0.12, 0.12, len(part))
+                right.scatter(x, part["delta_pp"], s=14, facecolors=face, edgecolors=colour, alpha=0.8)
+            ok = of_family[of_family["valid"].astype(bool)].groupby("level")["delta_pp"].mean()
+            right.plot([levels.index(lv) for lv in ok.index], ok.to_numpy(), "_", markersize=22, color=colour,
+                       markeredgewidth=2.5, label=family)  # fmt: skip
+        for ax in (left, right):
+            ax.axhline(0, color="0.5", linewidth=0.8)
+        left.set_xlabel("fragility of the organism: KL(P1(.|x) || P1(.|perturbed x)) (nats)")
+        left.set_ylabel("Δ misalignment (pp)")
+        left.set_title(f"{generator}: Δ against measured fragility", fontsize="medium")
+        right.set_xticks(range(len(levels)), levels)
+        right.set_xlabel("stability setting of the induction replies")
+        right.set_title(f"{generator}: Δ per level (bar: family mean of valid runs)", fontsize="medium")
+        right.legend(fontsize="small", loc="best")
+    fig.suptitle("Stability sweep: does a more varied misaligned behaviour change what consistency training does?\n"
+                 "(filled: valid run; hollow: invalid, a broken model; below 0: suppressed, above 0: amplified)")  # fmt: skip
+    return fig

@@ -1,0 +1,33 @@
+# The stability sweep (config/stability.yaml): each swept organism's runs with its generator, stability level
+# and measured fragility, their summary, and the figure of delta against fragility and against the level.
+
+
+rule stability:
+    input:
+        runs="results/tables/runs.csv",
+        shift="results/tables/shift.csv",
+    output:
+        table="results/tables/stability.csv",
+        summary=report(
+            "results/tables/stability_summary.csv",
+            caption="../report/stability_summary.rst",
+            category="8. Stability sweep",
+        ),
+        figure=report(
+            multiext("results/figures/stability", ".png", ".pdf"),
+            caption="../report/stability_figure.rst",
+            category="8. Stability sweep",
+        ),
+    log:
+        "logs/stability.log",
+    conda:
+        "../envs/analysis.yml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        organisms=toy_organism_specs(),
+    shell:
+        "cmt stability --runs {input.runs} --shift {input.shift} --organisms {params.organisms}"
+        " --out {output.table} --summary {output.summary} --figure results/figures/stability"
+        " --log {log} --job 'stability'"
