@@ -42,12 +42,12 @@ REPLY_TOKENS = [VOCAB[w] for w in WORDS] + [EOS]  # every other token has probab
 BUDGET = 3  # max_new_tokens: 1 + 3 + 9 finished replies and 27 cut at the budget
 
 
-def make_tokenizer():
+def make_tokenizer(vocab: dict[str, int] = VOCAB):
     """Word-level tokenizer: every reply's text re-tokenizes to exactly the sampled tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="<|pad|>"))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     fast = PreTrainedTokenizerFast(
@@ -555,6 +555,20 @@ def test_shift_and_fragility_commands_write_records(saved_world):
     assert math.isfinite(frag["fragility"]) and frag["fragility_ci_low"] <= frag["fragility"]
     assert frag["fragility_pair_n_prompts"] == 6 and math.isfinite(frag["fragility_pair"])
     assert frag["fragility_scored_on_ids"] and "method" not in frag
+
+    # the cross-model measure between two "models" (here two adapters on one base), and its table
+    side = lambda s, adapter: [f"--model-{s}", f"m{s}", f"--model-{s}-dir", str(root / "model"),  # noqa: E731
+                               f"--adapter-{s}", str(root / adapter), f"--settings-{s}", settings]  # fmt: skip
+    assert main(["cross-kl", "--organism", "syc", "--seed", "5", "--data-dir", str(root / "data"), "--m", "3",
+                 *side("a", "phase1"), *side("b", "phase3"), "--out", str(root / "cross.json")]) == 0  # fmt: skip
+    cross = json.loads((root / "cross.json").read_text())
+    assert (cross["model_a"], cross["model_b"], cross["organism"], cross["seed"]) == ("ma", "mb", "syc", 5)
+    assert cross["kl_cross_n_prompts"] == 6 and cross["kl_cross_m"] == 3 and cross["kl_cross_scored_on_ids"]
+    assert math.isfinite(cross["kl_cross"]) and cross["kl_cross_ci_low"] <= cross["kl_cross"]
+    assert (
+        main(["cross-model-table", "--records", str(root / "cross.json"), "--out", str(root / "x.csv")]) == 0
+    )
+    assert pd.read_csv(root / "x.csv")["kl_cross"].tolist() == pytest.approx([cross["kl_cross"]], rel=1e-5)
 
     runs = pd.DataFrame(
         [{"model": "toy", "organism": "syc", "seed": 5, "method": "gst", "k": 1, "delta_pp": 0.1}]

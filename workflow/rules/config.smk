@@ -21,6 +21,8 @@ ALL_SEEDS = sorted({s for m in config["models"] for s in model_seeds(m)}, key=in
 
 wildcard_constraints:
     model="|".join(config["models"]),
+    model_a="|".join(config["models"]),
+    model_b="|".join(config["models"]),
     organism="|".join(config["organisms"]),
     method="|".join(config["methods"]),
     seed="|".join(ALL_SEEDS),

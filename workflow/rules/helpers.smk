@@ -1,6 +1,7 @@
 # Helpers of the rules: where a model or dataset is, the settings each job gets as params (canonical JSON, so a
 # changed setting reruns exactly the jobs that read it) and resources. The judge and harmful slot: judges.smk.
 import json
+from types import SimpleNamespace
 
 from cmt.organisms import toy_source
 

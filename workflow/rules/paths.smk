@@ -42,4 +42,5 @@ EVAL_MANIFESTS = (
 )
 SHIFT_RECORDS = "results/shift/{model}/{organism}/seed{seed}/{method}/k{k}.json"
 FRAGILITY = "results/shift/{model}/{organism}/seed{seed}/fragility.json"
+CROSS_MODEL = "results/shift/cross/{organism}/seed{seed}/{model_a}__{model_b}.json"
 DIAGNOSE_DIR = "results/diagnose/{model}/{organism}/seed{seed}"

@@ -79,10 +79,74 @@ rule fragility:
         " --out {output} --threads {threads} --log {log} --job 'fragility {wildcards}'"
 
 
+# The paper's cross-model measure, with two or more models: KL(P1_A || P1_B) on the consistency prompts.
+rule cross_model_kl:
+    input:
+        model_a=cross_model_side("a", get_model_files),
+        model_b=cross_model_side("b", get_model_files),
+        adapter_a=get_cross_model_adapter("a"),
+        adapter_b=get_cross_model_adapter("b"),
+        prompts=get_split_file("consistency"),
+    output:
+        CROSS_MODEL,
+    log:
+        "logs/cross_model_kl/{organism}/seed{seed}/{model_a}__{model_b}.log",
+    benchmark:
+        "results/benchmarks/cross_model_kl/{organism}/seed{seed}/{model_a}__{model_b}.tsv"
+    conda:
+        "../envs/generate.yml"
+    threads: 1
+    resources:
+        # both models are loaded at once
+        mem_mb=lambda wildcards: sum(
+            get_mem_mb(SimpleNamespace(model=m))
+            for m in (wildcards.model_a, wildcards.model_b)
+        ),
+        runtime=get_runtime(60),
+        gpu=lambda wildcards: max(
+            get_model_gpus(SimpleNamespace(model=m))
+            for m in (wildcards.model_a, wildcards.model_b)
+        ),
+    params:
+        dir_a=cross_model_side("a", get_model_dir),
+        dir_b=cross_model_side("b", get_model_dir),
+        settings_a=cross_model_side("a", get_generation_settings),
+        settings_b=cross_model_side("b", get_generation_settings),
+        data_dir=get_data_dir,
+        shift=get_fragility_args(),
+    shell:
+        "cmt cross-kl --organism {wildcards.organism} --seed {wildcards.seed} --data-dir {params.data_dir}"
+        " --model-a {wildcards.model_a} --model-a-dir {params.dir_a} --adapter-a $(dirname {input.adapter_a})"
+        " --settings-a {params.settings_a:q} --model-b {wildcards.model_b} --model-b-dir {params.dir_b}"
+        " --adapter-b $(dirname {input.adapter_b}) --settings-b {params.settings_b:q} {params.shift}"
+        " --out {output} --threads {threads} --log {log} --job 'cross_model_kl {wildcards}'"
+
+
+rule cross_model_table:
+    input:
+        get_cross_model_records,
+    output:
+        report(
+            "results/tables/cross_model_kl.csv",
+            caption="../report/cross_model_kl.rst",
+            category="5. Distribution shift",
+        ),
+    log:
+        "logs/cross_model_table.log",
+    conda:
+        "../envs/analysis.yml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "cmt cross-model-table --records {input} --out {output} --log {log} --job 'cross_model_table'"
+
+
 # Small files into small tables: on the controller.
 localrules:
     shift_table,
     harmful_table,
+    cross_model_table,
 
 
 rule shift_table:

@@ -136,6 +136,34 @@ def get_fragility_records(wildcards=None):
     return cells(FRAGILITY)
 
 
+def get_cross_model_records(wildcards=None):
+    """KL(A || B) for every ordered pair of distinct models, on every organism and seed where both ran Phase 2
+    (with analysis.shift set and two or more models)."""
+    if not shift_enabled():
+        return []
+    ran = {(model, organism, seed) for model, organism, seed, _, _ in runs()}
+    return sorted(
+        CROSS_MODEL.format(model_a=a, model_b=b, organism=organism, seed=seed)
+        for a, organism, seed in ran
+        for b in config["models"]
+        if b != a and (b, organism, seed) in ran
+    )
+
+
+def cross_model_side(side, helper):
+    """An input or param function of a cross_model_kl job: `helper` (a per-model helper such as get_model_dir)
+    applied to the model of one side, a or b."""
+    return lambda wildcards: helper(SimpleNamespace(model=wildcards[f"model_{side}"]))
+
+
+def get_cross_model_adapter(side):
+    return lambda wildcards: ORGANISM_ADAPTER.format(
+        model=wildcards[f"model_{side}"],
+        organism=wildcards.organism,
+        seed=wildcards.seed,
+    )
+
+
 # ---------------------------------------------------------------- tables
 
 
@@ -170,6 +198,8 @@ def get_final_outputs():
         outputs.append("results/tables/diagnose_summary.csv")
     if harmful_enabled():
         outputs.append("results/tables/harmful.csv")
+    if get_cross_model_records():
+        outputs.append("results/tables/cross_model_kl.csv")
     if stability_swept():
         outputs.append("results/tables/stability_summary.csv")
     return outputs

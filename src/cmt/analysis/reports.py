@@ -130,3 +130,11 @@ def write_stability_outputs(
     write_csv(out, table)
     write_csv(summary_out, stability_summary(table))
     save_figure(stability_figure(table), figure_stem)
+
+
+def write_cross_model_table(records: Sequence[str], out: str) -> None:
+    """cross_model_kl.csv from `cmt cross-kl` records: one row per (model A, model B, organism, seed)."""
+    from cmt.analysis.shift import read_records
+
+    table = read_records(records).sort_values(["organism", "seed", "model_a", "model_b"])
+    write_csv(out, table.reset_index(drop=True))

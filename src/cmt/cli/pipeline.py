@@ -116,6 +116,21 @@ def cmd_fragility(args) -> None:
     write_json(args.out, record)
 
 
+def cmd_cross_kl(args) -> None:
+    from cmt.phases.cross_model import measure_cross_model
+    from cmt.runtime.io import write_json
+
+    identity = {
+        "model_a": args.model_a,
+        "model_b": args.model_b,
+        "organism": args.organism,
+        "seed": args.seed,
+    }
+    a = (args.model_a_dir, args.adapter_a, args.settings_a)
+    b = (args.model_b_dir, args.adapter_b, args.settings_b)
+    write_json(args.out, measure_cross_model(identity, a, b, args.data_dir, args.m, args.seed, args.size))
+
+
 def cmd_harmful(args) -> None:
     from cmt.phases.harmful import evaluate_harmful
     from cmt.runtime.io import write_parquet
@@ -286,6 +301,23 @@ def add_commands(sub) -> list[tuple[str, str]]:
                            help="label parquet per k (none for act/bct: NaN CE)")  # fmt: skip
             splits = ["consistency", "eval"]
             p.add_argument("--splits", nargs="+", default=splits, choices=splits, help="realised-KL prompts")
+
+    p = command(
+        "cross-kl",
+        "KL(P1_A || P1_B) between two models' organisms on an organism's consistency prompts",
+        cmd_cross_kl,
+    )
+    p.add_argument("--organism", required=True)
+    p.add_argument("--seed", type=int, required=True, help="run seed (identity and sampling)")
+    p.add_argument("--data-dir", required=True)
+    for side in ("a", "b"):
+        p.add_argument(f"--model-{side}", required=True, help=f"model {side.upper()}'s name from config")
+        p.add_argument(f"--model-{side}-dir", required=True)
+        p.add_argument(f"--adapter-{side}", required=True, help=f"model {side.upper()}'s Phase-1 adapter")
+        p.add_argument(f"--settings-{side}", type=json_object, required=True, help="its model settings")
+    p.add_argument("--m", type=int, default=8, help="samples per prompt at T = 1")
+    p.add_argument("--size", type=int, default=None, help="prompts (seeded, stratified)")
+    p.add_argument("--out", required=True, help="JSON record")
 
     p = command("harmful", "greedy replies of one stage to harmful requests, scored", cmd_harmful)
     p.add_argument("--model", required=True, help="model name from config")

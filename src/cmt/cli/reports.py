@@ -63,6 +63,12 @@ def cmd_stability(args) -> None:
     )
 
 
+def cmd_cross_model_table(args) -> None:
+    from cmt.analysis.reports import write_cross_model_table
+
+    write_cross_model_table(args.records, args.out)
+
+
 def cmd_shift_table(args) -> None:
     from cmt.analysis.reports import write_shift_tables
 
@@ -148,6 +154,10 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument(
         "--figure", required=True, help="figure path without extension (.png and .pdf are written)"
     )
+
+    p = command("cross-model-table", "cross_model_kl.csv from `cmt cross-kl` records", cmd_cross_model_table)
+    p.add_argument("--records", nargs="+", required=True, help="`cmt cross-kl` JSON records")
+    p.add_argument("--out", required=True, help="cross_model_kl.csv")
 
     p = command(
         "shift-table", "shift.csv and delta correlations from shift/fragility records", cmd_shift_table

@@ -139,10 +139,12 @@ def sample_log_ratios(
     m: int,
     seed: int,
     max_new_tokens: int,
+    ids: bool = True,
 ) -> KLSamples:
     """m samples per sampler prompt at T = 1, scored under the sampler and under each (model, prompts) of
-    `others`, whose prompts pair with the sampler's by position. Ids are scored when every model can; otherwise
-    every model scores the decoded text, so both sides of a log-ratio always score the same outcome."""
+    `others`, whose prompts pair with the sampler's by position. Ids are scored when every model can (and `ids`
+    is true: false for models with different vocabularies, whose ids mean different tokens); otherwise every
+    model scores the decoded text, so both sides of a log-ratio always score the same outcome."""
     if m < 1:
         raise ValueError(f"m (samples per prompt) must be >= 1, got {m}")
     if not others:
@@ -160,7 +162,7 @@ def sample_log_ratios(
     if len(completions) != n * m or any(len(c) != m for c in samples):
         raise RuntimeError(f"{type(sampler).__name__}.generate returned the wrong number of samples")
     repeat = lambda prompts: [p for p in prompts for _ in range(m)]  # noqa: E731
-    scored = [score_sampled_ids(sampler, repeat(sampler_prompts), completions)]
+    scored = [score_sampled_ids(sampler, repeat(sampler_prompts), completions) if ids else None]
     for gen, prompts in others:
         if scored[-1] is None:
             break
@@ -302,13 +304,13 @@ def shift_record(
         kl = kl_by_split.get(split)
         n_key = "n_kl" if split == "consistency" else f"n_kl_{split}"
         record[n_key] = kl["n"] if kl else 0
-        record.update(_kl_columns(prefix, kl))
+        record.update(kl_columns(prefix, kl))
     record["kl_m"] = m
     record["kl_max_new_tokens"] = max_new_tokens
     return record
 
 
-def _kl_columns(prefix: str, kl: dict | None) -> dict:
+def kl_columns(prefix: str, kl: dict | None) -> dict:
     """An estimate's value, reliability, standard error and scoring diagnostics under `prefix` (no estimate:
     NaN, unreliable)."""
     kl = kl or {}
@@ -327,13 +329,13 @@ def fragility_record(identity: dict, result: dict, pair: dict | None = None) -> 
     (`fragility`) and, when measured, the act_bct pair value (`fragility_pair`)."""
     return {
         **{key: identity[key] for key in ORGANISM_KEYS},
-        **_kl_columns("fragility", result),
+        **kl_columns("fragility", result),
         "fragility_ci_low": result["kl_ci_low"],
         "fragility_ci_high": result["kl_ci_high"],
         "fragility_n_prompts": result["n"],
         "fragility_n_perturbations": result["n_perturbations"],
         "fragility_m": result["m"],
-        **_kl_columns("fragility_pair", pair),
+        **kl_columns("fragility_pair", pair),
         "fragility_pair_n_prompts": pair["n"] if pair else 0,
     }
 
@@ -342,7 +344,8 @@ def fragility_record(identity: dict, result: dict, pair: dict | None = None) -> 
 # One run / one organism, from files (the `cmt shift` and `cmt fragility` commands)
 
 
-def _prompts(data_dir: str, split: str, size: int | None, seed: int) -> list[Messages]:
+def split_prompts(data_dir: str, split: str, size: int | None, seed: int) -> list[Messages]:
+    """A split's prompts: a seeded subset of `size` stratified by category and framing (None: all)."""
     from pathlib import Path
 
     from cmt.data.splits import load_split
@@ -385,7 +388,7 @@ def measure_run(
         log.info("label CE %.4f nats/token over %d labels", label_ce["label_ce_token"], label_ce["n_labels"])
     kl_by_split = {}
     for split in splits:
-        kl_by_split[split] = realised_kl(p3, p1, _prompts(data_dir, split, size, seed), m, seed, budget)
+        kl_by_split[split] = realised_kl(p3, p1, split_prompts(data_dir, split, size, seed), m, seed, budget)
         kl = kl_by_split[split]
         log.info("%s: realised KL %.4f ± %.4f over %d prompts x %d samples (%.1f%% unfinished, reliable: %s)",
                  split, kl["kl"], kl["kl_se"], kl["n"], m, 100 * kl["frac_unfinished"], kl["reliable"])  # fmt: skip
@@ -409,7 +412,7 @@ def measure_fragility(
     from cmt.phases.consistency import load_pairs
 
     budget = max_new_tokens or model_settings["max_new_tokens"]
-    prompts = _prompts(data_dir, "eval", size, seed)
+    prompts = split_prompts(data_dir, "eval", size, seed)
     clean, wrapped = load_pairs(data_dir)
     if size is not None:
         clean, wrapped = clean[:size], wrapped[:size]
