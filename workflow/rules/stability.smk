@@ -1,11 +1,12 @@
 # The stability sweep (config/stability.yaml): each swept organism's runs with its generator, stability level
-# and measured fragility, their summary, and the figure of delta against fragility and against the level.
+# and measured fragility (the fragility records, so `snakemake results/tables/stability_summary.csv` needs no
+# per-run shift job), their summary, and the figure of delta against fragility and against the level.
 
 
 rule stability:
     input:
         runs="results/tables/runs.csv",
-        shift="results/tables/shift.csv",
+        fragility=get_fragility_records,
     output:
         table="results/tables/stability.csv",
         summary=report(
@@ -28,6 +29,6 @@ rule stability:
     params:
         organisms=toy_organism_specs(),
     shell:
-        "cmt stability --runs {input.runs} --shift {input.shift} --organisms {params.organisms}"
+        "cmt stability --runs {input.runs} --fragility {input.fragility} --organisms {params.organisms}"
         " --out {output.table} --summary {output.summary} --figure results/figures/stability"
         " --log {log} --job 'stability'"

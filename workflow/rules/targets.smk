@@ -198,7 +198,9 @@ def get_final_outputs():
         outputs.append("results/tables/diagnose_summary.csv")
     if harmful_enabled():
         outputs.append("results/tables/harmful.csv")
-    if get_cross_model_records():
+    if (
+        shift_enabled() and len(config["models"]) >= 2
+    ):  # the pairs themselves wait for the checkpoints
         outputs.append("results/tables/cross_model_kl.csv")
     if stability_swept():
         outputs.append("results/tables/stability_summary.csv")

@@ -114,19 +114,21 @@ def write_diagnose_tables(
 
 def write_stability_outputs(
     runs_csv: str,
-    shift_csv: str,
+    fragility: Sequence[str],
     specs: dict[str, tuple[str, str]],
     out: str,
     summary_out: str,
     figure_stem: str,
 ) -> None:
-    """stability.csv, stability_summary.csv and the stability figure (cmt.analysis.stability)."""
+    """stability.csv, stability_summary.csv and the stability figure (cmt.analysis.stability) from runs.csv
+    and the `cmt fragility` records."""
     import pandas as pd
 
     from cmt.analysis.plotting import save_figure
+    from cmt.analysis.shift import read_records
     from cmt.analysis.stability import stability_figure, stability_summary, stability_table
 
-    table = stability_table(pd.read_csv(runs_csv), pd.read_csv(shift_csv), specs)
+    table = stability_table(pd.read_csv(runs_csv), read_records(fragility), specs)
     write_csv(out, table)
     write_csv(summary_out, stability_summary(table))
     save_figure(stability_figure(table), figure_stem)

@@ -59,7 +59,7 @@ def cmd_stability(args) -> None:
     from cmt.organisms import parse_toy_specs
 
     write_stability_outputs(
-        args.runs, args.shift, parse_toy_specs(args.organisms), args.out, args.summary, args.figure
+        args.runs, args.fragility, parse_toy_specs(args.organisms), args.out, args.summary, args.figure
     )
 
 
@@ -147,7 +147,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
         cmd_stability,
     )
     p.add_argument("--runs", required=True, help="runs.csv")
-    p.add_argument("--shift", required=True, help="shift.csv (its fragility column)")
+    p.add_argument("--fragility", nargs="+", required=True, help="`cmt fragility` JSON records")
     p.add_argument("--organisms", nargs="+", required=True, metavar="NAME=GENERATOR:STABILITY")
     p.add_argument("--out", required=True, help="stability.csv")
     p.add_argument("--summary", required=True, help="stability_summary.csv")
