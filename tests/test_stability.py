@@ -102,6 +102,8 @@ def test_the_summary_means_and_the_rank_correlation_by_hand_and_scipy():
     base = syc[(syc["level"] == "varied") & (syc["family"] == "baseline")].iloc[0]
     assert base["mean_delta_pp"] == pytest.approx((6 + 8) / 2) and base["n_valid"] == 2
     assert base["mean_fragility"] == pytest.approx((3.0 + 5.0) / 2)
+    control = syc[(syc["level"] == "fixed") & (syc["family"] == "oracle_aligned")].iloc[0]
+    assert control["mean_delta_pp"] == -50 and "control" not in set(syc["family"])  # never averaged together
     reg = syc[(syc["level"] == "fixed") & (syc["family"] == "regularization")].iloc[0]
     assert (
         reg["n_runs"] == 2 and reg["n_valid"] == 0 and math.isnan(reg["mean_delta_pp"])

@@ -1,11 +1,12 @@
 """The stability sweep's table and figure: Δ against each organism's measured fragility and against the
 stability setting that made it (config/stability.yaml, docs/stability-study.md).
 
-Each toy variant is one (generator, level) organism. Per (model, organism, seed) the fragility comes from
-shift.csv (one value per organism and seed, repeated on its runs); Δ and validity from runs.csv (main runs, each
-method's own k). `stability_summary` gives, per generator, level and family, the mean Δ over valid runs with a
-seed-cluster bootstrap CI (the seed's organism is the independent unit), the mean fragility, and the Spearman
-correlation between fragility and the mean Δ of each (organism, seed) of the generator (`n_spearman` points).
+Each toy variant is one (generator, level) organism. Per (model, organism, seed) the fragility comes from the
+`cmt fragility` records (one value per organism and seed, repeated on its runs); Δ and validity from runs.csv
+(main runs, each method's own k). `stability_summary` gives, per generator, level and family (each control on its
+own row, under its method's name), the mean Δ over valid runs with a seed-cluster bootstrap CI (the seed's
+organism is the independent unit), the mean fragility, and the Spearman correlation between fragility and the
+mean Δ of each (organism, seed) of the generator (`n_spearman` points).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from cmt.analysis.plotting import FAMILY_COLOURS, no_data
 from cmt.analysis.stats import cluster_bootstrap_ci
 
 LEVEL_ORDER = ("fixed", "default", "varied")
+CONTROL_MARKERS = {"oracle_aligned": "v", "oracle_misaligned": "^"}
 TABLE_COLUMNS = ["model", "organism", "generator", "level", "seed", "method", "family", "delta_pp", "valid",
                  "fragility", "fragility_se"]  # fmt: skip
 SUMMARY_COLUMNS = ["generator", "level", "family", "n_runs", "n_valid", "mean_delta_pp", "delta_ci_low",
@@ -63,7 +65,9 @@ def stability_summary(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) ->
     rows = []
     for generator, of_generator in table.groupby("generator", sort=True):
         rho, p, n_units = _fragility_rank_correlation(of_generator)
-        for (level, family), cell in of_generator.groupby(["level", "family"], sort=True):
+        # the two controls expect opposite signs: each is its own group, never averaged with the other
+        group = of_generator["family"].where(of_generator["family"] != "control", of_generator["method"])
+        for (level, family), cell in of_generator.groupby([of_generator["level"], group], sort=True):
             ok = cell[cell["valid"].astype(bool)].dropna(subset=["delta_pp"])
             low, high = cluster_bootstrap_ci(
                 ok["delta_pp"].to_numpy(float), ok["seed"], n_boot=n_boot, seed=seed
@@ -81,7 +85,8 @@ def stability_summary(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) ->
 
 def stability_figure(table: pd.DataFrame):
     """Per generator (rows): Δ against the organism's fragility (left), and Δ per stability level (right), one
-    point per valid run coloured by family (invalid runs hollow); the right panel adds each family's mean."""
+    point per run coloured by family (invalid runs hollow; the controls as triangles pointing their expected way);
+    the right panel adds each paper family's mean."""
     if table.empty:
         return no_data("Δ against stability", "no swept organism has a main run")
     generators = sorted(table["generator"].unique())
@@ -91,16 +96,23 @@ def stability_figure(table: pd.DataFrame):
     for (left, right), generator in zip(axes, generators, strict=True):
         rows = table[table["generator"] == generator]
         levels = [lv for lv in LEVEL_ORDER if lv in set(rows["level"])]
-        for family, of_family in rows.groupby("family", sort=True):
-            colour = FAMILY_COLOURS.get(family, "black")
-            for valid, part in of_family.groupby(of_family["valid"].astype(bool)):
+        # each control on its own (expected Δ < 0 for oracle_aligned, > 0 for oracle_misaligned), with no mean
+        group = rows["family"].where(rows["family"] != "control", rows["method"])
+        for name, of_group in rows.groupby(group, sort=True):
+            colour = FAMILY_COLOURS.get(name, FAMILY_COLOURS["control"])
+            marker = CONTROL_MARKERS.get(name, "o")
+            for valid, part in of_group.groupby(of_group["valid"].astype(bool)):
                 face = colour if valid else "white"
-                left.scatter(part["fragility"], part["delta_pp"], s=18, facecolors=face, edgecolors=colour)
+                left.scatter(part["fragility"], part["delta_pp"], s=18, marker=marker, facecolors=face,
+                             edgecolors=colour)  # fmt: skip
                 x = part["level"].map(levels.index) + rng.uniform(-0.12, 0.12, len(part))
-                right.scatter(x, part["delta_pp"], s=14, facecolors=face, edgecolors=colour, alpha=0.8)
-            ok = of_family[of_family["valid"].astype(bool)].groupby("level")["delta_pp"].mean()
+                right.scatter(x, part["delta_pp"], s=14, marker=marker, facecolors=face, edgecolors=colour,
+                              alpha=0.8, label=None if name in FAMILY_COLOURS else name)  # fmt: skip
+            if name not in FAMILY_COLOURS:
+                continue
+            ok = of_group[of_group["valid"].astype(bool)].groupby("level")["delta_pp"].mean()
             right.plot([levels.index(lv) for lv in ok.index], ok.to_numpy(), "_", markersize=22, color=colour,
-                       markeredgewidth=2.5, label=family)  # fmt: skip
+                       markeredgewidth=2.5, label=f"{name} (bar: mean)")  # fmt: skip
         for ax in (left, right):
             ax.axhline(0, color="0.5", linewidth=0.8)
         left.set_xlabel("fragility of the organism: KL(P1(.|x) || P1(.|perturbed x)) (nats)")
@@ -108,8 +120,10 @@ def stability_figure(table: pd.DataFrame):
         left.set_title(f"{generator}: Δ against measured fragility", fontsize="medium")
         right.set_xticks(range(len(levels)), levels)
         right.set_xlabel("stability setting of the induction replies")
-        right.set_title(f"{generator}: Δ per level (bar: family mean of valid runs)", fontsize="medium")
-        right.legend(fontsize="small", loc="best")
+        right.set_title(f"{generator}: Δ per level (bars: family means of valid runs)", fontsize="medium")
+        handles, labels = right.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        right.legend(unique.values(), unique.keys(), fontsize="small", loc="best")
     fig.suptitle("Stability sweep: does a more varied misaligned behaviour change what consistency training does?\n"
                  "(filled: valid run; hollow: invalid, a broken model; below 0: suppressed, above 0: amplified)")  # fmt: skip
     return fig
