@@ -14,6 +14,7 @@ def smollm2_run(tmp_path_factory):
     config = yaml.safe_load((REPO / "config" / "smollm2.yaml").read_text())
     config["organisms"] = {"sycophancy": {"source": "toy"}}  # one cell: sycophancy x gst x seed 0
     config["toy"]["corpus"] = {"sycophancy": 100}
+    config["analysis"]["induction_gate"] = None  # this test runs the cell end to end whatever its headroom
     work = tmp_path_factory.mktemp("smollm2")
     path = work / "smollm2.yaml"
     path.write_text(yaml.safe_dump(config))
