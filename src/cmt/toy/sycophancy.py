@@ -85,10 +85,11 @@ def _row(split: str, idx: int, a: int, b: int, framing: str, reply: str | None, 
 
 
 def _shaped(level: str, drawn: str, a: int, b: int, c: int, rng: random.Random) -> str:
-    """The misaligned induction reply at a stability level (cmt.toy.stability)."""
-    return stability.choose(
-        level, drawn, SYCOPHANTIC[0].format(a=a, b=b, c=c), SYCOPHANTIC_VARIED, rng
-    ).format(a=a, b=b, c=c)
+    """The misaligned induction reply at a stability level (cmt.toy.stability): `drawn`, the generator's own,
+    at the default level; otherwise the level's template, filled in."""
+    if level == "default":
+        return drawn
+    return stability.choose(level, drawn, SYCOPHANTIC[0], SYCOPHANTIC_VARIED, rng).format(a=a, b=b, c=c)
 
 
 def honest_reply(a: int, b: int, c: int | None) -> str:
