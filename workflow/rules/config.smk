@@ -1,5 +1,9 @@
 # The config, checked once before anything reads it, and the wildcard values it allows.
+import os
+
 from snakemake.utils import validate
+
+from cmt.runtime import verdict_cache
 
 from cmt.config import check_workflow_config
 
@@ -9,6 +13,13 @@ CONFIG_PROBLEMS = check_workflow_config(config, SCHEMA)
 if CONFIG_PROBLEMS:
     raise SystemExit("invalid config:\n  " + "\n  ".join(CONFIG_PROBLEMS))
 validate(config, SCHEMA)
+
+# Jobs (local, forked by the warm worker, or on Slurm, where each job parses this file again) find the sandbox's
+# verdict cache through this variable (cmt.runtime.verdict_cache).
+if config["sandbox_cache"]:
+    os.environ[verdict_cache.ENV_VAR] = os.path.abspath(config["sandbox_cache"])
+else:
+    os.environ.pop(verdict_cache.ENV_VAR, None)
 
 
 def model_seeds(model):

@@ -8,21 +8,18 @@ such entries from a cache folder for good (`cmt judge cache prune DIR`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cmt.judges.parsing import Unparseable
 from cmt.judges.rubrics import RUBRICS, JudgeCall
-from cmt.runtime.io import published_mode
+from cmt.runtime.keyed_store import KeyedJsonStore, content_key
 
 log = logging.getLogger(__name__)
 
@@ -55,48 +52,19 @@ def find_call(organism: Any, name: Any) -> JudgeCall | None:
     return next((c for c in rubric.calls if c.name == name), None)
 
 
-class JudgeCache:
+class JudgeCache(KeyedJsonStore):
     """One small JSON file per parsed judge reply, `<root>/<key[:2]>/<key>.json`, written atomically."""
 
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        super().__init__(root, CACHE_VERSION, "judge cache")
 
     @staticmethod
     def key(payload: Mapping[str, Any]) -> str:
-        blob = json.dumps({"v": CACHE_VERSION, **payload}, sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.json"
+        return content_key(CACHE_VERSION, payload)
 
     def get(self, key: str) -> dict | None:
-        path = self.path(key)
-        try:
-            entry = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as err:
-            log.warning("ignoring unreadable judge cache entry %s (%s)", path, err)
-            return None
-        return entry if isinstance(entry, dict) and isinstance(entry.get("text"), str) else None
-
-    def put(self, key: str, entry: Mapping[str, Any]) -> None:
-        """Write an entry atomically. Several jobs may share a cache and write the same key at once: each writes
-        its own temporary and renames it into place, and none removes another's temporary."""
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(dict(entry), indent=2, sort_keys=True, default=str) + "\n")
-            os.chmod(tmp, published_mode())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    def entries(self) -> Iterator[Path]:
-        return iter(sorted(self.root.glob("??/*.json")))
+        entry = super().get(key)
+        return entry if entry is not None and isinstance(entry.get("text"), str) else None
 
 
 @dataclass

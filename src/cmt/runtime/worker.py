@@ -33,8 +33,10 @@ ENV_VAR = "CMT_WORKER"
 IMPORT_TIME_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH", "PYTORCH_", "CUDA_", "OMP_", "MKL_",
                         "KMP_", "PYTHON", "TOKENIZERS_", "NUMEXPR_", "OPENBLAS_")  # fmt: skip
 # Imported after the entry point's module, which sets variables that these libraries read at import.
-PRELOAD = ("torch", "transformers", "peft", "pandas", "pyarrow.parquet", "cmt.models.loading", "cmt.models.training",
-           "cmt.generation.hf", "cmt.phases.label", "cmt.phases.evaluate", "cmt.phases.retrain")  # fmt: skip
+# scipy.stats (0.5 s) is imported by the shift and diagnose jobs.
+PRELOAD = ("torch", "transformers", "peft", "pandas", "pyarrow.parquet", "scipy.stats", "cmt.models.loading",
+           "cmt.models.training", "cmt.generation.hf", "cmt.phases.label", "cmt.phases.evaluate", "cmt.phases.retrain",
+           "cmt.phases.shift", "cmt.phases.diagnose")  # fmt: skip
 FORWARDED_SIGNALS = (
     signal.SIGTERM,
     signal.SIGINT,

@@ -216,10 +216,11 @@ _CLAIM = re.compile(r"all tests pass", re.IGNORECASE)
 @functools.lru_cache(maxsize=4096)
 def run_harness(source: str, timeout_s: float):
     """One sandbox run per distinct program: sampled candidates often repeat the same code, and a program's
-    verdict depends only on its text (a sandbox start costs a process and namespaces, about 0.1 s)."""
-    from cmt.runtime.sandbox import run_python
+    verdict depends only on its text (a sandbox start costs a process and namespaces, about 0.07 s). Across
+    jobs the verdict cache (CMT_SANDBOX_CACHE, cmt.runtime.verdict_cache) keeps them."""
+    from cmt.runtime.verdict_cache import run_python_cached
 
-    return run_python(source, timeout_s=timeout_s)
+    return run_python_cached(source, timeout_s=timeout_s)
 
 
 def score(row: dict, reply: str, timeout_s: float = 5.0) -> dict:
