@@ -56,6 +56,28 @@ def test_the_world_writes_each_variant_and_the_generator_corpus_once(tmp_path):
     assert toy_organism("emergent_misalignment") is em
 
 
+def test_corpus_generators_give_a_config_with_fewer_organisms_the_same_base(tmp_path):
+    both = {**SETTINGS, "corpus": {"emergent_misalignment": 200, "spurious_correlation": 150}}
+    write_world(tmp_path / "full", ["spurious_correlation", "emergent_misalignment"], both)
+    order = ["spurious_correlation", "emergent_misalignment"]
+    counts = write_world(tmp_path / "one", {"em_fixed": ("emergent_misalignment", "fixed")},
+                         {**both, "corpus_generators": order})  # fmt: skip
+    assert (tmp_path / "one" / "corpus.jsonl").read_bytes() == (
+        tmp_path / "full" / "corpus.jsonl"
+    ).read_bytes()
+    assert counts["spurious_correlation/corpus"] == 150
+    assert not (tmp_path / "one" / "spurious_correlation").exists()  # corpus rows only, no organism folder
+    # without the key the base holds only the organism's generator
+    alone = write_world(tmp_path / "alone", {"em_fixed": ("emergent_misalignment", "fixed")}, both)
+    assert alone["corpus"] == counts["corpus"] - 150
+    with pytest.raises(ValueError, match=r"toy.corpus_generators lacks \['emergent_misalignment'\]"):
+        write_world(tmp_path / "bad", ["emergent_misalignment"], {**both, "corpus_generators": order[:1]})
+    with pytest.raises(ValueError, match=r"toy.corpus.sycophancy is missing"):
+        write_world(
+            tmp_path / "bad", ["emergent_misalignment"], {**both, "corpus_generators": ["sycophancy", *order]}
+        )
+
+
 def _runs_and_shift():
     """Two generators x levels, two seeds each; runs of two paper families and a control, one invalid run."""
     rows, shift = [], []

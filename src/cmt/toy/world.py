@@ -24,39 +24,58 @@ def toy_module(organism: str):
         ) from None
 
 
+def corpus_generators(organisms: dict[str, tuple[str, str]], settings: dict) -> list[str]:
+    """The generators whose corpus rows form the base, in corpus order: `toy.corpus_generators`, or the
+    organisms' generators in order of appearance. A generator outside it would have an untrained base."""
+    own = list(dict.fromkeys(generator for generator, _ in organisms.values()))
+    chosen = settings.get("corpus_generators") or own
+    missing = [g for g in own if g not in chosen]
+    if missing:
+        raise ValueError(f"config key toy.corpus_generators lacks {missing}, the generators of the organisms")
+    return list(chosen)
+
+
+def _generate(generator: str, level: str, settings: dict) -> dict[str, list[dict]]:
+    sizes = {**settings["sizes"], "corpus": settings["corpus"][generator]}
+    return toy_module(generator).generate(sizes, {**settings, "stability": level})
+
+
 def write_world(
     out_dir: str | Path, organisms: list[str] | dict[str, tuple[str, str]], settings: dict
 ) -> dict[str, int]:
     """Generate every organism's splits, rubric and `organism.json` under `out_dir/{organism}/`, and the shared
     base corpus `out_dir/corpus.jsonl` (honest replies plus the method skills of cmt.toy.skills). `organisms`
     lists generator names, or maps each organism to its (generator, stability); variants of one generator share
-    its corpus rows, which join the corpus once. With settings["harmful"] = {"corpus": N, "eval": M}, N refusal
-    rows join the corpus and `out_dir/harmful/eval.jsonl` holds M held-out harmful requests; without it (the
-    default) nothing changes."""
+    its corpus rows, which join the corpus once. `settings["corpus_generators"]` (toy.corpus_generators) adds
+    the corpus rows of generators that are no organism here, so that a config with fewer organisms can share
+    another's base. With settings["harmful"] = {"corpus": N, "eval": M}, N refusal rows join the corpus and
+    `out_dir/harmful/eval.jsonl` holds M held-out harmful requests; without it (the default) nothing changes."""
     out_dir = Path(out_dir)
     if not isinstance(organisms, dict):
         organisms = {name: (name, "default") for name in organisms}
-    corpus: list[dict] = []
-    counts = {}
-    for organism, (generator, level) in organisms.items():
+    generators = corpus_generators(organisms, settings)
+    for generator in generators:
         if generator not in settings["corpus"]:
             raise ValueError(
                 f"config key toy.corpus.{generator} is missing: base-corpus rows for {generator}"
             )
-        sizes = {**settings["sizes"], "corpus": settings["corpus"][generator]}
-        module = toy_module(generator)
-        data = module.generate(sizes, {**settings, "stability": level})
+    parts: dict[str, list[dict]] = {}
+    counts = {}
+    for organism, (generator, level) in organisms.items():
+        data = _generate(generator, level, settings)
         for split in (*SPLIT_FILES, *REFERENCE_SPLITS):
             write_jsonl(out_dir / organism / f"{split}.jsonl", data[split])
             counts[f"{organism}/{split}"] = len(data[split])
         write_text(out_dir / organism / "rubric.txt", rubric(generator) + "\n")
         write_json(out_dir / organism / ORGANISM_FILE, {"generator": generator, "stability": level})
-        if f"{generator}/corpus" in counts:  # the corpus does not depend on the stability level
-            continue
-        skills = skill_rows(module, data["corpus"], settings["skills"], settings["seed"])
-        counts[f"{generator}/corpus"] = len(data["corpus"])
+        parts.setdefault(generator, data["corpus"])  # the corpus does not depend on the stability level
+    corpus: list[dict] = []
+    for generator in generators:
+        rows = parts[generator] if generator in parts else _generate(generator, "default", settings)["corpus"]
+        skills = skill_rows(toy_module(generator), rows, settings["skills"], settings["seed"])
+        counts[f"{generator}/corpus"] = len(rows)
         counts[f"{generator}/skills"] = len(skills)
-        corpus.extend(data["corpus"] + skills)
+        corpus.extend(rows + skills)
     if settings.get("harmful"):
         # Harmful requests (cmt.toy.harmful): refusals join the base corpus; held-out requests are the eval set.
         from cmt.toy import harmful
