@@ -598,3 +598,33 @@ def test_correlations_use_one_point_per_independent_valid_run():
     assert row["spearman_r"] == pytest.approx(spearmanr(delta, kl).statistic) == pytest.approx(1.0)
     assert row["spearman_ci_low"] <= row["spearman_r"] <= row["spearman_ci_high"]
     assert row["spearman_p_perm"] < 0.01  # 8! orderings: a perfect rank match is rare under shuffling
+
+
+@pytest.mark.parametrize("kscaling", [False, True])
+def test_the_realised_kl_is_planned_for_the_main_k_unless_kscaling_asks_for_every_k(tmp_path, kscaling):
+    """self_certainty runs at k 1, 2 and 4 (its own k is 2); the shift jobs cover k 2 only, or all three."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "tests/configs/mini.yaml").read_text())
+    config["organisms"] = {"sycophancy": config["organisms"]["sycophancy"]}
+    config["methods"] = {"gst": {}, "self_certainty": {"k": 2}}
+    config["kscaling"] = {"ks": [1, 2, 4], "methods": ["self_certainty"]}
+    config["analysis"]["shift"]["kscaling"] = kscaling
+    (tmp_path / "k.yaml").write_text(yaml.safe_dump(config))
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [str(bin_dir / "snakemake"), "-s", str(repo / "Snakefile"), "--directory", str(tmp_path / "w"), "-n",
+           "--configfile", str(tmp_path / "k.yaml")]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    planned = set(re.findall(r"results/shift/toy/sycophancy/seed0/self_certainty/k(\d+)\.json", proc.stdout))
+    assert planned == ({"1", "2", "4"} if kscaling else {"2"})
+    retrained = set(re.findall(r"results/retrained/toy/sycophancy/seed0/self_certainty/k(\d+)/", proc.stdout))
+    assert retrained == {"1", "2", "4"}  # every k is still retrained and evaluated

@@ -72,6 +72,20 @@ def cell_paths(pattern, method):
     return expand(pattern, method=method, k=method_ks(method), allow_missing=True)
 
 
+def shift_ks(method):
+    """The k values whose runs get the realised KL: the main k only, unless analysis.shift.kscaling is set (the
+    other k share the main run's draws and never enter the shift correlations)."""
+    shift = config["analysis"].get("shift") or {}
+    if shift.get("kscaling"):
+        return method_ks(method)
+    return [config["methods"][method]["k"]] if get_spec(method).selects else [1]
+
+
+def shift_cell_paths(pattern, method):
+    """cell_paths over the k values of shift_ks."""
+    return expand(pattern, method=method, k=shift_ks(method), allow_missing=True)
+
+
 def get_consistency_settings_of(method_name):
     """A param function: Phase-3 training settings plus the regularisation method's own subtree (and the
     model's generation budget, which only bct's sft variant uses)."""

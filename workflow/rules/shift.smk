@@ -12,11 +12,11 @@ for method in config["methods"] if shift_enabled() else []:
         input:
             model=get_model_files,
             organism=ORGANISM_ADAPTER,
-            adapters=cell_paths(RETRAINED_CONFIG, method),
-            labels=cell_paths(LABELS, method) if method in LABEL_METHODS else [],
+            adapters=shift_cell_paths(RETRAINED_CONFIG, method),
+            labels=shift_cell_paths(LABELS, method) if method in LABEL_METHODS else [],
             data=get_split_files(get_shift_splits()),
         output:
-            ensure(cell_paths(SHIFT_RECORDS, method), non_empty=True),
+            ensure(shift_cell_paths(SHIFT_RECORDS, method), non_empty=True),
         log:
             f"logs/shift/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
         benchmark:
@@ -26,11 +26,11 @@ for method in config["methods"] if shift_enabled() else []:
         threads: 1
         resources:
             mem_mb=get_mem_mb,
-            runtime=get_runtime(60 * len(method_ks(method))),
+            runtime=get_runtime(60 * len(shift_ks(method))),
             gpu=get_model_gpus,
         params:
             method=method,
-            ks=method_ks_arg(method),
+            ks=" ".join(str(k) for k in shift_ks(method)),
             model_dir=get_model_dir,
             data_dir=get_data_dir,
             adapters=lambda wildcards, input: dirnames(input.adapters),

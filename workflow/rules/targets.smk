@@ -129,6 +129,7 @@ def get_shift_records(wildcards=None):
             model=model, organism=organism, seed=seed, method=method, k=k
         )
         for model, organism, seed, method, k in runs()
+        if k in shift_ks(method)
     ]
 
 
