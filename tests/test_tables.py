@@ -223,6 +223,38 @@ def test_tables_cli_writes_every_table(tmp_path):
         cli_main([*argv, "--instruct", "toy=maybe"])
 
 
+def test_a_grid_whose_every_cell_was_excluded_gets_tables_without_runs(tmp_path):
+    """exclude mode with no organism in the band: the tables rule gets no eval files and the diagnose table no
+    evidence; both write header-only tables, and induction.csv still lists every cell with its reason."""
+    import json
+
+    report = tmp_path / "induction_report.json"
+    report.write_text(json.dumps({
+        "model": "smollm2", "organism": "sycophancy", "seed": 0, "risk_base": 0.125, "risk_phase1": 1.0,
+        "risk_phase1_ci": [0.806, 1.0], "n_phase1": 16, "n_unscored_phase1": 0, "policy_mix_share": None,
+        "induced": True, "in_band": False, "on_fail": "exclude", "gate_reasons": ["M 1.000 outside the band"],
+    }))  # fmt: skip
+    out = {
+        name: tmp_path / f"{name}.csv"
+        for name in ("runs", "main", "methods", "kscaling", "controls", "induction")
+    }
+    assert cli_main(["tables", "--evals", "--min-induction-delta", "0.3", "--runs", str(out["runs"]),
+                     "--main", str(out["main"]), "--methods", str(out["methods"]), "--kscaling",
+                     str(out["kscaling"]), "--controls", str(out["controls"]), "--induction-reports", str(report),
+                     "--induction", str(out["induction"])]) == 0  # fmt: skip
+    for name in ("runs", "main", "methods", "kscaling", "controls"):
+        table = pd.read_csv(out[name])
+        assert table.empty and len(table.columns) > 3, name
+    induction = pd.read_csv(out["induction"])
+    assert induction[["organism", "in_band"]].values.tolist() == [["sycophancy", False]]
+    assert "outside the band" in induction["reasons"].iloc[0]
+    diagnose, summary = tmp_path / "diagnose.csv", tmp_path / "diagnose_summary.csv"
+    assert cli_main(["diagnose-table", "--evidence", "--runs", str(out["runs"]), "--out", str(diagnose),
+                     "--summary", str(summary)]) == 0  # fmt: skip
+    assert pd.read_csv(diagnose).empty
+    assert (pd.read_csv(summary)["n_runs"] == 0).all()
+
+
 def test_a_run_without_training_examples_is_kept_with_no_delta():
     """multi_view dropping every prompt leaves Phase 3 nothing to train on: the run stays in the table with
     n_train 0 and a NaN delta (counted as a run without delta in main.csv), never a silent zero."""

@@ -99,12 +99,13 @@ def write_diagnose_tables(
     """diagnose.csv from `cmt diagnose` evidence (with observed signs when runs.csv is given) and its summary."""
     import pandas as pd
 
-    from cmt.analysis.diagnose import diagnose_summary, diagnose_table
+    from cmt.analysis.diagnose import EVIDENCE_COLUMNS, diagnose_summary, diagnose_table
 
     if summary_out and not runs_csv:
         raise ValueError("diagnose_summary.csv scores predictions against observed signs: give --runs too")
+    frames = [pd.read_parquet(p) for p in evidence]  # none when the gate excluded every cell
     table = diagnose_table(
-        pd.concat([pd.read_parquet(p) for p in evidence], ignore_index=True),
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVIDENCE_COLUMNS),
         pd.read_csv(runs_csv) if runs_csv else None,
     )
     write_csv(out, table)

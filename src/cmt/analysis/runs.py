@@ -190,6 +190,9 @@ def induction_check_of(evals: pd.DataFrame, min_delta: float) -> dict:
 
 
 def read_evals(paths: list[str]) -> pd.DataFrame:
+    """Every row of the eval files; no files (the gate excluded every cell) give an empty frame."""
+    if not paths:
+        return pd.DataFrame(columns=EVAL_COLUMNS)
     frames = []
     for path in paths:
         frame = pd.read_parquet(path)

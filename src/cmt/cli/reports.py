@@ -109,7 +109,8 @@ def add_commands(sub) -> list[tuple[str, str]]:
 
     p = command("tables", "write runs.csv, main.csv (and methods.csv, kscaling.csv) from eval parquet",
                 cmd_tables)  # fmt: skip
-    p.add_argument("--evals", nargs="+", required=True)
+    p.add_argument("--evals", nargs="*", default=[],
+                   help="eval parquet files (none, when the gate excluded every cell: tables without runs)")  # fmt: skip
     p.add_argument("--min-induction-delta", type=float, required=True)
     p.add_argument("--runs", required=True)
     p.add_argument("--main", required=True)
@@ -170,7 +171,8 @@ def add_commands(sub) -> list[tuple[str, str]]:
 
     p = command("diagnose-table", "diagnose.csv (predicted and observed sign per run) and its summary",
                 cmd_diagnose_table)  # fmt: skip
-    p.add_argument("--evidence", nargs="+", required=True, help="`cmt diagnose` evidence parquet files")
+    p.add_argument("--evidence", nargs="*", default=[],
+                   help="`cmt diagnose` evidence parquet files (none: every cell excluded, tables without runs)")  # fmt: skip
     p.add_argument("--runs", default=None, help="runs.csv; without it the table holds predictions only")
     p.add_argument("--out", required=True, help="diagnose.csv")
     p.add_argument("--summary", default=None, help="diagnose_summary.csv (needs --runs)")
