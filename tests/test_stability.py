@@ -153,3 +153,14 @@ def test_the_figure_draws_every_run_against_fragility_and_level():
     assert {tuple(p) for p in points} >= {(5.0, 8.0), (1.0, -4.0)}
     (right,) = [ax for ax in fig.axes if ax.get_title().startswith("sycophancy: Δ per level")]
     assert [t.get_text() for t in right.get_xticklabels()] == ["fixed", "varied"]
+
+
+def test_the_figure_keeps_a_marked_slot_for_a_level_the_gate_excluded():
+    runs, shift = _runs_and_shift()
+    swept = {"sycophancy": ["fixed", "default", "varied"], "emergent_misalignment": ["fixed", "varied"]}
+    fig = stability_figure(stability_table(runs, shift, SPECS), swept)
+    (right,) = [ax for ax in fig.axes if ax.get_title().startswith("sycophancy: Δ per level")]
+    labels = [t.get_text() for t in right.get_xticklabels()]
+    assert labels == ["fixed", "default\n(no runs: excluded by the gate)", "varied"]
+    right_points = np.concatenate([c.get_offsets() for c in right.collections])
+    assert set(np.round(right_points[:, 0])) <= {0.0, 2.0}  # varied's runs moved to the third slot

@@ -132,7 +132,10 @@ def write_stability_outputs(
     table = stability_table(pd.read_csv(runs_csv), read_records(fragility), specs)
     write_csv(out, table)
     write_csv(summary_out, stability_summary(table))
-    save_figure(stability_figure(table), figure_stem)
+    swept: dict[str, list[str]] = {}
+    for generator, level in specs.values():
+        swept.setdefault(generator, []).append(level)
+    save_figure(stability_figure(table, swept), figure_stem)
 
 
 def write_cross_model_table(records: Sequence[str], out: str) -> None:

@@ -83,19 +83,22 @@ def stability_summary(table: pd.DataFrame, n_boot: int = 2000, seed: int = 0) ->
                                else c).reset_index(drop=True)  # fmt: skip
 
 
-def stability_figure(table: pd.DataFrame):
+def stability_figure(table: pd.DataFrame, swept: dict[str, list[str]] | None = None):
     """Per generator (rows): Δ against the organism's fragility (left), and Δ per stability level (right), one
     point per run coloured by family (invalid runs hollow; the controls as triangles pointing their expected way);
-    the right panel adds each paper family's mean."""
+    the right panel adds each paper family's mean. `swept` (generator -> levels in the config) keeps a slot,
+    marked, for a level whose organisms the induction gate excluded."""
+    swept = swept or {}
     if table.empty:
         return no_data("Δ against stability", "no swept organism has a main run")
-    generators = sorted(table["generator"].unique())
+    generators = sorted(set(table["generator"]) | set(swept))
     fig, axes = plt.subplots(len(generators), 2, figsize=(11, 3.6 * len(generators)), squeeze=False,
                              layout="constrained", sharey="row")  # fmt: skip
     rng = np.random.default_rng(0)  # jitter only
     for (left, right), generator in zip(axes, generators, strict=True):
         rows = table[table["generator"] == generator]
-        levels = [lv for lv in LEVEL_ORDER if lv in set(rows["level"])]
+        ran = set(rows["level"])
+        levels = [lv for lv in LEVEL_ORDER if lv in ran or lv in swept.get(generator, ())]
         # each control on its own (expected Δ < 0 for oracle_aligned, > 0 for oracle_misaligned), with no mean
         group = rows["family"].where(rows["family"] != "control", rows["method"])
         for name, of_group in rows.groupby(group, sort=True):
@@ -118,7 +121,9 @@ def stability_figure(table: pd.DataFrame):
         left.set_xlabel("fragility of the organism: KL(P1(.|x) || P1(.|perturbed x)) (nats)")
         left.set_ylabel("Δ misalignment (pp)")
         left.set_title(f"{generator}: Δ against measured fragility", fontsize="medium")
-        right.set_xticks(range(len(levels)), levels)
+        right.set_xticks(range(len(levels)), [lv if lv in ran else f"{lv}\n(no runs: excluded by the gate)"
+                                              for lv in levels])  # fmt: skip
+        right.set_xlim(-0.5, len(levels) - 0.5)  # an empty slot keeps its width
         right.set_xlabel("stability setting of the induction replies")
         right.set_title(f"{generator}: Δ per level (bars: family means of valid runs)", fontsize="medium")
         handles, labels = right.get_legend_handles_labels()
