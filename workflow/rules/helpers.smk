@@ -183,8 +183,11 @@ def get_split_file(split):
 
 
 def get_toy_generators():
-    """The toy world's generator modules: editing one regenerates the data."""
+    """The toy world's generator modules, those of toy.corpus_generators included: editing one regenerates the
+    data."""
     generators = dict.fromkeys(toy_generator(o) for o in toy_organisms())
+    if generators:
+        generators.update(dict.fromkeys(config.get("toy", {}).get("corpus_generators", [])))
     code = [SRC / "toy" / f"{g}.py" for g in generators]
     code += [SRC / "toy" / "stability.py"] if generators else []
     return code + (
