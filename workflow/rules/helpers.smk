@@ -187,7 +187,9 @@ def get_toy_generators():
     data."""
     generators = dict.fromkeys(toy_generator(o) for o in toy_organisms())
     if generators:
-        generators.update(dict.fromkeys(config.get("toy", {}).get("corpus_generators", [])))
+        generators.update(
+            dict.fromkeys(config.get("toy", {}).get("corpus_generators", []))
+        )
     code = [SRC / "toy" / f"{g}.py" for g in generators]
     code += [SRC / "toy" / "stability.py"] if generators else []
     return code + (
