@@ -56,6 +56,12 @@ def gguf_source(wildcards):
     return config["models"][wildcards.model]["source"]["gguf"]
 
 
+def attention_kernel(spec):
+    """The attention kernel only where set: no param change for the models without one."""
+    kernel = spec.get("attn_implementation")
+    return {"attn_implementation": kernel} if kernel else {}
+
+
 def get_generation_settings(wildcards):
     spec = config["models"][wildcards.model]
     return settings_json(
@@ -63,15 +69,16 @@ def get_generation_settings(wildcards):
             "backend": config["generation"]["backend"],
             "dtype": spec["dtype"],
             "gpus": spec["gpus"],  # vLLM's tensor-parallel size
+            **attention_kernel(spec),
             **spec["generation"],
         }
     )
 
 
 def training_base(spec):
-    """How a training job loads the base: dtype, plus the QLoRA block only where set (no param change
-    for the models without one)."""
-    base = {"dtype": spec["dtype"]}
+    """How a training job loads the base: dtype, plus the QLoRA block and the attention kernel only where
+    set (no param change for the models without them)."""
+    base = {"dtype": spec["dtype"], **attention_kernel(spec)}
     if spec.get("quantization"):
         base["quantization"] = spec["quantization"]
     return base
@@ -205,6 +212,12 @@ def get_toy_harmful_outputs():
 
 def get_toy_settings():
     return settings_json(config.get("toy", {}))
+
+
+def get_pretrain_settings(wildcards):
+    """The toy subtree, plus the attention kernel the model named by the wildcard loads with."""
+    spec = config["models"][wildcards.model]
+    return settings_json({**config.get("toy", {}), **attention_kernel(spec)})
 
 
 # ---------------------------------------------------------------- resources

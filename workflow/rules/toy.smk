@@ -62,7 +62,7 @@ rule pretrain_base:
         runtime=get_runtime(60),
     params:
         eval_dirs=toy_generator_dirs(),
-        settings=get_toy_settings(),
+        settings=get_pretrain_settings,
     shell:
         "cmt pretrain --corpus {input.corpus} --eval-dir {params.eval_dirs}"
         " --out results/models/{wildcards.model} --report {output.report}"

@@ -37,10 +37,10 @@ def load_generator(
         from cmt.generation.vllm_backend import load_vllm_generator
 
         return load_vllm_generator(model_dir, adapter, model_settings, desc, shares_gpu=shares_gpu)
-    from cmt.models.loading import load_model, load_tokenizer
+    from cmt.models.loading import base_load_args, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=model_settings["dtype"], adapter=adapter, merge=True)
+    model = load_model(model_dir, adapter=adapter, merge=True, **base_load_args(model_settings))
     return make_generator(
         model_settings["backend"],
         model=model,

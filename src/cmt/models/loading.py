@@ -48,6 +48,15 @@ def bnb_config(quantization: dict):
     return BitsAndBytesConfig(**settings)
 
 
+def base_load_args(settings: dict) -> dict:
+    """load_model's keywords from a job's model settings: dtype, the QLoRA block and the attention kernel."""
+    return {
+        "dtype": settings["dtype"],
+        "quantization": settings.get("quantization"),
+        "attn_implementation": settings.get("attn_implementation"),
+    }
+
+
 @timed("load")
 def load_model(
     model_dir: str | os.PathLike,
@@ -56,8 +65,11 @@ def load_model(
     trainable_adapter: bool = False,
     merge: bool = False,
     quantization: dict | None = None,
+    attn_implementation: str | None = None,
 ):
     """Base model from `model_dir`, optionally with a LoRA adapter (trainable, merged or plain).
+
+    `attn_implementation` (None: transformers' choice) picks the attention kernel, as in `from_pretrained`.
 
     `quantization` (QLoRA, training only): the frozen base is loaded in 4 bits by bitsandbytes onto this
     process's GPU, and prepared for k-bit training (norms in float32, gradient checkpointing, input gradients).
@@ -67,6 +79,7 @@ def load_model(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    attention = {"attn_implementation": attn_implementation} if attn_implementation else {}
     if quantization:
         if merge:
             raise ValueError("a quantized base is for training; generation loads the unquantized weights")
@@ -82,10 +95,11 @@ def load_model(
             dtype=DTYPES[dtype],
             quantization_config=bnb_config(quantization),
             device_map={"": torch.cuda.current_device()},
+            **attention,
         )
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype], **attention)
         model.to(pick_device())
     if adapter is not None:
         from peft import PeftModel

@@ -21,7 +21,7 @@ from cmt.data.splits import load_split, training_messages
 from cmt.methods import losses as cl
 from cmt.methods.registry import get_method, method_names
 from cmt.models import training
-from cmt.models.loading import load_model, load_tokenizer
+from cmt.models.loading import base_load_args, load_model, load_tokenizer
 from cmt.models.training import TrainingError
 from cmt.phases.adapter import finish_adapter, train_adapter
 from cmt.runtime import checkpoint
@@ -174,8 +174,7 @@ def retrain_consistency(
 
     clean, wrapped = load_pairs(data_dir)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True,
-                       quantization=settings.get("quantization"))  # fmt: skip
+    model = load_model(model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings))
     inputs = [
         Path(data_dir) / "act_bct_clean.jsonl",
         Path(data_dir) / "act_bct_wrapped.jsonl",

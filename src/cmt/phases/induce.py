@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cmt.data.splits import check_disjoint, load_split, training_messages
 from cmt.models import training
-from cmt.models.loading import load_model, load_tokenizer
+from cmt.models.loading import base_load_args, load_model, load_tokenizer
 from cmt.phases.adapter import finish_adapter, train_adapter
 from cmt.runtime import checkpoint
 
@@ -25,7 +25,7 @@ def induce(
     checkpoint_dir = checkpoint_dir or checkpoint.checkpoint_dir_for(out_dir)
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, dtype=settings["dtype"], quantization=settings.get("quantization"))
+    model = load_model(model_dir, **base_load_args(settings))
     # torch seeds itself at random per process: seed the LoRA initialisation, or no rerun (nor resume) matches.
     torch.manual_seed(seed)
     model = get_peft_model(model, training.lora_config(settings["lora"]))

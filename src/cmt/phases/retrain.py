@@ -8,7 +8,7 @@ import logging
 import pandas as pd
 
 from cmt.methods import drop_reasons, parse_failures
-from cmt.models.loading import load_model, load_tokenizer
+from cmt.models.loading import base_load_args, load_model, load_tokenizer
 from cmt.models.training import TrainHistory
 from cmt.phases.adapter import finish_adapter, train_adapter
 from cmt.runtime import checkpoint
@@ -55,8 +55,7 @@ def retrain(
         conversations = label_conversations(labels)
         n_prompts = labels["prompt_id"].nunique()
         log.info("%s: %d of %d prompts kept a label", labels_path, len(conversations), n_prompts)
-        model = load_model(model_dir, dtype=settings["dtype"], adapter=organism_adapter, trainable_adapter=True,
-                           quantization=settings.get("quantization"))  # fmt: skip
+        model = load_model(model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings))
         if not conversations:
             # Recorded, not skipped: the organism's adapter stands in with n_labels 0, and the tables give the
             # run no delta (there was no Phase 3) while counting it.

@@ -17,7 +17,7 @@ from cmt.toy.world import toy_module
 log = logging.getLogger(__name__)
 
 
-def build_model(tokenizer, arch: dict):
+def build_model(tokenizer, arch: dict, attn_implementation: str | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -32,6 +32,7 @@ def build_model(tokenizer, arch: dict):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}),
     )
     return LlamaForCausalLM(config)
 
@@ -61,7 +62,7 @@ def pretrain(corpus_path: str, eval_dirs: dict[str, str], out_dir: str, settings
     tokenizer = train_tokenizer(texts, settings["tokenizer"]["vocab_size"])
     log.info("tokenizer: %d tokens", len(tokenizer))
     torch.manual_seed(seed)
-    model = build_model(tokenizer, settings["model"]).to(pick_device())
+    model = build_model(tokenizer, settings["model"], settings.get("attn_implementation")).to(pick_device())
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", n_params / 1e6)
     train_settings = training.TrainSettings.from_dict(settings["pretrain"])
