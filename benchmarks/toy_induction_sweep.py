@@ -26,6 +26,7 @@ root = Path(os.environ.get("ROOT", "."))
 cfg = yaml.safe_load((root / "config/config.yaml").read_text())
 model_dir = str(root / "results/models/toy")
 spec = cfg["models"]["toy"]
+kernel = {"attn_implementation": spec["attn_implementation"]} if spec.get("attn_implementation") else {}
 strengths = [float(s) for s in sys.argv[1].split(",")]
 organisms = sys.argv[2].split(",")
 seeds = [int(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [0]
@@ -49,6 +50,7 @@ for s in strengths:
                     str(ad),
                     {
                         "dtype": spec["dtype"],
+                        **kernel,
                         "lora": spec["lora"],
                         "train": {**spec["phase1"], "epochs": epochs},
                     },
@@ -58,7 +60,7 @@ for s in strengths:
             gen = load_generator(
                 model_dir,
                 str(ad),
-                {"backend": "hf", "dtype": spec["dtype"], "gpus": 0, **spec["generation"]},
+                {"backend": "hf", "dtype": spec["dtype"], "gpus": 0, **kernel, **spec["generation"]},
                 "tune",
             )
             ex = load_split(data / org, "eval")
