@@ -33,30 +33,25 @@ def test_base_load_args_carry_the_kernel_only_where_set():
     assert base_load_args({"dtype": "bfloat16", "attn_implementation": "eager"})["attn_implementation"] == "eager"
 
 
-def test_the_default_configs_toy_jobs_get_eager_and_the_paper_grids_get_none(tmp_path):
+def test_a_model_that_names_a_kernel_passes_it_to_every_job_and_one_that_does_not_passes_none(tmp_path):
+    import yaml
     from helpers import run_snakemake
 
-    proc = run_snakemake(
-        tmp_path, "-n", "-p", "--forceall",
+    targets = (
         "results/retrained/toy/sycophancy/seed0/gst/k1/adapter/adapter_config.json",
         "results/eval/toy/sycophancy/seed0/gst/k1.parquet",
-        config=REPO / "config" / "config.yaml", check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [line.removeprefix("Shell command: ") for line in proc.stdout.splitlines()]
-    settings = {}
-    for line in lines:
-        flag = "--model-settings '" if "--model-settings '" in line else "--settings '"
-        if line.startswith("cmt ") and flag in line:
-            settings.setdefault(line.split()[1], json.loads(line.split(flag)[1].split("'")[0]))
-    for command in ("pretrain", "induce", "retrain", "evaluate"):
-        assert settings[command]["attn_implementation"] == "eager", command
-
-    paper = run_snakemake(
-        tmp_path / "paper", "-n", "-p",
-        "results/organisms/Llama-3.1-8B/sycophancy/seed40/adapter/adapter_config.json",
-        config=REPO / "config" / "paper.yaml", check=False, env={"OPENAI_API_KEY": "sk-dry-run"},
-    )  # fmt: skip
-    assert paper.returncode == 0, paper.stdout + paper.stderr
-    induce = [line for line in paper.stdout.splitlines() if "cmt induce" in line]
-    assert induce and all("attn_implementation" not in line for line in induce)
+    )
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    eager = {**default, "models": {"toy": {**default["models"]["toy"], "attn_implementation": "eager"}}}
+    config = tmp_path / "eager.yaml"
+    config.write_text(yaml.safe_dump(eager))
+    for name, path, kernel in (("eager", config, "eager"), ("default", REPO / "config" / "config.yaml", None)):
+        proc = run_snakemake(tmp_path / name, "-n", "-p", "--forceall", *targets, config=path, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        settings = {}
+        for line in (line.removeprefix("Shell command: ") for line in proc.stdout.splitlines()):
+            flag = "--model-settings '" if "--model-settings '" in line else "--settings '"
+            if line.startswith("cmt ") and flag in line:
+                settings.setdefault(line.split()[1], json.loads(line.split(flag)[1].split("'")[0]))
+        for command in ("pretrain", "induce", "retrain", "evaluate"):
+            assert settings[command].get("attn_implementation") == kernel, (name, command)
