@@ -166,6 +166,23 @@ def test_changing_a_regularization_method_reruns_only_its_retrain(methods_run, t
     assert dry_run(methods_run, config) == expected
 
 
+def test_a_controls_dose_reruns_only_that_controls_phase3(methods_run, tmp_path):
+    """methods.<control>.train reaches the control's retrain job and nothing else: the other methods' Phase-3
+    settings keep their bytes, and the control's labels do not depend on it."""
+    config = edited(tmp_path, lambda c: c["methods"]["oracle_misaligned"].update(train={"epochs": 1}))
+    expected = {"retrain_oracle_misaligned": 1, "evaluate_oracle_misaligned": 1}
+    aggregates = {"tables": 1, "figures": 1, "diagnose_table": 1, "all": 1}
+    assert dry_run(methods_run, config) == {**expected, **aggregates}
+    proc = run_snakemake(methods_run["work"], "-n", "-p", "all", config=config,
+                         snakefile=methods_run["repo"] / "Snakefile")  # fmt: skip
+    commands = [line for line in proc.stdout.splitlines() if line.startswith("cmt retrain ")]
+    assert len(commands) == 1 and "oracle_misaligned" in commands[0]
+    settings = yaml.safe_load(commands[0].split("--settings '")[1].split("'")[0])
+    phase3 = yaml.safe_load(METHODS_CONFIG.read_text())["models"]["toy"]["phase3"]
+    assert settings["train"]["epochs"] == 1 and phase3["epochs"] != 1
+    assert settings["train"]["learning_rate"] == phase3["learning_rate"]  # only the overridden key changes
+
+
 def test_rerunning_with_the_same_config_and_seed_gives_identical_bytes(methods_run):
     """Seeds reach every sampler: forcing the sampling labellers (and everything downstream) to run again
     writes byte-identical labels, candidates, adapters, evaluations and tables."""

@@ -84,19 +84,20 @@ def training_base(spec):
     return base
 
 
-def get_phase_settings(wildcards, phase):
+def get_phase_settings(wildcards, phase, overrides=None):
+    """A model's phase1/phase3 training settings, with a method's own `train` overrides where given."""
     spec = config["models"][wildcards.model]
     return settings_json(
-        {**training_base(spec), "lora": spec["lora"], "train": spec[phase]}
+        {
+            **training_base(spec),
+            "lora": spec["lora"],
+            "train": {**spec[phase], **(overrides or {})},
+        }
     )
 
 
 def get_phase1_settings(wildcards):
     return get_phase_settings(wildcards, "phase1")
-
-
-def get_phase3_settings(wildcards):
-    return get_phase_settings(wildcards, "phase3")
 
 
 # ---------------------------------------------------------------- organisms and data

@@ -86,6 +86,17 @@ def shift_cell_paths(pattern, method):
     return expand(pattern, method=method, k=shift_ks(method), allow_missing=True)
 
 
+def get_retrain_settings_of(method_name):
+    """A param function: the model's Phase-3 settings with the method's own `train` overrides (the controls'
+    dose); a method without them gets the same JSON as ever, so no rerun."""
+
+    def inner(wildcards):
+        overrides = config["methods"][method_name].get("train")
+        return get_phase_settings(wildcards, "phase3", overrides)
+
+    return inner
+
+
 def get_consistency_settings_of(method_name):
     """A param function: Phase-3 training settings plus the regularisation method's own subtree (and the
     model's generation budget, which only bct's sft variant uses)."""

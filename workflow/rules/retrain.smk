@@ -26,7 +26,7 @@ for method in LABEL_METHODS:
         params:
             method=method,
             model_dir=get_model_dir,
-            settings=get_phase3_settings,
+            settings=get_retrain_settings_of(method),
             out_dirs=lambda wildcards, output: dirnames(output.config),
         shell:
             "cmt retrain --model-dir {params.model_dir} --adapter $(dirname {input.adapter})"
