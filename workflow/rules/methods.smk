@@ -47,7 +47,8 @@ def runs_on(method, organism):
 
 def method_settings(method):
     """The method's config subtree as the label job's param, without k (k shapes the outputs, one file per k)
-    and without `train` (a control's Phase-3 dose, which its labels do not depend on)."""
+    and without `train` (a control's Phase-3 dose, which its labels do not depend on).
+    """
     settings = config["methods"][method]
     return settings_json(
         {key: value for key, value in settings.items() if key not in ("k", "train")}
