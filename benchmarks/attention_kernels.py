@@ -59,7 +59,8 @@ def main(work: Path) -> None:
     corpus = [json.loads(line) for line in (results / "data" / "toy" / "corpus.jsonl").open()]
     rows = random.Random(0).sample(corpus, 64)
     pretrain = _collate(
-        [encode_chat(tokenizer, r["messages"], 256, assistant_only=False) for r in rows], tokenizer.pad_token_id
+        [encode_chat(tokenizer, r["messages"], 256, assistant_only=False) for r in rows],
+        tokenizer.pad_token_id,
     )
     logits = {}
     for kernel in KERNELS:

@@ -30,7 +30,10 @@ def test_base_load_args_carry_the_kernel_only_where_set():
     assert base_load_args({"dtype": "float32"}) == {
         "dtype": "float32", "quantization": None, "attn_implementation": None
     }  # fmt: skip
-    assert base_load_args({"dtype": "bfloat16", "attn_implementation": "eager"})["attn_implementation"] == "eager"
+    assert (
+        base_load_args({"dtype": "bfloat16", "attn_implementation": "eager"})["attn_implementation"]
+        == "eager"
+    )
 
 
 def test_a_model_that_names_a_kernel_passes_it_to_every_job_and_one_that_does_not_passes_none(tmp_path):
@@ -45,7 +48,10 @@ def test_a_model_that_names_a_kernel_passes_it_to_every_job_and_one_that_does_no
     eager = {**default, "models": {"toy": {**default["models"]["toy"], "attn_implementation": "eager"}}}
     config = tmp_path / "eager.yaml"
     config.write_text(yaml.safe_dump(eager))
-    for name, path, kernel in (("eager", config, "eager"), ("default", REPO / "config" / "config.yaml", None)):
+    for name, path, kernel in (
+        ("eager", config, "eager"),
+        ("default", REPO / "config" / "config.yaml", None),
+    ):
         proc = run_snakemake(tmp_path / name, "-n", "-p", "--forceall", *targets, config=path, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         settings = {}

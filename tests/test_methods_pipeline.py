@@ -175,7 +175,8 @@ def test_a_controls_dose_reruns_only_that_controls_phase3(methods_run, tmp_path)
     assert dry_run(methods_run, config) == {**expected, **aggregates}
     proc = run_snakemake(methods_run["work"], "-n", "-p", "all", config=config,
                          snakefile=methods_run["repo"] / "Snakefile")  # fmt: skip
-    commands = [line for line in proc.stdout.splitlines() if line.startswith("cmt retrain ")]
+    lines = [line.strip().removeprefix("Shell command: ") for line in proc.stdout.splitlines()]
+    commands = [line for line in lines if line.startswith("cmt retrain ")]
     assert len(commands) == 1 and "oracle_misaligned" in commands[0]
     settings = yaml.safe_load(commands[0].split("--settings '")[1].split("'")[0])
     phase3 = yaml.safe_load(METHODS_CONFIG.read_text())["models"]["toy"]["phase3"]

@@ -585,14 +585,17 @@ def test_shift_and_fragility_commands_write_records(saved_world):
 
 
 def test_correlations_use_one_point_per_independent_valid_run():
-    """k-scaling runs share their draws with the main run and invalid models are broken: neither is a point.
-    The Spearman CI brackets rho, and the permutation p agrees with scipy's on a clear monotone relation."""
+    """k-scaling runs share their draws with the main run, invalid models are broken and controls are not
+    consistency training: none of them is a point. The Spearman CI brackets rho, and the permutation p agrees
+    with scipy's on a clear monotone relation."""
     from scipy.stats import spearmanr
 
     delta = [-20.0, -10.0, 0.0, 5.0, 10.0, 20.0, 30.0, 40.0]
     kl = [0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.65, 0.9]
-    table = pd.DataFrame({"organism": "syc", "delta_pp": [*delta, 99.0, -99.0], "kl_realised": [*kl, 0.0, 5.0],
-                          "main_run": [True] * 8 + [False, True], "valid": [True] * 9 + [False]})  # fmt: skip
+    table = pd.DataFrame({"organism": "syc", "method": ["gst"] * 10 + ["oracle_aligned", "oracle_misaligned"],
+                          "delta_pp": [*delta, 99.0, -99.0, 60.0, -60.0], "kl_realised": [*kl, 0.0, 5.0, 0.0, 3.0],
+                          "main_run": [True] * 8 + [False, True, True, True],
+                          "valid": [True] * 9 + [False, True, True]})  # fmt: skip
     row = shift_correlations(table, ["kl_realised"], n_boot=400, seed=1).set_index("organism").loc["syc"]
     assert row["n"] == 8
     assert row["spearman_r"] == pytest.approx(spearmanr(delta, kl).statistic) == pytest.approx(1.0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from cmt.methods.registry import method_names
 from cmt.runtime.io import DataError
 
 RUN_KEYS = ["model", "organism", "seed", "method", "k"]
@@ -165,8 +166,9 @@ def shift_correlations(
     table: pd.DataFrame, measures: Sequence[str] = SHIFT_MEASURES, n_boot: int = 2000, seed: int = 0
 ) -> pd.DataFrame:
     """Correlation of delta with each measure, per organism and over all runs (organism "all"): one point per
-    independent run, so only main runs (k-scaling runs share their draws with the main run) of valid models,
-    where both values are finite and, for a KL estimate, reliable (`<measure>_reliable`; n_unreliable counts the
+    independent run, so only main runs (k-scaling runs share their draws with the main run) of valid models and
+    no control (the oracle labels are not consistency training: their large, known deltas would drive the
+    correlation), where both values are finite and, for a KL estimate, reliable (`<measure>_reliable`; n_unreliable counts the
     finite points left out); n says how many. Pearson and Spearman with scipy's two-sided p, plus a bootstrap CI
     of Spearman's rho and its permutation p. NaN statistics when n < 3 or a variable is constant."""
     from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
@@ -175,6 +177,8 @@ def shift_correlations(
     for column in ("main_run", "valid"):
         if column in table.columns:
             table = table[table[column].astype(bool)]
+    if "method" in table.columns:
+        table = table[~table["method"].isin(method_names(family="control"))]
     groups = [(str(o), g) for o, g in table.groupby("organism", sort=True)] + [("all", table)]
     rows = []
     for organism, group in groups:

@@ -174,7 +174,9 @@ def retrain_consistency(
 
     clean, wrapped = load_pairs(data_dir)
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings))
+    model = load_model(
+        model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings)
+    )
     inputs = [
         Path(data_dir) / "act_bct_clean.jsonl",
         Path(data_dir) / "act_bct_wrapped.jsonl",

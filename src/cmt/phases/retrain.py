@@ -55,7 +55,9 @@ def retrain(
         conversations = label_conversations(labels)
         n_prompts = labels["prompt_id"].nunique()
         log.info("%s: %d of %d prompts kept a label", labels_path, len(conversations), n_prompts)
-        model = load_model(model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings))
+        model = load_model(
+            model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings)
+        )
         if not conversations:
             # Recorded, not skipped: the organism's adapter stands in with n_labels 0, and the tables give the
             # run no delta (there was no Phase 3) while counting it.
