@@ -132,7 +132,9 @@ def _batches(examples: list[dict], settings: TrainSettings, generator: torch.Gen
     sampler = LengthGroupedBatches(lengths, settings.batch_size, settings.group_by_length, generator)
     # The generator also feeds the loader's own per-epoch draw, which would otherwise come from the global RNG
     # that LoRA dropout uses, and a resumed run would not replay it.
-    return torch.utils.data.DataLoader(examples, batch_sampler=sampler, generator=generator, collate_fn=collate)
+    return torch.utils.data.DataLoader(
+        examples, batch_sampler=sampler, generator=generator, collate_fn=collate
+    )
 
 
 def _collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
