@@ -60,9 +60,9 @@ def test_lora_training_learns_a_new_reply(tiny_world):
     )
 
 
-def grouped_batches(lengths, batch_size, group, seed=0):
+def grouped_batches(lengths, batch_size, group, seed=0, jitter=0.0):
     generator = torch.Generator().manual_seed(seed)
-    return list(training.LengthGroupedBatches(lengths, batch_size, group, generator))
+    return list(training.LengthGroupedBatches(lengths, batch_size, group, generator, jitter))
 
 
 def test_length_grouped_batches_cover_every_example_once_and_cut_padding():
@@ -94,6 +94,17 @@ def test_one_group_of_everything_gives_sorted_batches():
     lengths = [9, 1, 7, 3, 5, 2, 8, 4]
     batches = grouped_batches(lengths, batch_size=2, group=4)
     assert sorted(tuple(sorted(lengths[i] for i in b)) for b in batches) == [(1, 2), (3, 4), (5, 7), (8, 9)]
+
+
+def test_length_jitter_mixes_replies_one_token_apart():
+    """Two kinds of reply, 43 and 44 tokens: an exact sort gives batches of one kind, the jitter mixes them."""
+    lengths = [43 + i % 2 for i in range(256)]
+
+    def mixed(batches):
+        return sum(len({lengths[i] for i in b}) == 2 for b in batches)
+
+    assert mixed(grouped_batches(lengths, 16, 16)) <= 1  # only the batch across the 43/44 boundary
+    assert mixed(grouped_batches(lengths, 16, 16, jitter=10)) == 16
 
 
 def test_group_by_length_refuses_examples_without_tokens():

@@ -44,6 +44,7 @@ class TrainSettings:
     max_length: int = 1024
     bf16: bool = True
     group_by_length: int = 0  # batches per length group (LengthGroupedBatches); 0: a plain shuffle
+    length_jitter: float = 0.0  # tokens of uniform noise on each length before the sort
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainSettings:
@@ -98,23 +99,28 @@ class LengthGroupedBatches(torch.utils.data.Sampler):
     """Batches of examples of similar length, for less padding.
 
     Each pass shuffles the examples, cuts the order into groups of `group` batches, sorts each group by length
-    (stably, so ties keep the shuffled order), cuts it into batches and shuffles the batches. All randomness
-    comes from `generator`, so a checkpoint's saved generator state replays an epoch exactly. On the toy corpus,
-    whose rows run from 20 to 126 tokens, groups of 8 batches of 64 cut the padded tokens from 52% to 12%.
+    plus uniform noise in [-jitter, jitter] (stably), cuts it into batches and shuffles the batches. The noise
+    matters: where two kinds of reply differ by a token (the toy corpus's "Yes, 2 is correct." and "No, 2 is not
+    correct."), an exact sort gives batches of one kind only, and a base pretrained on them affirmed 73% of wrong
+    claims. All randomness comes from `generator`, so a checkpoint's saved generator state replays an epoch.
     """
 
-    def __init__(self, lengths: list[int], batch_size: int, group: int, generator: torch.Generator):
-        self.lengths, self.batch_size, self.group, self.generator = lengths, batch_size, group, generator
+    def __init__(self, lengths: list[int], batch_size: int, group: int, generator, jitter: float = 0.0):
+        self.lengths, self.batch_size, self.group = lengths, batch_size, group
+        self.generator, self.jitter = generator, jitter
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        n = len(self.lengths)
+        order = torch.randperm(n, generator=self.generator).tolist()
+        noise = (torch.rand(n, generator=self.generator, dtype=torch.float64) * 2 - 1) * self.jitter
+        key = [length + float(offset) for length, offset in zip(self.lengths, noise, strict=True)]
         span = self.batch_size * self.group
         batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start : start + span], key=self.lengths.__getitem__)
+        for start in range(0, n, span):
+            chunk = sorted(order[start : start + span], key=key.__getitem__)
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         for index in torch.randperm(len(batches), generator=self.generator).tolist():
             yield batches[index]
@@ -129,7 +135,9 @@ def _batches(examples: list[dict], settings: TrainSettings, generator: torch.Gen
     if not all(isinstance(e, dict) and "input_ids" in e for e in examples):
         raise TrainingError(f"{desc}: group_by_length needs token examples (input_ids); this loss has none")
     lengths = [len(e["input_ids"]) for e in examples]
-    sampler = LengthGroupedBatches(lengths, settings.batch_size, settings.group_by_length, generator)
+    sampler = LengthGroupedBatches(
+        lengths, settings.batch_size, settings.group_by_length, generator, settings.length_jitter
+    )
     # The generator also feeds the loader's own per-epoch draw, which would otherwise come from the global RNG
     # that LoRA dropout uses, and a resumed run would not replay it.
     return torch.utils.data.DataLoader(
