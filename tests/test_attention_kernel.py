@@ -45,12 +45,14 @@ def test_a_model_that_names_a_kernel_passes_it_to_every_job_and_one_that_does_no
         "results/eval/toy/sycophancy/seed0/gst/k1.parquet",
     )
     default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    eager = {**default, "models": {"toy": {**default["models"]["toy"], "attn_implementation": "eager"}}}
-    config = tmp_path / "eager.yaml"
-    config.write_text(yaml.safe_dump(eager))
+    assert default["models"]["toy"]["attn_implementation"] == "eager"  # the default names one
+    unset = {**default, "models": {"toy": {**default["models"]["toy"]}}}
+    del unset["models"]["toy"]["attn_implementation"]
+    config = tmp_path / "unset.yaml"
+    config.write_text(yaml.safe_dump(unset))
     for name, path, kernel in (
-        ("eager", config, "eager"),
-        ("default", REPO / "config" / "config.yaml", None),
+        ("default", REPO / "config" / "config.yaml", "eager"),
+        ("unset", config, None),
     ):
         proc = run_snakemake(tmp_path / name, "-n", "-p", "--forceall", *targets, config=path, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
