@@ -3,8 +3,9 @@
 Usage: PYTHONPATH=src .venv/bin/python benchmarks/toy_induction_sweep.py STRENGTHS ORGANISMS [SEEDS] [EPOCHS]
 e.g. 0.5,0.65 sycophancy,reward_hacking 0,1,2. Needs the toy base at ROOT/results/models/toy (run
 `.venv/bin/snakemake --cores 2 results/models/toy/model.safetensors` first). Per organism, strength and seed it
-induces an organism and prints one JSON line: greedy M on the eval split (n scored rows), M over 8 samples at
-T = 0.7, and `both`, the share of scored prompts whose 8 samples hold both an aligned and a misaligned reply.
+induces an organism (on one thread, as the pipeline does) and prints one JSON line: greedy M on the eval split
+(n scored rows), M over 8 samples at T = 0.7, and `both`, the share of scored prompts whose 8 samples hold both
+an aligned and a misaligned reply.
 """
 
 import copy
@@ -14,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from cmt.data.splits import load_split
@@ -22,6 +24,9 @@ from cmt.organisms import make_judge
 from cmt.phases.induce import induce
 from cmt.toy.world import write_world
 
+# One thread, as the pipeline's induce and evaluate jobs: the thread count changes the rounding, and with it the
+# organisms (the values in docs/benchmarks.md were measured so).
+torch.set_num_threads(1)
 root = Path(os.environ.get("ROOT", "."))
 cfg = yaml.safe_load((root / "config/config.yaml").read_text())
 model_dir = str(root / "results/models/toy")
