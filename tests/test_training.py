@@ -83,6 +83,12 @@ def test_length_grouped_batches_cover_every_example_once_and_cut_padding():
     for batch in batches:
         assert max(lengths[i] for i in batch) - min(lengths[i] for i in batch) <= 60
 
+    def mean_span(batches):
+        return sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+
+    # Each group of 32 is sorted, so a batch holds neighbours in length: its span is a fraction of a random one's.
+    assert mean_span(batches) < 0.5 * mean_span(shuffled)
+
 
 def test_length_grouped_batches_are_seeded():
     lengths = [3 + i % 17 for i in range(100)]

@@ -169,8 +169,9 @@ def shift_correlations(
     independent run, so only main runs (k-scaling runs share their draws with the main run) of valid models and
     no control (the oracle labels are not consistency training: their large, known deltas would drive the
     correlation), where both values are finite and, for a KL estimate, reliable (`<measure>_reliable`;
-    n_unreliable counts the finite points left out); n says how many. Pearson and Spearman with scipy's two-sided p, plus a bootstrap CI
-    of Spearman's rho and its permutation p. NaN statistics when n < 3 or a variable is constant."""
+    n_unreliable counts the finite points left out); n says how many. Pearson and Spearman with scipy's
+    two-sided p, plus a bootstrap CI of Spearman's rho and its permutation p. NaN statistics when n < 3 or a
+    variable is constant."""
     from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 
     _require(table, ["organism", "delta_pp", *measures], "shift table")
