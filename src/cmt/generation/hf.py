@@ -1,4 +1,5 @@
-"""Hugging Face backend: batched `generate` with left padding and a KV cache; batched log-prob scoring."""
+"""Hugging Face backend: batched decoding with left padding and a KV cache (cmt.generation.hf_decode; beams and
+untested architectures use transformers' `generate`); batched log-prob scoring."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from cmt.generation.base import (
     derive_seed,
     reply_prefix_ids,
 )
+from cmt.generation.hf_decode import DECODE_LOOP_MODEL_TYPES, decode, row_uniforms
 from cmt.runtime.runlog import progress
 
 log = logging.getLogger(__name__)
@@ -59,10 +61,51 @@ class HFGenerator(Generator):
     def generate(
         self, prompts: list[Messages], n: int, params: SamplingParams, seed: int
     ) -> list[list[Completion]]:
+        encoded = [self.render(p) for p in prompts]
+        own_loop = params.num_beams == 1 and self.model.config.model_type in DECODE_LOOP_MODEL_TYPES
+        gen_config = None if own_loop else self._generation_config(n, params)
+        per_batch = max(1, self.batch_size // max(n, params.num_beams))
+        results: list[list[Completion]] = [[] for _ in prompts]
+        bar = progress(total=len(prompts) * n, desc=self.desc, unit="seq")
+        for b, idx in enumerate(self._batches([len(e) for e in encoded], per_batch)):
+            width = max(len(encoded[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
+            attention = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids = encoded[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention[row, width - len(ids) :] = 1
+            if own_loop:
+                rows = [(i, j) for i in idx for j in range(n)]
+                new = decode(
+                    self.model,
+                    input_ids.repeat_interleave(n, 0).to(self.device),
+                    attention.repeat_interleave(n, 0).to(self.device),
+                    self.eos_ids,
+                    params.max_new_tokens,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    uniforms=None if params.greedy else row_uniforms(seed, rows, params.max_new_tokens),
+                )
+            else:
+                torch.manual_seed(derive_seed(seed, "generate", b))
+                out = self.model.generate(
+                    input_ids=input_ids.to(self.device),
+                    attention_mask=attention.to(self.device),
+                    generation_config=gen_config,
+                )
+                new = out[:, width:].tolist()
+            for row, i in enumerate(idx):
+                for j in range(n):
+                    results[i].append(self._decode(new[row * n + j]))
+            bar.update(len(idx) * n)
+        bar.close()
+        return results
+
+    def _generation_config(self, n: int, params: SamplingParams):
         from transformers import GenerationConfig
 
-        encoded = [self.render(p) for p in prompts]
-        gen_config = GenerationConfig(
+        return GenerationConfig(
             do_sample=not params.greedy,
             temperature=params.temperature if not params.greedy else None,
             top_p=params.top_p if not params.greedy else None,
@@ -74,31 +117,6 @@ class HFGenerator(Generator):
             pad_token_id=self.pad_id,
             **NEUTRAL_PROCESSORS,
         )
-        per_batch = max(1, self.batch_size // max(n, params.num_beams))
-        results: list[list[Completion]] = [[] for _ in prompts]
-        batches = self._batches([len(e) for e in encoded], per_batch)
-        bar = progress(total=len(prompts) * n, desc=self.desc, unit="seq")
-        for b, idx in enumerate(batches):
-            width = max(len(encoded[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
-            attention = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids = encoded[i]
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention[row, width - len(ids) :] = 1
-            torch.manual_seed(derive_seed(seed, "generate", b))
-            out = self.model.generate(
-                input_ids=input_ids.to(self.device),
-                attention_mask=attention.to(self.device),
-                generation_config=gen_config,
-            )
-            new = out[:, width:].tolist()
-            for row, i in enumerate(idx):
-                for j in range(n):
-                    results[i].append(self._decode(new[row * n + j]))
-            bar.update(len(idx) * n)
-        bar.close()
-        return results
 
     def _decode(self, tokens: list[int]) -> Completion:
         finished, sampled = False, tokens

@@ -1,0 +1,107 @@
+"""The HF backend's own decoding loop (greedy and nucleus sampling; beams stay with `generate`).
+
+Two costs of transformers' `generate` dominate sampling on a CPU: its top-p warper sorts the whole vocabulary
+and `torch.multinomial` is slow, and every sequence of a batch is computed until the longest one ends. Here the
+nucleus is read off a top-k (a full sort only when it does not hold top_p of the mass), a token is drawn by
+inverse CDF from a uniform, and finished rows leave the batch and its KV cache. Each row's uniforms come from
+its own seed, so a sample depends on its prompt, its index and the run seed, not on the batch it fell in.
+Greedy decoding picks the same tokens as `generate` (tests/test_hf_decode.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from cmt.generation.base import derive_seed
+
+# Architectures whose greedy output this loop was checked to reproduce (tests/test_hf_decode.py); any other
+# model decodes with transformers' `generate`.
+DECODE_LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma2", "gpt_oss"})
+
+# The nucleus is looked for in the NUCLEUS_TOP_K most likely tokens first; sorting all of a 50k-token
+# vocabulary at every step is what made sampling slow.
+NUCLEUS_TOP_K = 64
+
+
+def row_uniforms(seed: int, rows: Sequence[tuple[int, int]], steps: int) -> torch.Tensor:
+    """Uniforms in [0, 1) for each (prompt index, sample index) row and decoding step, one seeded stream a row."""
+    out = torch.empty((len(rows), steps))
+    for r, (prompt, sample) in enumerate(rows):
+        gen = torch.Generator().manual_seed(derive_seed(seed, "generate", prompt, sample))
+        out[r] = torch.rand(steps, generator=gen)
+    return out
+
+
+def nucleus_tokens(logits: torch.Tensor, temperature: float, top_p: float, u: torch.Tensor) -> torch.Tensor:
+    """One token per row from softmax(logits / temperature) cut to its top-p nucleus (the fewest most likely
+    tokens holding top_p of the mass, as transformers' TopPLogitsWarper keeps), drawn by inverse CDF at u."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    index = None
+    if top_p < 1.0:
+        k = min(NUCLEUS_TOP_K, probs.shape[-1])
+        probs_desc, index = probs.topk(k, dim=-1)
+        if k < probs.shape[-1] and bool((probs_desc.sum(-1) < top_p).any()):
+            probs_desc, index = probs.sort(dim=-1, descending=True)
+        mass_before = probs_desc.cumsum(-1) - probs_desc
+        probs = torch.where(mass_before < top_p, probs_desc, 0.0)
+    cdf = probs.cumsum(-1)
+    at = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1), right=True)
+    at = at.clamp(max=probs.shape[-1] - 1)
+    return (at if index is None else index.gather(-1, at)).squeeze(-1)
+
+
+@torch.inference_mode()
+def decode(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    eos_ids: Sequence[int],
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    uniforms: torch.Tensor | None = None,
+) -> list[list[int]]:
+    """Generated tokens per row of a left-padded batch, each up to and including its first end-of-turn token.
+    temperature 0 is greedy; otherwise `uniforms` (rows x max_new_tokens) drive the draws."""
+    if temperature > 0 and (uniforms is None or tuple(uniforms.shape) != (len(input_ids), max_new_tokens)):
+        raise ValueError("sampling needs one uniform per row and step")
+    device = input_ids.device
+    mask = attention_mask
+    # Left padding: positions count real tokens only, as `generate` numbers them.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = _new_cache(model)
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=1)  # fmt: skip
+    next_position = positions[:, -1] + 1
+    live = torch.arange(len(input_ids), device=device)
+    eos = torch.tensor(list(eos_ids), device=device)
+    tokens = torch.full((len(input_ids), max_new_tokens), -1, dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1, :]
+        if temperature == 0:
+            token = logits.argmax(-1)
+        else:
+            token = nucleus_tokens(logits, temperature, top_p, uniforms[live.cpu(), step])
+        tokens[live, step] = token
+        if step == max_new_tokens - 1:
+            break
+        going = ~torch.isin(token, eos)
+        if not bool(going.all()):
+            if not bool(going.any()):
+                break
+            keep = going.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            mask, live, token, next_position = mask[keep], live[keep], token[keep], next_position[keep]
+        mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None], cache=cache,
+                    use_cache=True)  # fmt: skip
+        next_position = next_position + 1
+    return [[t for t in row if t != -1] for row in tokens.tolist()]
+
+
+def _new_cache(model):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
