@@ -84,7 +84,8 @@ def hf_top_p_probs(logits, temperature, top_p):
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.9, 0.5])
-@pytest.mark.parametrize("spread", [0.5, 6.0])  # flat: the nucleus needs the full sort; peaked: a top-k holds it
+# spread 0.5: flat logits, whose nucleus needs the full sort; 6.0: peaked ones, whose top-k holds it
+@pytest.mark.parametrize("spread", [0.5, 6.0])
 def test_nucleus_draws_follow_the_warped_distribution(top_p, spread):
     """Inverse-CDF draws over a fine grid of uniforms hit each token as often as transformers' temperature and
     top-p warpers give it probability, so draws from uniform u follow that distribution."""
