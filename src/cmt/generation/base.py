@@ -127,3 +127,33 @@ class Generator(abc.ABC):
         raise NotImplementedError(
             f"{type(self).__name__} cannot score token ids; score the decoded text with `score` instead"
         )
+
+
+class RepeatedCallCache(Generator):
+    """A generator whose repeated calls (same prompts, n, settings and seed) return the first call's outputs.
+    Generation is seeded, so a repeat could only give the same again: a job that meets the same weights twice
+    (two adapters trained on identical labels) generates once."""
+
+    def __init__(self, inner: Generator):
+        self.inner = inner
+        self._generated: dict[str, list[list[Completion]]] = {}
+
+    def generate(
+        self, prompts: list[Messages], n: int, params: SamplingParams, seed: int
+    ) -> list[list[Completion]]:
+        import json
+
+        key = json.dumps([prompts, n, params.to_dict(), seed], sort_keys=True)
+        if key not in self._generated:
+            self._generated[key] = self.inner.generate(prompts, n, params, seed)
+        return self._generated[key]
+
+    def score(
+        self, prompts: list[Messages], completions: list[str], end_of_turn: bool = True
+    ) -> list[SequenceScore]:
+        return self.inner.score(prompts, completions, end_of_turn)
+
+    def score_ids(
+        self, prompts: list[Messages], token_ids: list[Sequence[int]], end_of_turn: bool = False
+    ) -> list[SequenceScore]:
+        return self.inner.score_ids(prompts, token_ids, end_of_turn)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from cmt.data.splits import Example, load_split
 from cmt.generation import SamplingParams, load_generator
+from cmt.generation.base import RepeatedCallCache
 from cmt.judges import judge_batch
 from cmt.organisms import make_judge
 from cmt.runtime.io import write_json, write_parquet
@@ -124,6 +125,19 @@ def check_parse_failure_rate(verdicts: list[dict], identity: dict, max_rate: flo
     )
 
 
+def adapter_weights_digest(adapter: str | None) -> str | None:
+    """sha256 over an adapter's config and weight files; None without an adapter. Retraining on identical labels
+    is deterministic, so k-scaling runs whose selectors picked the same labels share it."""
+    if not adapter:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(adapter).glob("adapter_*")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def judge_usage(judge) -> dict:
     usage = getattr(judge, "usage", None)
     return usage() if usage is not None else {"kind": "programmatic"}
@@ -146,9 +160,22 @@ def evaluate(
     params = SamplingParams(temperature=0.0, max_new_tokens=model_settings["max_new_tokens"])
     judge = make_judge(organism, judge_settings)
     max_rate = (judge_settings or {}).get("max_parse_failure_rate", MAX_PARSE_FAILURE_RATE)
+    loaded: tuple[str | None, RepeatedCallCache] | None = (
+        None  # the last adapter's weights digest, its generator
+    )
     for run in runs:
         stage = run.identity["stage"]
-        generator = load_generator(model_dir, run.adapter, model_settings, f"evaluate {stage}")
+        digest = adapter_weights_digest(run.adapter)
+        if loaded is not None and digest is not None and loaded[0] == digest:
+            log.info(
+                "%s: the same weights as the job's previous adapter; its replies are reused", run.adapter
+            )
+            generator = loaded[1]
+        else:
+            generator = RepeatedCallCache(
+                load_generator(model_dir, run.adapter, model_settings, f"evaluate {stage}")
+            )
+            loaded = (digest, generator)
         n_train = phase3_training_examples(run.adapter) if stage == "phase3" else None
         label_set = phase3_label_set(run.adapter) if stage == "phase3" else ""
         # Prompts Phase 2 gave no label and replies it could not parse, carried to runs.csv per run.

@@ -50,23 +50,38 @@ def retrain(
         raise ValueError(f"{len(labels_paths)} label files but {len(out_dirs)} output directories")
     checkpoint_dirs = checkpoint_dirs or [checkpoint.checkpoint_dir_for(d) for d in out_dirs]
     tokenizer = load_tokenizer(model_dir)
+    # The last run's labels in training order, its trained model and history: training is deterministic, so a
+    # k whose labels equal the previous k's (a selector that keeps picking the same candidates) gets that
+    # adapter saved again instead of the same steps repeated.
+    previous: tuple[list, object, TrainHistory, str] | None = None
     for labels_path, out_dir, checkpoint_dir in zip(labels_paths, out_dirs, checkpoint_dirs, strict=True):
         labels = pd.read_parquet(labels_path)
         conversations = label_conversations(labels)
         n_prompts = labels["prompt_id"].nunique()
         log.info("%s: %d of %d prompts kept a label", labels_path, len(conversations), n_prompts)
-        model = load_model(
-            model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings)
-        )
-        if not conversations:
-            # Recorded, not skipped: the organism's adapter stands in with n_labels 0, and the tables give the
-            # run no delta (there was no Phase 3) while counting it.
-            log.warning("%s: no prompt kept a non-empty label; Phase 3 has nothing to train on", labels_path)
-            history = TrainHistory()
-        else:
-            history = train_adapter(
-                model, tokenizer, conversations, settings["train"], seed, "retrain", checkpoint_dir
+        if conversations and previous is not None and previous[0] == conversations:
+            _, model, history, same_as = previous
+            log.info(
+                "%s: the same labels in the same order as %s; its adapter is saved again",
+                labels_path,
+                same_as,
             )
+        else:
+            model = load_model(
+                model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings)
+            )
+            if not conversations:
+                # Recorded, not skipped: the organism's adapter stands in with n_labels 0, and the tables give
+                # the run no delta (there was no Phase 3) while counting it.
+                log.warning(
+                    "%s: no prompt kept a non-empty label; Phase 3 has nothing to train on", labels_path
+                )
+                history = TrainHistory()
+            else:
+                history = train_adapter(
+                    model, tokenizer, conversations, settings["train"], seed, "retrain", checkpoint_dir
+                )
+                previous = (conversations, model, history, labels_path)
         finish_adapter(
             model,
             out_dir,
