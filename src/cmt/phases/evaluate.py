@@ -160,9 +160,8 @@ def evaluate(
     params = SamplingParams(temperature=0.0, max_new_tokens=model_settings["max_new_tokens"])
     judge = make_judge(organism, judge_settings)
     max_rate = (judge_settings or {}).get("max_parse_failure_rate", MAX_PARSE_FAILURE_RATE)
-    loaded: tuple[str | None, RepeatedCallCache] | None = (
-        None  # the last adapter's weights digest, its generator
-    )
+    # The last adapter's weights digest and its generator: the next adapter with the same weights reuses them.
+    loaded: tuple[str | None, RepeatedCallCache] | None = None
     for run in runs:
         stage = run.identity["stage"]
         digest = adapter_weights_digest(run.adapter)
@@ -172,6 +171,7 @@ def evaluate(
             )
             generator = loaded[1]
         else:
+            loaded = generator = None  # the previous model is released before the next one loads
             generator = RepeatedCallCache(
                 load_generator(model_dir, run.adapter, model_settings, f"evaluate {stage}")
             )

@@ -67,6 +67,7 @@ def retrain(
                 same_as,
             )
         else:
+            previous = model = None  # a trained model is held for one repeat only, never beside the next one
             model = load_model(
                 model_dir, adapter=organism_adapter, trainable_adapter=True, **base_load_args(settings)
             )
