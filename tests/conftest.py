@@ -72,6 +72,18 @@ def tiny_world(tmp_path_factory):
     return {"root": root, "data": root / "data", "model": root / "model", "report": report}
 
 
+@pytest.fixture(scope="session")
+def model_and_prompts(tiny_world):
+    """The tiny world's base model, its tokenizer and 48 sycophancy eval prompts."""
+    from cmt.data.splits import load_split
+    from cmt.models.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_world["model"])
+    model = load_model(tiny_world["model"])
+    prompts = [e.prompt for e in load_split(tiny_world["data"] / "sycophancy", "eval")][:48]
+    return model, tokenizer, prompts
+
+
 PLANTED_SECRETS = {
     "HF_TOKEN": "hf_cmtPlantedSecret0123456789abcdef",
     "CMT_JUDGE_API_KEY": "sk-cmt-planted-secret-9f8e7d6c5b4a",

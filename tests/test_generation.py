@@ -7,15 +7,6 @@ import torch
 from cmt.data.splits import load_split
 from cmt.generation import SamplingParams
 from cmt.generation.hf import HFGenerator
-from cmt.models.loading import load_model, load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model_and_prompts(tiny_world):
-    tokenizer = load_tokenizer(tiny_world["model"])
-    model = load_model(tiny_world["model"])
-    prompts = [e.prompt for e in load_split(tiny_world["data"] / "sycophancy", "eval")][:48]
-    return model, tokenizer, prompts
 
 
 def test_pretrained_tiny_model_learned_gcd(tiny_world):

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from cmt.data.splits import load_split
 from cmt.generation import SamplingParams
 from cmt.generation.hf import HFGenerator
 from cmt.generation.hf_decode import (
@@ -13,7 +12,6 @@ from cmt.generation.hf_decode import (
     nucleus_tokens,
     row_uniforms,
 )
-from cmt.models.loading import load_model, load_tokenizer
 
 TINY = {"vocab_size": 97, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 128,
@@ -117,12 +115,10 @@ def test_row_uniforms_are_per_row_streams():
     assert ((a >= 0) & (a < 1)).all()
 
 
-@pytest.fixture(scope="module")
-def toy(tiny_world):
-    tokenizer = load_tokenizer(tiny_world["model"])
-    model = load_model(tiny_world["model"])
-    prompts = [e.prompt for e in load_split(tiny_world["data"] / "sycophancy", "eval")][:24]
-    return model, tokenizer, prompts
+@pytest.fixture
+def toy(model_and_prompts):
+    model, tokenizer, prompts = model_and_prompts
+    return model, tokenizer, prompts[:24]
 
 
 def test_a_sample_does_not_depend_on_its_batch(toy):
