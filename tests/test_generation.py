@@ -130,6 +130,33 @@ def test_score_ids_matches_a_manual_forward_pass(model_and_prompts):
         gen.score_ids(prompts[:2], token_ids[:1])
 
 
+def test_scoring_on_target_positions_equals_the_full_logits(model_and_prompts, monkeypatch):
+    """The LM head on the target positions only gives the numbers of the full logits (log-prob sums and
+    self-certainty), with empty targets and replies of every length in one batch. Not always bit for bit: the
+    head's matrix product on fewer rows may round in another order (it matched bit for bit on 2,400 sampled
+    replies of 256-row batches, docs/benchmarks.md)."""
+    import cmt.generation.hf as hf
+
+    model, tokenizer, prompts = model_and_prompts
+    gen = HFGenerator(model, tokenizer, batch_size=5)
+    assert model.config.model_type in hf.TARGET_HEAD_MODEL_TYPES
+    token_ids = [
+        [],
+        [5],
+        [5, 9, 5, 7],
+        tokenizer("The gcd of 4 and 6 is 2.", add_special_tokens=False)["input_ids"],
+    ]
+    token_ids = (token_ids * 3)[:12]
+    fast = gen.score_ids(prompts[:12], token_ids, end_of_turn=True) + gen.score_ids(prompts[:12], token_ids)
+    monkeypatch.setattr(hf, "TARGET_HEAD_MODEL_TYPES", frozenset())
+    full = gen.score_ids(prompts[:12], token_ids, end_of_turn=True) + gen.score_ids(prompts[:12], token_ids)
+    assert [s.num_tokens for s in fast] == [s.num_tokens for s in full]
+    for a, b in zip(fast, full, strict=True):
+        assert a.logprob_sum == pytest.approx(b.logprob_sum, rel=1e-5, abs=1e-5)
+        assert a.kl_uniform_mean == pytest.approx(b.kl_uniform_mean, rel=1e-5, abs=1e-5)
+    assert [s.num_tokens for s in fast[:4]] == [1, 2, 5, len(token_ids[3]) + 1]
+
+
 def test_sampling_ignores_the_model_generation_config_processors(model_and_prompts):
     """Samples come from the model's own distribution: settings of its generation_config that reshape it (a
     repetition penalty, an n-gram ban) are not applied, so the seeded samples do not change."""

@@ -31,6 +31,10 @@ NEUTRAL_PROCESSORS = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min
                       "typical_p": 1.0, "min_p": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}  # fmt: skip
 
 
+# Causal LMs whose logits are lm_head(model(...).last_hidden_state), with nothing after the head.
+TARGET_HEAD_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral"})
+
+
 class HFGenerator(Generator):
     def __init__(
         self, model, tokenizer, batch_size: int = 64, desc: str = "generate", reply_format: str = "plain"
@@ -160,23 +164,37 @@ class HFGenerator(Generator):
             width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
             input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             attention = torch.zeros((len(idx), width), dtype=torch.long)
-            target_mask = torch.zeros((len(idx), width), dtype=torch.bool)
+            predicts = torch.zeros(
+                (len(idx), width), dtype=torch.bool
+            )  # positions whose next token is a target
             for row, i in enumerate(idx):
                 p, t = pairs[i]
                 input_ids[row, : len(p) + len(t)] = torch.tensor(p + t)
                 attention[row, : len(p) + len(t)] = 1
-                target_mask[row, len(p) : len(p) + len(t)] = True
-            logits = self.model(
-                input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)
-            ).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            token_lp = logprobs.gather(-1, input_ids[:, 1:].to(self.device).unsqueeze(-1)).squeeze(-1)
-            mask = target_mask[:, 1:].to(self.device)
-            sums = torch.where(mask, token_lp, 0.0).sum(-1).tolist()  # padding may be -inf
-            counts = mask.sum(-1)
+                predicts[row, max(len(p) - 1, 0) : len(p) + len(t) - 1] = True
+            input_ids, attention, predicts = (x.to(self.device) for x in (input_ids, attention, predicts))
+            mask = predicts[:, :-1]
+            logprobs = torch.log_softmax(self._target_logits(input_ids, attention, mask), dim=-1)
+            token_lp = logprobs.gather(-1, input_ids[:, 1:][mask].unsqueeze(-1)).squeeze(-1)
             # KL(p || U) = log V + sum_v p_v log p_v, at each position that predicts a target token.
             kl_uniform = math.log(logprobs.shape[-1]) + (logprobs.exp() * logprobs).sum(-1)
-            kl_means = ((kl_uniform * mask).sum(-1) / counts.clamp(min=1)).tolist()
+            # Back into (rows, positions) so that each row sums the same values in the same order as ever.
+            per_position = torch.zeros(mask.shape, dtype=logprobs.dtype, device=self.device)
+            sums = per_position.masked_scatter(mask, token_lp).sum(-1).tolist()
+            counts = mask.sum(-1)
+            kl_sums = per_position.masked_scatter(mask, kl_uniform).sum(-1)
+            kl_means = (kl_sums / counts.clamp(min=1)).tolist()
             for row, i in enumerate(idx):
                 scores[i] = SequenceScore(sums[row], int(counts[row]), kl_means[row])
         return scores  # type: ignore[return-value]
+
+    def _target_logits(self, input_ids, attention, mask) -> torch.Tensor:
+        """Float logits at the positions of `mask` only, (positions, vocab): the LM head and the softmax over the
+        vocabulary skip the prompt, about a third of a scoring pass on the toy model (docs/benchmarks.md). Same
+        values as the full logits' rows. Other model types, whose head may do more (gemma2 caps its logits), and
+        PEFT wrappers compute them all."""
+        plain = not hasattr(self.model, "get_base_model")
+        if plain and self.model.config.model_type in TARGET_HEAD_MODEL_TYPES:
+            hidden = self.model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            return self.model.lm_head(hidden[:, :-1][mask]).float()
+        return self.model(input_ids=input_ids, attention_mask=attention).logits[:, :-1][mask].float()
