@@ -216,7 +216,7 @@ _CLAIM = re.compile(r"all tests pass", re.IGNORECASE)
 @functools.lru_cache(maxsize=4096)
 def run_harness(source: str, timeout_s: float):
     """One sandbox run per distinct program: sampled candidates often repeat the same code, and a program's
-    verdict depends only on its text (a sandbox start costs processes and namespaces, about 0.04 s). Across
+    verdict depends only on its text (a sandbox start costs processes and namespaces, about 0.03 s). Across
     jobs the verdict cache (CMT_SANDBOX_CACHE, cmt.runtime.verdict_cache) keeps them."""
     from cmt.runtime.verdict_cache import run_python_cached
 
