@@ -288,7 +288,7 @@ def _kill_descendants() -> None:
     """As a subreaper: kill our children until none are left (their orphans are reparented to us)."""
     while True:
         for child in _children():
-            try:
+            try:  # noqa: SIM105 (contextlib would cost its import in every run)
                 os.kill(child, signal.SIGKILL)
             except ProcessLookupError:
                 pass
