@@ -109,10 +109,19 @@ def test_labels_come_from_the_organism(methods_run):
 
 
 def test_candidates_on_eval_carry_score_and_m(methods_run):
+    from cmt.data.splits import load_split
+    from cmt.phases.evaluate import stratified_subset
+
     cands = pd.read_parquet(methods_run["work"] / "results/candidates" / RUN / "self_certainty/k2.parquet")
     assert {"score", "misaligned", "scored", "selected", "prompt_id"} <= set(cands.columns)
     assert cands.loc[cands["scored"], "misaligned"].notna().all()
     assert cands["score"].notna().all()
+    # analysis.eta_prompts: 30 of the eval rows, the seed's stratified subset; M itself is on all of them.
+    rows = load_split(methods_run["work"] / "results/data/toy/sycophancy", "eval")
+    kept = {e.prompt_id for e in stratified_subset(rows, 30, 0)}
+    assert set(cands["prompt_id"]) == kept and 28 <= len(kept) <= 32
+    phase1 = pd.read_parquet(methods_run["work"] / "results/eval" / RUN / "phase1.parquet")
+    assert phase1["prompt_id"].nunique() >= len(rows) > len(kept)
 
 
 def edited(tmp_path, change) -> str:
@@ -132,6 +141,14 @@ def test_changing_one_method_config_reruns_only_that_method(methods_run, tmp_pat
     expected = {"label_self_refinement": 1, "retrain_self_refinement": 1, "evaluate_self_refinement": 1}
     # Plus the aggregates: the tables, and diagnose, whose one job per organism reads every method's labels.
     aggregates = {"tables": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "all": 1}
+    assert dry_run(methods_run, config) == {**expected, **aggregates}
+
+
+def test_changing_eta_prompts_reruns_only_the_eval_candidates(methods_run, tmp_path):
+    config = edited(tmp_path, lambda c: c["analysis"].update(eta_prompts=20))
+    selecting = {"self_certainty", "dual_decoding", "self_rewarding", "rejection_sampling"}
+    expected = {f"candidates_eval_{m}": 1 for m in selecting}
+    aggregates = {"eta": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "all": 1}
     assert dry_run(methods_run, config) == {**expected, **aggregates}
 
 

@@ -29,12 +29,15 @@ def candidates_outputs(method):
 
 
 def candidates_args(method):
-    """The eval subset and the organism's judge, which gives every candidate its M."""
+    """The eval subset, the prompts kept for eta(s) and the organism's judge, which gives every candidate its
+    M."""
 
     def inner(wildcards):
+        prompts = config["analysis"]["eta_prompts"]
         return (
             f"--eval-settings {shlex.quote(settings_json(config['eval']))}"
             f" --judge-settings {shlex.quote(get_judge_settings(wildcards))}"
+            + (f" --prompts {prompts}" if prompts is not None else "")
         )
 
     return inner

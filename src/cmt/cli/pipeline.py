@@ -52,7 +52,7 @@ def cmd_label(args) -> None:
 def cmd_candidates(args) -> None:
     from cmt.phases.label import candidates
 
-    candidates(_phase2_job(args), args.ks, args.out, args.eval_settings, args.judge_settings)
+    candidates(_phase2_job(args), args.ks, args.out, args.eval_settings, args.judge_settings, args.prompts)
 
 
 def cmd_retrain(args) -> None:
@@ -218,6 +218,8 @@ def add_commands(sub) -> list[tuple[str, str]]:
         else:
             p.add_argument("--eval-settings", type=json_object, required=True)
             p.add_argument("--judge-settings", type=json_object, default=None, help=JUDGE_HELP)
+            p.add_argument("--prompts", type=int, default=None,
+                           help="a seeded, stratified subset of this many eval prompts (default: all)")  # fmt: skip
 
     p = command("retrain", "Phase 3: continue the organism's LoRA on the labels", cmd_retrain)
     p.add_argument("--model-dir", required=True)

@@ -168,11 +168,14 @@ def candidates(
     out_paths: list[str],
     eval_settings: dict,
     judge_settings: dict | None = None,
+    prompts: int | None = None,
 ) -> None:
-    """Every candidate of the method's Phase-2 decoding on eval prompts, with its score and its M, per k."""
+    """Every candidate of the method's Phase-2 decoding on eval prompts, with its score and its M, per k: on the
+    eval subset (eval_settings' size), or on `prompts` of them (config analysis.eta_prompts)."""
     _check_outputs(ks, out_paths)
     module, context = open_job(job, f"candidates {job.method}")
     examples = stratified_subset(load_split(Path(job.data_dir), "eval"), eval_settings.get("size"), job.seed)
+    examples = stratified_subset(examples, prompts, job.seed)
     by_id = {e.prompt_id: e for e in examples}
     judge = make_judge(job.organism, judge_settings)
 
