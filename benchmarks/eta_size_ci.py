@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     candidates = read_candidates(paths)
     full = eta_summary(candidates, n_boot=args.n_boot, seed=0)
-    print(f"{'prompts':>8} {'slope CI width':>15} {'resolved':>9} {'same sign':>10} {'sel. effect CI (pp)':>20}")
+    print(
+        f"{'prompts':>8} {'slope CI width':>15} {'resolved':>9} {'same sign':>10} {'sel. effect CI (pp)':>20}"
+    )
     for n in args.prompts:
         rows = []
         for repeat in range(1 if n <= 0 else args.repeats):
