@@ -603,6 +603,32 @@ def test_correlations_use_one_point_per_independent_valid_run():
     assert row["spearman_p_perm"] < 0.01  # 8! orderings: a perfect rank match is rare under shuffling
 
 
+def test_spearman_bootstrap_and_permutation_equal_a_loop_over_scipy():
+    """The vectorised resamples give what a loop over scipy's spearmanr gives on the same draws: ties, and
+    resamples in which a variable is constant (left out of the CI), included."""
+    from scipy.stats import spearmanr
+
+    from cmt.analysis.shift import _spearman_ci_and_permutation
+
+    x = np.array([-20.0, -10.0, 0.0, 0.0, 5.0, 10.0])
+    y = np.array([0.3, 0.1, 0.3, 0.2, 0.9, 0.3])
+    rng = np.random.default_rng(7)
+    observed = abs(spearmanr(x, y).statistic)
+    boot, skipped = [], 0
+    for _ in range(300):
+        idx = rng.integers(0, len(x), len(x))
+        if len(np.unique(x[idx])) > 1 and len(np.unique(y[idx])) > 1:
+            boot.append(spearmanr(x[idx], y[idx]).statistic)
+        else:
+            skipped += 1
+    perm = [abs(spearmanr(x, rng.permutation(y)).statistic) for _ in range(300)]
+    assert skipped > 0  # the case is exercised
+    expected_p = (1 + sum(p >= observed - 1e-12 for p in perm)) / 301
+    low, high, p_perm = _spearman_ci_and_permutation(x, y, 300, 7)
+    assert (low, high) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])), abs=1e-12)
+    assert p_perm == expected_p
+
+
 @pytest.mark.parametrize("kscaling", [False, True])
 def test_the_realised_kl_is_planned_for_the_main_k_unless_kscaling_asks_for_every_k(tmp_path, kscaling):
     """self_certainty runs at k 1, 2 and 4 (its own k is 2); the shift jobs cover k 2 only, or all three."""

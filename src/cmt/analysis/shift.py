@@ -144,21 +144,35 @@ def _reliability_of_older_records(table: pd.DataFrame) -> None:
         ]
 
 
+def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row of x with the same row of y: Pearson's r of their average ranks, as scipy's
+    spearmanr computes it, for all rows at once (NaN where a row is constant)."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x, axis=1), rankdata(y, axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
+
+
 def _spearman_ci_and_permutation(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, ...]:
     """Percentile bootstrap CI of Spearman's rho (resampling runs) and its two-sided permutation p-value
-    (shuffling y; the observed statistic counts once, so p is never 0)."""
+    (shuffling y; the observed statistic counts once, so p is never 0). The resamples are drawn one by one, in
+    the order a loop over scipy's spearmanr drew them, and scored all at once (96,000 spearmanr calls took 26 s
+    of the default grid's shift table)."""
     from scipy.stats import spearmanr
 
     rng = np.random.default_rng(seed)
     observed = abs(spearmanr(x, y).statistic)
-    boot = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(x), len(x))
-        if len(np.unique(x[idx])) > 1 and len(np.unique(y[idx])) > 1:
-            boot.append(spearmanr(x[idx], y[idx]).statistic)
-    perm = [abs(spearmanr(x, rng.permutation(y)).statistic) for _ in range(n_boot)]
-    low, high = np.percentile(boot, [2.5, 97.5]) if boot else (math.nan, math.nan)
-    p_perm = (1 + sum(p >= observed - 1e-12 for p in perm)) / (1 + n_boot)
+    idx = np.array([rng.integers(0, len(x), len(x)) for _ in range(n_boot)]).reshape(n_boot, len(x))
+    xb, yb = x[idx], y[idx]
+    varies = (xb.min(axis=1) < xb.max(axis=1)) & (yb.min(axis=1) < yb.max(axis=1))
+    boot = _spearman_rows(xb[varies], yb[varies])
+    shuffled = np.array([rng.permutation(y) for _ in range(n_boot)]).reshape(n_boot, len(y))
+    perm = np.abs(_spearman_rows(np.broadcast_to(x, shuffled.shape), shuffled))
+    low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
+    p_perm = (1 + int((perm >= observed - 1e-12).sum())) / (1 + n_boot)
     return float(low), float(high), float(p_perm)
 
 
