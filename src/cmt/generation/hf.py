@@ -164,9 +164,8 @@ class HFGenerator(Generator):
             width = max(len(pairs[i][0]) + len(pairs[i][1]) for i in idx)
             input_ids = torch.full((len(idx), width), self.pad_id, dtype=torch.long)
             attention = torch.zeros((len(idx), width), dtype=torch.long)
-            predicts = torch.zeros(
-                (len(idx), width), dtype=torch.bool
-            )  # positions whose next token is a target
+            # The positions whose next token is a target.
+            predicts = torch.zeros((len(idx), width), dtype=torch.bool)
             for row, i in enumerate(idx):
                 p, t = pairs[i]
                 input_ids[row, : len(p) + len(t)] = torch.tensor(p + t)
@@ -190,8 +189,8 @@ class HFGenerator(Generator):
 
     def _target_logits(self, input_ids, attention, mask) -> torch.Tensor:
         """Float logits at the positions of `mask` only, (positions, vocab): the LM head and the softmax over the
-        vocabulary skip the prompt, about a third of a scoring pass on the toy model (docs/benchmarks.md). Same
-        values as the full logits' rows. Other model types, whose head may do more (gemma2 caps its logits), and
+        vocabulary skip the prompt, about a third of a scoring pass on the toy model (docs/benchmarks.md). The
+        full logits' rows, up to the rounding of a matrix product on fewer rows. Other model types, whose head may do more (gemma2 caps its logits), and
         PEFT wrappers compute them all."""
         plain = not hasattr(self.model, "get_base_model")
         if plain and self.model.config.model_type in TARGET_HEAD_MODEL_TYPES:
