@@ -71,15 +71,13 @@ def weights(adapter: str) -> bytes:
 
 def test_repeated_labels_are_trained_once_and_give_the_adapter_of_training_them(retrained):
     a, a_again, b = retrained["outs"]
-    assert (
-        retrained["calls"] == 3
-    )  # A and B in the first job, A alone in the second: A's repeat was not trained
+    # A and B in the first job, A alone in the second: A's repeat was not trained.
+    assert retrained["calls"] == 3
     assert weights(a_again) == weights(a) == weights(retrained["alone"])
     assert weights(b) != weights(a)
     manifest = json.loads((Path(a_again) / "cmt_manifest.json").read_text())
-    assert any(
-        "a_again.parquet" in json.dumps(entry) for entry in manifest["inputs_sha256"]
-    )  # its own labels
+    # Its own labels.
+    assert any("a_again.parquet" in json.dumps(entry) for entry in manifest["inputs_sha256"])
     assert manifest["n_labels"] == 12 and manifest["steps"] > 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections import defaultdict
@@ -16,7 +17,7 @@ from cmt.generation.base import RepeatedCallCache
 from cmt.judges import judge_batch
 from cmt.organisms import make_judge
 from cmt.runtime.io import write_json, write_parquet
-from cmt.runtime.manifest import build_manifest
+from cmt.runtime.manifest import build_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -126,16 +127,12 @@ def check_parse_failure_rate(verdicts: list[dict], identity: dict, max_rate: flo
 
 
 def adapter_weights_digest(adapter: str | None) -> str | None:
-    """sha256 over an adapter's config and weight files; None without an adapter. Retraining on identical labels
+    """The sha256 of each of an adapter's config and weight files; None without an adapter. Retraining on identical labels
     is deterministic, so k-scaling runs whose selectors picked the same labels share it."""
     if not adapter:
         return None
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(adapter).glob("adapter_*")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
+    # adapter_* only: the manifest beside them names the labels, which differ between k.
+    return json.dumps([(p.name, sha256_file(p)) for p in sorted(Path(adapter).glob("adapter_*"))])
 
 
 def judge_usage(judge) -> dict:
