@@ -43,6 +43,23 @@ def test_an_organism_at_the_ceiling_stops_the_run_with_the_setting_to_change(tmp
     assert json.loads(out.read_text())["in_band"] is False  # the report says why, for the tables
 
 
+def test_a_gate_failure_names_the_kernels_the_toy_base_was_trained_on(tmp_path):
+    """The toy base and organisms depend on the CPU's bf16 kernels as on a seed: a failure says which kernels
+    the base was trained on (its pretrain report), and the report records them; other models get no hint."""
+    argv, out = run_report(tmp_path, [1] * 60, GATE)
+    numerics = {"cpu": "Intel Xeon", "bf16_matmul": "amx"}
+    pretrain_report = tmp_path / "pretrain_report.json"
+    pretrain_report.write_text(json.dumps({"steps": 1, "numerics": numerics}))
+    with pytest.raises(SystemExit) as stop:
+        cli_main([*argv, "--pretrain-report", str(pretrain_report)])
+    message = str(stop.value.code)
+    assert "bf16 matrix products on amx kernels (Intel Xeon)" in message and "'Other CPUs'" in message
+    assert json.loads(out.read_text())["base_numerics"] == numerics
+    with pytest.raises(SystemExit) as stop:
+        cli_main(argv)
+    assert "kernels" not in str(stop.value.code) and "base_numerics" not in json.loads(out.read_text())
+
+
 def test_a_mid_band_organism_passes_and_exclude_never_stops(tmp_path):
     argv, out = run_report(tmp_path, [1] * 30 + [0] * 30, GATE, sampled=[0.5] * 40 + [1.0] * 10 + [0.0] * 10)
     assert cli_main(argv) == 0

@@ -63,6 +63,10 @@ def test_induction_really_happened(mini_run):
     )
     assert report["induced"] is True
     assert report["risk_phase1_ci"][0] > report["risk_base_ci"][1]
+    # the kernels the toy base was trained on, from its pretrain report (cmt.runtime.numerics)
+    pretrain = json.loads((mini_run["workdir"] / "results/models/toy/pretrain_report.json").read_text())
+    assert report["base_numerics"] == pretrain["numerics"]
+    assert pretrain["numerics"]["bf16_matmul"] in ("amx", "avx512_bf16", "emulated")
 
 
 def test_base_model_solves_the_aligned_task(mini_run):

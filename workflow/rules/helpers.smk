@@ -43,6 +43,23 @@ def get_model_dir(wildcards):
     return f"resources/models/{wildcards.model}"
 
 
+def get_pretrain_report(wildcards):
+    """A toy base's pretrain report (its numeric path goes into the induction report); none for other models."""
+    if is_toy(config["models"][wildcards.model]["source"]):
+        return {
+            "pretrain_report": f"results/models/{wildcards.model}/pretrain_report.json"
+        }
+    return {}
+
+
+def get_pretrain_report_arg(wildcards, input):
+    return (
+        f"--pretrain-report {input.pretrain_report}"
+        if "pretrain_report" in input.keys()
+        else ""
+    )
+
+
 def get_model_files(wildcards):
     """The files a job needs from the base model (the toy one is built by pretrain_base)."""
     return [f"{get_model_dir(wildcards)}/config.json"]

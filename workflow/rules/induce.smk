@@ -41,6 +41,7 @@ rule induce:
 # scheduled for Phase 2 or 3 (targets.smk reads its verdict); with fail, a cell outside the band stops the run.
 checkpoint induction_report:
     input:
+        unpack(get_pretrain_report),
         base="results/eval/{model}/{organism}/seed{seed}/base.parquet",
         phase1="results/eval/{model}/{organism}/seed{seed}/phase1.parquet",
     output:
@@ -55,7 +56,8 @@ checkpoint induction_report:
     params:
         min_delta=config["analysis"]["induction_min_delta"],
         gate=get_gate_arg(),
+        pretrain_report=get_pretrain_report_arg,
     shell:
         "cmt induction-report --base {input.base} --phase1 {input.phase1}"
-        " --min-delta {params.min_delta} {params.gate} --out {output} --log {log}"
+        " --min-delta {params.min_delta} {params.gate} {params.pretrain_report} --out {output} --log {log}"
         " --job 'induction_report {wildcards}'"

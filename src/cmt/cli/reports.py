@@ -11,6 +11,9 @@ log = logging.getLogger("cmt")
 
 
 def cmd_induction_report(args) -> None:
+    import json
+    from pathlib import Path
+
     from cmt.analysis.induction import induction_report
     from cmt.runtime.io import write_json
 
@@ -18,6 +21,10 @@ def cmd_induction_report(args) -> None:
     report = induction_report(args.base, args.phase1, args.min_delta, gate.get("band"), gate.get("ci_band"),
                               gate.get("max_base"))  # fmt: skip
     report["on_fail"] = gate.get("on_fail")
+    numerics = None
+    if args.pretrain_report:
+        numerics = json.loads(Path(args.pretrain_report).read_text()).get("numerics")
+        report["base_numerics"] = numerics
     write_json(args.out, report)
     if gate.get("on_fail") == "fail" and not report["in_band"]:
         where = f"{report['model']}/{report['organism']}/seed{report['seed']}"
@@ -26,7 +33,21 @@ def cmd_induction_report(args) -> None:
             f"{'; '.join(report['gate_reasons'])}. Induction strength is set by toy.induction_strength."
             f"{report['organism']} (toy organisms) or the model's phase1 training settings; the gate is "
             "analysis.induction_gate (on_fail: exclude skips such a cell instead)"
+            + toy_numerics_hint(numerics)
         )
+
+
+def toy_numerics_hint(numerics: dict | None) -> str:
+    """Where the toy base's numbers came from, for a gate failure: on other CPU kernels the toy world gives
+    other organisms, so a failure may be the machine's, not the config's."""
+    if not numerics:
+        return ""
+    return (
+        f". This toy base was trained with bf16 matrix products on {numerics.get('bf16_matmul')} kernels "
+        f"({numerics.get('cpu') or 'unknown CPU'}); the toy base and organisms depend on those kernels as on a "
+        "seed. docs/toy-results.md ('Other CPUs') says on which kernels the default strengths were calibrated, "
+        "what they give on others and how to calibrate for this machine"
+    )
 
 
 def cmd_tables(args) -> None:
@@ -105,6 +126,8 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--gate", type=json_object, default=None,
                    help='analysis.induction_gate as JSON: {"band": [lo, hi], "ci_band": [lo, hi], "max_base": x, '
                         '"on_fail": "fail" | "exclude"}; with fail, a cell outside the gate exits non-zero')  # fmt: skip
+    p.add_argument("--pretrain-report", default=None,
+                   help="the toy base's pretrain_report.json: its numeric path goes into the report")  # fmt: skip
     p.add_argument("--out", required=True)
 
     p = command("tables", "write runs.csv, main.csv (and methods.csv, kscaling.csv) from eval parquet",

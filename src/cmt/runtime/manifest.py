@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cmt.runtime.numerics import numeric_path
 from cmt.runtime.runlog import timed
 
 PACKAGES = ("cmt", "torch", "transformers", "peft", "accelerate", "tokenizers", "pandas", "pyarrow", "numpy")
@@ -118,8 +119,9 @@ def build_manifest(
     manifest_path: str | os.PathLike | None = None,
     **extra,
 ) -> dict[str, Any]:
-    """Provenance of one artefact: code revision, packages, settings, seeds, and `inputs_sha256`, a list of
-    {path, sha256} for every input file (a directory such as an adapter: each file inside).
+    """Provenance of one artefact: code revision, packages, the machine's numeric path (cmt.runtime.numerics),
+    settings, seeds, and `inputs_sha256`, a list of {path, sha256} for every input file (a directory such as an
+    adapter: each file inside).
 
     `outputs` (optional) adds `outputs_sha256` for the files the manifest describes; pass `manifest_path`
     when they live next to the manifest (see record_outputs). `cmt verify DIR` re-hashes both lists.
@@ -130,6 +132,7 @@ def build_manifest(
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "numerics": numeric_path(),
         "settings": settings,
         "seeds": seeds,
         "inputs_sha256": file_records(inputs),

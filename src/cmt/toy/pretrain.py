@@ -11,6 +11,7 @@ from cmt.data.splits import load_split
 from cmt.models import training
 from cmt.models.loading import pick_device
 from cmt.runtime.io import atomic_dir, read_jsonl
+from cmt.runtime.numerics import numeric_path
 from cmt.toy.tokenizer import train_tokenizer
 from cmt.toy.world import toy_module
 
@@ -65,6 +66,7 @@ def pretrain(corpus_path: str, eval_dirs: dict[str, str], out_dir: str, settings
     model = build_model(tokenizer, settings["model"], settings.get("attn_implementation")).to(pick_device())
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %.2fM parameters", n_params / 1e6)
+    log.info("numeric path: %s", numeric_path())
     train_settings = training.TrainSettings.from_dict(settings["pretrain"])
     examples = [
         training.encode_chat(tokenizer, row["messages"], train_settings.max_length, assistant_only=False)
@@ -91,4 +93,6 @@ def pretrain(corpus_path: str, eval_dirs: dict[str, str], out_dir: str, settings
         "first_loss": history.first_loss,
         "final_loss": history.final_loss,
         "heldout_accuracy": accuracy,
+        # The base is a function of the kernels it was trained on, not only of config and seed.
+        "numerics": numeric_path(),
     }
