@@ -13,6 +13,8 @@ PATH="$repo/.venv/bin:$PATH" "$repo/.venv/bin/snakemake" -s "$repo/Snakefile" --
     --configfile "$config" --replace-workflow-config --cores all >"$work/snakemake.out" 2>&1
 end=$(date +%s.%N)
 printf 'default_grid_cold_seconds %.1f\ncores %s\nworkdir %s\n' "$(echo "$end - $start" | bc)" "$(nproc)" "$work"
+# The machine's numeric path: timings and the toy world's models both depend on it (docs/toy-results.md).
+"$repo/.venv/bin/python" -c 'import torch; from cmt.runtime.numerics import numeric_path; print("numerics", numeric_path())'
 grep -E '^[0-9]+ of [0-9]+ steps' "$work/snakemake.out" | tail -n 1
 # Job seconds per rule family (label_gst -> label): the first path component under results/benchmarks, split
 # into fixed cost and work. Each job's log ends with `timing job_s= load_s= save_s= work_s=` (cmt.runtime.runlog):
