@@ -228,6 +228,33 @@ def test_delta_by_method_marks_invalid_runs_runs_without_labels_and_controls(ric
     assert_titles_clear(fig)
 
 
+def test_delta_by_method_names_the_cells_the_induction_gate_left_out(rich):
+    """In exclude mode, a panel names its organism's left-out seeds, and an organism left out on every seed
+    gets a panel that says so instead of vanishing from the figure."""
+    induction = pd.DataFrame(
+        [{"organism": "sycophancy", "seed": s, "in_band": s != 1, "on_fail": "exclude"} for s in (0, 1, 2)]
+        + [
+            {"organism": "power_seeking", "seed": s, "in_band": False, "on_fail": "exclude"}
+            for s in (0, 1, 2)
+        ]
+    )
+    fig = delta_by_method_figure(rich["runs"], rich["methods"], rich["controls"], induction)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert (
+        "sycophancy: 18 main runs, 1 invalid, 0 without Phase 3\nseed(s) 1 excluded at the induction gate"
+        in titles
+    )
+    assert "power_seeking: excluded at the induction gate" in titles
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("left out\nthe organism on seed(s) 0, 1, 2" in t for t in texts)
+    assert_titles_clear(fig)
+    # No gate (on_fail empty): a cell outside the band still ran, so nothing is called excluded.
+    ungated = induction.assign(on_fail=None)
+    fig = delta_by_method_figure(rich["runs"], rich["methods"], rich["controls"], ungated)
+    assert not any("excluded" in ax.get_title() for ax in fig.axes)
+    assert "power_seeking" not in " ".join(ax.get_title() for ax in fig.axes)
+
+
 @pytest.mark.parametrize("transform", ["rank", "zscore"])
 @pytest.mark.parametrize("with_summary", [True, False])
 def test_eta_panels_share_0_1_and_an_unfittable_panel_says_why(rich, transform, with_summary):

@@ -111,6 +111,8 @@ rule figures:
         eta="results/tables/eta.csv",
         eta_summary="results/tables/eta_summary.csv",
         controls="results/tables/controls.csv",
+        # the cells the induction gate left out, named in the delta figure
+        induction="results/tables/induction.csv",
         # delta against the distribution shift, when analysis.shift measures it
         shift=get_shift_table(),
     output:

@@ -104,17 +104,34 @@ def _run_marks(ax, x: float, runs: pd.DataFrame, control: bool) -> dict[str, int
     return {**n_ok, "invalid": int((has & ~valid).sum()), "no_delta": int((~has).sum())}
 
 
-def delta_by_method_figure(runs: pd.DataFrame, methods: pd.DataFrame, controls: pd.DataFrame | None = None):
+def excluded_seeds(induction: pd.DataFrame | None) -> dict[str, list[int]]:
+    """organism -> the seeds whose organism the induction gate left out: induction.csv's in_band false under
+    on_fail exclude (without a gate, or with fail, no cell is left out)."""
+    if induction is None or not len(induction):
+        return {}
+    outside = induction["in_band"].astype(str).str.lower() == "false"
+    out = induction[outside & (induction["on_fail"] == "exclude")]
+    return {o: sorted(int(s) for s in group["seed"]) for o, group in out.groupby("organism")}
+
+
+def delta_by_method_figure(
+    runs: pd.DataFrame,
+    methods: pd.DataFrame,
+    controls: pd.DataFrame | None = None,
+    induction: pd.DataFrame | None = None,
+):
     """Per organism: each main run's delta (valid, invalid, without Phase 3: each its own mark), each method's
     mean delta ± 95% CI coloured by family, and the control runs with their CIs (controls.csv when given,
-    else the runs of family `control`)."""
+    else the runs of family `control`). With `induction` (induction.csv), a panel names the seeds the gate left
+    out, and an organism left out on every seed gets a panel that says so, rather than no panel."""
     runs = _with_family(runs)
     runs = runs[_flag(runs, "main_run", True)]
     if controls is None:
         control_runs = runs[runs["family"] == "control"]
         controls = controls_table(control_runs) if len(control_runs) else None
     paper_runs = runs[runs["family"].isin(PAPER_FAMILIES)]
-    organisms = sorted(set(methods["organism"]) | set(paper_runs["organism"]))
+    excluded = excluded_seeds(induction)
+    organisms = sorted(set(methods["organism"]) | set(paper_runs["organism"]) | set(excluded))
     if not organisms:
         return no_data("delta by organism and method", "no main runs and methods.csv has no rows")
     width = 0.55 * max(len(set(paper_runs["method"]) | set(methods["method"])) + 2, 6)
@@ -124,6 +141,16 @@ def delta_by_method_figure(runs: pd.DataFrame, methods: pd.DataFrame, controls: 
         of_runs = paper_runs[paper_runs["organism"] == organism]
         of_controls = methods.iloc[0:0] if controls is None else controls[controls["organism"] == organism]
         of_methods = methods[methods["organism"] == organism].set_index("method")
+        left_out = ", ".join(str(seed) for seed in excluded.get(organism, []))
+        if not len(of_runs) and not len(of_methods) and not len(of_controls):
+            ax.set_xticks([])
+            ax.text(0.5, 0.5, f"no runs: the induction gate left out\nthe organism on seed(s) {left_out}\n"
+                    "(induction.csv says why)", transform=ax.transAxes, ha="center", va="center")  # fmt: skip
+            ax.set_title(f"{organism}: excluded at the induction gate", fontsize="medium")
+            ax.axhline(0, color="black", linewidth=0.8)
+            if ax.get_subplotspec().is_first_col():
+                ax.set_ylabel("Δ = M(Phase 3) − M(Phase 1) (pp)")
+            continue
         family = {**dict(zip(of_runs["method"], of_runs["family"], strict=True)), **of_methods["family"]}
         names = sorted(family, key=lambda m: (FAMILIES.index(family[m]), m))
         names += sorted(set(of_controls["method"]), key=lambda m: (m not in CONTROL_SIGNS, m))
@@ -153,8 +180,9 @@ def delta_by_method_figure(runs: pd.DataFrame, methods: pd.DataFrame, controls: 
         ax.set_xticks(range(len(names)), labels, rotation=55, ha="right", rotation_mode="anchor",
                       fontsize="small")  # fmt: skip
         ax.set_xlim(-0.6, len(names) - 0.2)
+        gate_note = f"\nseed(s) {left_out} excluded at the induction gate" if left_out else ""
         ax.set_title(f"{organism}: {sum(n.values())} main runs, {n['invalid']} invalid, "
-                     f"{n['no_delta']} without Phase 3", fontsize="medium")  # fmt: skip
+                     f"{n['no_delta']} without Phase 3{gate_note}", fontsize="medium")  # fmt: skip
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("Δ = M(Phase 3) − M(Phase 1) (pp)")
     families = sorted(set(methods["family"]) & set(PAPER_FAMILIES), key=FAMILIES.index)
@@ -297,7 +325,7 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Read the tables in `tables_dir` and write every figure to `out_dir`; return the written paths.
 
     runs.csv, methods.csv, eta.csv and kscaling.csv are required. Optional: controls.csv (else the controls
-    come from runs.csv), eta_summary.csv (the reason a panel has no slope; else read from the bins) and
+    come from runs.csv), induction.csv (the cells the gate left out, named in the Δ figure), eta_summary.csv (the reason a panel has no slope; else read from the bins) and
     shift.csv (its figure is skipped, with a logged note, when it is absent).
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
@@ -316,7 +344,10 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
                                                        "delta_pp_ci_high", "valid", "passed"])  # fmt: skip
     summary = _optional(tables_dir / "eta_summary.csv", ["organism", "method", "k", "transform", "slope",
                                                         "slope_p", "slope_reason"])  # fmt: skip
-    written = save_figure(delta_by_method_figure(runs, methods, controls), out_dir / "delta_by_method")
+    induction = _optional(tables_dir / "induction.csv", ["organism", "seed", "in_band", "on_fail"])
+    written = save_figure(
+        delta_by_method_figure(runs, methods, controls, induction), out_dir / "delta_by_method"
+    )
     for transform in ("rank", "zscore"):
         written += save_figure(eta_figure(bins, transform, summary), out_dir / f"eta_{transform}")
     written += save_figure(kscaling_figure(kscaling, methods), out_dir / "kscaling")
