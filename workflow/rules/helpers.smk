@@ -233,9 +233,13 @@ def get_toy_settings():
 
 
 def get_pretrain_settings(wildcards):
-    """The toy subtree, plus the attention kernel the model named by the wildcard loads with."""
+    """The toy subtree, plus the attention kernel the model named by the wildcard loads with and its own
+    pretraining seed where it sets one (no param change for the models without)."""
     spec = config["models"][wildcards.model]
-    return settings_json({**config.get("toy", {}), **attention_kernel(spec)})
+    toy = config.get("toy", {})
+    if "pretrain_seed" in spec:
+        toy = {**toy, "pretrain": {**toy["pretrain"], "seed": spec["pretrain_seed"]}}
+    return settings_json({**toy, **attention_kernel(spec)})
 
 
 # ---------------------------------------------------------------- resources
