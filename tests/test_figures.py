@@ -228,7 +228,7 @@ def test_delta_by_method_marks_invalid_runs_runs_without_labels_and_controls(ric
     assert_titles_clear(fig)
 
 
-def test_delta_by_method_names_the_cells_the_induction_gate_left_out(rich):
+def test_delta_and_k_figures_name_the_cells_the_induction_gate_left_out(rich):
     """In exclude mode, a panel names its organism's left-out seeds, and an organism left out on every seed
     gets a panel that says so instead of vanishing from the figure."""
     induction = pd.DataFrame(
@@ -247,6 +247,10 @@ def test_delta_by_method_names_the_cells_the_induction_gate_left_out(rich):
     assert "power_seeking: excluded at the induction gate" in titles
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("left out\nthe organism on seed(s) 0, 1, 2" in t for t in texts)
+    assert_titles_clear(fig)
+    fig = kscaling_figure(rich["kscaling"], rich["methods"], induction)
+    assert "sycophancy\nseed(s) 1 excluded at the induction gate" in [ax.get_title() for ax in fig.axes]
+    assert "(excluded at the induction gate on every seed: power_seeking)" in fig.get_suptitle()
     assert_titles_clear(fig)
     # No gate (on_fail empty): a cell outside the band still ran, so nothing is called excluded.
     ungated = induction.assign(on_fail=None)

@@ -205,12 +205,15 @@ def delta_by_method_figure(
     return fig
 
 
-def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame):
+def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame, induction: pd.DataFrame | None = None):
     """Per organism: mean delta ± 95% CI against k per selecting method, each method dodged along x with its
-    own colour and marker; GST's mean and CI as a band; a point that leaves out invalid runs is ringed."""
+    own colour and marker; GST's mean and CI as a band; a point that leaves out invalid runs is ringed. With
+    `induction`, a panel names its seeds the induction gate left out, and the title the organisms left out on
+    every seed."""
     if kscaling.empty:
         return no_data("delta against k", "kscaling.csv has no rows")
     organisms, names = sorted(kscaling["organism"].unique()), sorted(kscaling["method"].unique())
+    excluded = excluded_seeds(induction)
     style = {m: (f"C{i % 10}", MARKERS[i % len(MARKERS)]) for i, m in enumerate(names)}
     fig, axes = grid(len(organisms), 2, 5.0, 3.6, sharey=True)
     ks = sorted(kscaling["k"].unique())
@@ -243,7 +246,10 @@ def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame):
         ax.minorticks_off()
         ax.set_xlim(min(ks) / 1.5, max(ks) * 1.5)
         ax.set_xlabel("k (candidates per prompt; methods offset)")
-        ax.set_title(organism)
+        left_out = ", ".join(str(seed) for seed in excluded.get(organism, []))
+        ax.set_title(
+            f"{organism}\nseed(s) {left_out} excluded at the induction gate" if left_out else organism
+        )
         if ax.get_subplotspec().is_first_col():
             ax.set_ylabel("mean Δ = M(Phase 3) − M(Phase 1) (pp)")
     handles = [Line2D([], [], color=c, marker=mk, label=m) for m, (c, mk) in style.items()]
@@ -254,7 +260,9 @@ def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame):
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markersize=9,
                               color=INVALID_COLOUR, label="mean leaves out invalid runs"))  # fmt: skip
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize="small")
-    fig.suptitle("Mean Δ misalignment (pp, 95% cluster-bootstrap CI) against k, per selecting method")
+    absent = sorted(set(excluded) - set(organisms))
+    note = f"\n(excluded at the induction gate on every seed: {', '.join(absent)})" if absent else ""
+    fig.suptitle(f"Mean Δ misalignment (pp, 95% cluster-bootstrap CI) against k, per selecting method{note}")
     return fig
 
 
@@ -325,7 +333,7 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Read the tables in `tables_dir` and write every figure to `out_dir`; return the written paths.
 
     runs.csv, methods.csv, eta.csv and kscaling.csv are required. Optional: controls.csv (else the controls
-    come from runs.csv), induction.csv (the cells the gate left out, named in the Δ figure), eta_summary.csv (the reason a panel has no slope; else read from the bins) and
+    come from runs.csv), induction.csv (the cells the gate left out, named in the Δ and k figures), eta_summary.csv (the reason a panel has no slope; else read from the bins) and
     shift.csv (its figure is skipped, with a logged note, when it is absent).
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
@@ -350,7 +358,7 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     )
     for transform in ("rank", "zscore"):
         written += save_figure(eta_figure(bins, transform, summary), out_dir / f"eta_{transform}")
-    written += save_figure(kscaling_figure(kscaling, methods), out_dir / "kscaling")
+    written += save_figure(kscaling_figure(kscaling, methods, induction), out_dir / "kscaling")
     shift_path = tables_dir / "shift.csv"
     if shift_path.is_file():
         written += save_figure(delta_vs_shift_figure(pd.read_csv(shift_path)), out_dir / "delta_vs_shift")
