@@ -333,8 +333,9 @@ def make_figures(tables_dir: str | Path, out_dir: str | Path) -> list[Path]:
     """Read the tables in `tables_dir` and write every figure to `out_dir`; return the written paths.
 
     runs.csv, methods.csv, eta.csv and kscaling.csv are required. Optional: controls.csv (else the controls
-    come from runs.csv), induction.csv (the cells the gate left out, named in the Δ and k figures), eta_summary.csv (the reason a panel has no slope; else read from the bins) and
-    shift.csv (its figure is skipped, with a logged note, when it is absent).
+    come from runs.csv), induction.csv (the cells the gate left out, named in the Δ and k figures),
+    eta_summary.csv (the reason a panel has no slope; else read from the bins) and shift.csv (its figure is
+    skipped, with a logged note, when it is absent).
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     missing = [name for name in REQUIRED_TABLES if not (tables_dir / name).is_file()]
