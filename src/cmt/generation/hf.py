@@ -190,8 +190,8 @@ class HFGenerator(Generator):
     def _target_logits(self, input_ids, attention, mask) -> torch.Tensor:
         """Float logits at the positions of `mask` only, (positions, vocab): the LM head and the softmax over the
         vocabulary skip the prompt, about a third of a scoring pass on the toy model (docs/benchmarks.md). The
-        full logits' rows, up to the rounding of a matrix product on fewer rows. Other model types, whose head may do more (gemma2 caps its logits), and
-        PEFT wrappers compute them all."""
+        full logits' rows, up to the rounding of a matrix product on fewer rows. Other model types, whose head
+        may do more (gemma2 caps its logits), and PEFT wrappers compute them all."""
         plain = not hasattr(self.model, "get_base_model")
         if plain and self.model.config.model_type in TARGET_HEAD_MODEL_TYPES:
             hidden = self.model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state

@@ -127,8 +127,8 @@ def check_parse_failure_rate(verdicts: list[dict], identity: dict, max_rate: flo
 
 
 def adapter_weights_digest(adapter: str | None) -> str | None:
-    """The sha256 of each of an adapter's config and weight files; None without an adapter. Retraining on identical labels
-    is deterministic, so k-scaling runs whose selectors picked the same labels share it."""
+    """The sha256 of each of an adapter's config and weight files; None without an adapter. Retraining on
+    identical labels is deterministic, so k-scaling runs whose selectors picked the same labels share it."""
     if not adapter:
         return None
     # adapter_* only: the manifest beside them names the labels, which differ between k.
