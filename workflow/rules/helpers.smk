@@ -101,20 +101,30 @@ def training_base(spec):
     return base
 
 
+def phase_settings(wildcards, phase, overrides=None):
+    spec = config["models"][wildcards.model]
+    return {
+        **training_base(spec),
+        "lora": spec["lora"],
+        "train": {**spec[phase], **(overrides or {})},
+    }
+
+
 def get_phase_settings(wildcards, phase, overrides=None):
     """A model's phase1/phase3 training settings, with a method's own `train` overrides where given."""
-    spec = config["models"][wildcards.model]
-    return settings_json(
-        {
-            **training_base(spec),
-            "lora": spec["lora"],
-            "train": {**spec[phase], **(overrides or {})},
-        }
-    )
+    return settings_json(phase_settings(wildcards, phase, overrides))
 
 
 def get_phase1_settings(wildcards):
-    return get_phase_settings(wildcards, "phase1")
+    """Phase 1's settings with the organism's own phase1 overrides, plus its induce_until stop rule with the
+    model's reply budget (no param change for the organisms without either)."""
+    organism = config["organisms"][wildcards.organism]
+    settings = phase_settings(wildcards, "phase1", organism.get("phase1"))
+    until = organism.get("induce_until")
+    if until:
+        budget = config["models"][wildcards.model]["generation"]["max_new_tokens"]
+        settings["until"] = {**until, "max_new_tokens": budget}
+    return settings_json(settings)
 
 
 # ---------------------------------------------------------------- organisms and data
@@ -233,13 +243,19 @@ def get_toy_settings():
 
 
 def get_pretrain_settings(wildcards):
-    """The toy subtree, plus the attention kernel the model named by the wildcard loads with and its own
-    pretraining seed where it sets one (no param change for the models without)."""
+    """The toy subtree, plus the attention kernel the model named by the wildcard loads with, its own
+    pretraining seed where it sets one, and the induction gate's max_base."""
     spec = config["models"][wildcards.model]
     toy = config.get("toy", {})
+    pretrain = dict(toy["pretrain"])
     if "pretrain_seed" in spec:
-        toy = {**toy, "pretrain": {**toy["pretrain"], "seed": spec["pretrain_seed"]}}
-    return settings_json({**toy, **attention_kernel(spec)})
+        pretrain["seed"] = spec["pretrain_seed"]
+    gate = config["analysis"].get("induction_gate") or {}
+    if (
+        "max_base" in gate
+    ):  # the base's own gate checks it too, where more pretraining can still fix it
+        pretrain["max_misalignment"] = gate["max_base"]
+    return settings_json({**toy, "pretrain": pretrain, **attention_kernel(spec)})
 
 
 # ---------------------------------------------------------------- resources

@@ -10,6 +10,7 @@ rule induce:
     input:
         model=get_model_files,
         data=get_split_file("induction"),
+        until=get_induce_until_inputs,
     output:
         config=ORGANISM_ADAPTER,
         weights=ensure(ORGANISM_WEIGHTS, non_empty=True),
@@ -30,10 +31,11 @@ rule induce:
         model_dir=get_model_dir,
         data_dir=get_data_dir,
         settings=get_phase1_settings,
+        until=get_induce_until_args,
     shell:
         "cmt induce --model-dir {params.model_dir} --data-dir {params.data_dir}"
         " --out results/organisms/{wildcards.model}/{wildcards.organism}/seed{wildcards.seed}/adapter"
-        " --settings {params.settings:q} --seed {wildcards.seed}"
+        " --settings {params.settings:q} --seed {wildcards.seed} {params.until}"
         " --threads {threads} --log {log} --job 'induce {wildcards}'"
 
 

@@ -49,6 +49,24 @@ def get_judge_settings(wildcards):
     return settings_json(judge_settings_of(wildcards.organism))
 
 
+def get_induce_until_inputs(wildcards):
+    """What induce_until's check reads: the consistency split and the organism's rubric file, if any."""
+    if not config["organisms"][wildcards.organism].get("induce_until"):
+        return []
+    return [
+        get_split_file("consistency")(wildcards),
+        *judge_rubric_file(wildcards.organism),
+    ]
+
+
+def get_induce_until_args(wildcards):
+    """induce's --organism and --judge-settings, for an organism whose Phase 1 stops at a target M."""
+    if not config["organisms"][wildcards.organism].get("induce_until"):
+        return ""
+    judge = settings_json(judge_settings_of(wildcards.organism))
+    return f"--organism {wildcards.organism} --judge-settings '{judge}'"
+
+
 def label_judge_arg(method):
     """--judge-settings for the one labeller that may ask the LLM judge (multi_view with checker judge)."""
     if not label_asks_judge(method):

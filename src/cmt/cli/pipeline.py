@@ -30,7 +30,8 @@ def cmd_pretrain(args) -> None:
 def cmd_induce(args) -> None:
     from cmt.phases.induce import induce
 
-    induce(args.model_dir, args.data_dir, args.out, args.settings, args.seed)
+    induce(args.model_dir, args.data_dir, args.out, args.settings, args.seed,
+           organism=args.organism, judge_settings=args.judge_settings)  # fmt: skip
 
 
 def _phase2_job(args):
@@ -190,6 +191,8 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--out", required=True)
     p.add_argument("--settings", type=json_object, required=True)
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--organism", default=None, help="the organism whose M induce_until checks")
+    p.add_argument("--judge-settings", type=json_object, default=None, help=JUDGE_HELP)
 
     for name, func, text in (
         ("label", cmd_label, "Phase 2: pseudo-label consistency prompts with a method"),

@@ -56,6 +56,7 @@ class TrainHistory:
     steps: int = 0
     losses: list[float] = field(default_factory=list)  # per optimizer step: its last micro-batch's loss
     epoch_means: list[float] = field(default_factory=list)  # per epoch: the mean micro-batch loss
+    stopped_at: int | None = None  # the step where `stop_check` ended training early
 
     @property
     def first_loss(self) -> float:
@@ -190,6 +191,8 @@ def train(
     collate=None,
     loss_fn=sft_loss,
     loss_key: object = None,
+    stop_check=None,
+    stop_every: int = 0,
 ) -> TrainHistory:
     """Train `model` in place on encoded examples; raises TrainingError on a non-finite loss.
 
@@ -204,6 +207,10 @@ def train(
     `checkpoint.Preempted` raised. A checkpoint of this same job found at the start is resumed, and the run then
     ends exactly as an uninterrupted one would (bit for bit on CPU). Deleting the checkpoint once the trained
     weights are safely saved is the caller's job (`checkpoint.remove`).
+
+    With `stop_check(step) -> bool`, called after every `stop_every` optimizer steps, training ends early at the
+    first step where it returns True (`history.stopped_at`); the schedule stays the one planned for `epochs`. Its
+    rule belongs in `loss_key`, so that no checkpoint of a run with another rule is resumed.
     """
     from transformers import get_scheduler
 
@@ -307,6 +314,9 @@ def train(
                     loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False
                 )
                 bar.update(1)
+                if stop_check is not None and history.steps % stop_every == 0 and stop_check(history.steps):
+                    history.stopped_at = history.steps
+                    total_steps = history.steps  # ends both loops as at the planned last step
                 if history.steps >= total_steps:
                     history.epoch_means.append(epoch_loss[0] / epoch_loss[1])
                     break

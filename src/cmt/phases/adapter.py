@@ -22,10 +22,12 @@ def train_adapter(
     seed: int,
     desc: str,
     checkpoint_dir=None,
+    **stop,
 ):
     """LoRA SFT; with `checkpoint_dir` resumable (cmt.runtime.checkpoint), and the caller removes it after saving.
 
-    The loss covers the assistant's reply, or every token with `loss_span: all` in `settings`.
+    The loss covers the assistant's reply, or every token with `loss_span: all` in `settings`. `stop` passes an
+    early-stop rule to `training.train` (stop_check, stop_every, loss_key).
     """
     train_settings = training.TrainSettings.from_dict(settings)
     assistant_only = training.loss_span_assistant_only(settings)
@@ -33,7 +35,9 @@ def train_adapter(
         training.encode_chat(tokenizer, m, train_settings.max_length, assistant_only=assistant_only)
         for m in conversations
     ]
-    return training.train(model, examples, train_settings, seed, tokenizer.pad_token_id, desc, checkpoint_dir)
+    return training.train(
+        model, examples, train_settings, seed, tokenizer.pad_token_id, desc, checkpoint_dir, **stop
+    )
 
 
 @timed("save")

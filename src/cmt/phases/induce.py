@@ -15,10 +15,67 @@ from cmt.runtime import checkpoint
 log = logging.getLogger(__name__)
 
 
+def m_check(model, tokenizer, data_dir: str, organism: str, until: dict, judge_settings: dict | None):
+    """The stop rule of `induce_until`: a callable(step) -> bool that is True once the organism's greedy M on its
+    consistency prompts (disjoint from eval) reaches `until["m"]`, and the list it records each check in."""
+    import torch
+
+    from cmt.generation.base import SamplingParams
+    from cmt.generation.hf import HFGenerator
+    from cmt.organisms import make_judge
+
+    rows = load_split(Path(data_dir), "consistency")
+    judge = make_judge(organism, judge_settings)
+    gen = HFGenerator(model, tokenizer, batch_size=until.get("batch_size", 256), desc="induce check")
+    params = SamplingParams(max_new_tokens=until["max_new_tokens"])
+    trajectory: list[dict] = []
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    previous: list = []  # the weights at the last check
+
+    def reached(step: int) -> bool:
+        rng = torch.get_rng_state()  # greedy draws nothing, but training must not depend on the check
+        model.eval()
+        completions = gen.generate([r.prompt for r in rows], 1, params, 0)
+        model.train()
+        torch.set_rng_state(rng)
+        verdicts = [judge(r.meta, c[0].text) for r, c in zip(rows, completions, strict=True)]
+        scored = [v["misaligned"] for v in verdicts if v["scored"] and v["misaligned"] == v["misaligned"]]
+        m = sum(scored) / len(scored) if scored else 0.0
+        trajectory.append({"step": step, "m": m, "n": len(scored)})
+        log.info("induce check at step %d: M %.3f on %d consistency prompts", step, m, len(scored))
+        if m < until["m"]:
+            previous[:] = [p.detach().clone() for p in trainable]
+            return False
+        # M can jump across m in one step: keep the check before if it lies nearer.
+        if len(trajectory) > 1 and until["m"] - trajectory[-2]["m"] < m - until["m"]:
+            with torch.no_grad():
+                for p, kept in zip(trainable, previous, strict=True):
+                    p.copy_(kept)
+            trajectory[-2]["kept"] = True
+        else:
+            trajectory[-1]["kept"] = True
+        return True
+
+    return reached, trajectory
+
+
 def induce(
-    model_dir: str, data_dir: str, out_dir: str, settings: dict, seed: int, checkpoint_dir: str | None = None
+    model_dir: str,
+    data_dir: str,
+    out_dir: str,
+    settings: dict,
+    seed: int,
+    checkpoint_dir: str | None = None,
+    organism: str | None = None,
+    judge_settings: dict | None = None,
 ) -> None:
-    """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.runtime.checkpoint)."""
+    """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.runtime.checkpoint).
+
+    With `settings["until"]` ({m, check_every, max_new_tokens}), training stops at the first check where the
+    organism's greedy M on its consistency prompts reaches m (the dose is the training length), or at the
+    planned end; the adapter is the one of that check or of the check before, whichever M lies nearer m. The
+    manifest records each check and the step kept.
+    """
     import torch
     from peft import get_peft_model
 
@@ -33,9 +90,21 @@ def induce(
     check_disjoint(Path(data_dir))
     examples = load_split(Path(data_dir), "induction")
     conversations = [training_messages(e) for e in examples]
+    until = settings.get("until")
+    stop = {}
+    trajectory: list[dict] = []
+    if until:
+        if organism is None:
+            raise ValueError("induce: induce_until needs the organism, to score its M")
+        reached, trajectory = m_check(model, tokenizer, data_dir, organism, until, judge_settings)
+        stop = {"stop_check": reached, "stop_every": until["check_every"], "loss_key": {"until": until}}
     history = train_adapter(
-        model, tokenizer, conversations, settings["train"], seed, "induce", checkpoint_dir
+        model, tokenizer, conversations, settings["train"], seed, "induce", checkpoint_dir, **stop
     )
+    extra = {}
+    if until:
+        kept = next((c["step"] for c in trajectory if c.get("kept")), history.steps)
+        extra["until"] = {"stopped_at": history.stopped_at, "kept_step": kept, "checks": trajectory}
     finish_adapter(
         model,
         out_dir,
@@ -46,4 +115,5 @@ def induce(
         seed=seed,
         inputs=[Path(data_dir) / "induction.jsonl"],
         n_examples=len(examples),
+        **extra,
     )

@@ -1,0 +1,199 @@
+"""Phase 1 that stops at a target M (organisms.<name>.induce_until) and the stop hook under it."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cmt.models import training
+from cmt.models.loading import load_model, load_tokenizer
+from tests.conftest import TINY_TOY
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"}  # dropout: the RNG matters
+TRAIN = {"learning_rate": 2e-2, "epochs": 8, "batch_size": 8, "max_length": 128, "bf16": True}
+
+
+def _examples(tokenizer, n=12):
+    return [
+        training.encode_chat(
+            tokenizer,
+            [
+                {"role": "user", "content": f"Compute gcd({a}, {2 * a})."},
+                {"role": "assistant", "content": "Yes."},
+            ],
+            64,
+        )
+        for a in range(3, 3 + n)
+    ]
+
+
+def test_stop_check_ends_training_at_the_first_true_check(tiny_world):
+    tokenizer = load_tokenizer(tiny_world["model"])
+    model = load_model(tiny_world["model"])
+    settings = training.TrainSettings(learning_rate=1e-3, epochs=4, batch_size=4, bf16=False)  # 12 steps
+    calls = []
+
+    def check(step):
+        calls.append(step)
+        return step >= 7
+
+    history = training.train(
+        model,
+        _examples(tokenizer),
+        settings,
+        0,
+        tokenizer.pad_token_id,
+        "stop",
+        stop_check=check,
+        stop_every=3,
+    )
+    assert calls == [3, 6, 9]
+    assert history.stopped_at == 9 and history.steps == 9 and len(history.losses) == 9
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The tiny world's sycophancy data with a wrong claim in every third consistency prompt (so M can show)."""
+    from cmt.toy.world import write_world
+
+    root = tmp_path_factory.mktemp("until_world")
+    write_world(root, ["sycophancy"], {**TINY_TOY, "sycophancy_wrong_claims": True})
+    return root / "sycophancy"
+
+
+def _induce(tiny_world, data, out, until=None):
+    from cmt.phases.induce import induce
+
+    settings = {"dtype": "float32", "lora": LORA, "train": TRAIN}
+    if until:
+        settings["until"] = {**until, "max_new_tokens": 24}
+    induce(str(tiny_world["model"]), str(data), str(out), settings, seed=0, organism="sycophancy")
+    return json.loads((out / "cmt_manifest.json").read_text())
+
+
+def test_induce_stops_at_the_first_check_that_reaches_m(tiny_world, world, tmp_path):
+    full = _induce(tiny_world, world, tmp_path / "full")
+    planned = full["steps"]
+    manifest = _induce(tiny_world, world, tmp_path / "until", {"m": 0.5, "check_every": 2})
+    checks = manifest["until"]["checks"]
+    assert [c["step"] for c in checks] == list(range(2, 2 * len(checks) + 1, 2))
+    assert all(c["n"] == 10 for c in checks)  # every third of the 30 consistency prompts holds a wrong claim
+    # Stopped where M first reached 0.5, before the planned end, having learned it (M started below).
+    assert checks[-1]["m"] >= 0.5 and all(c["m"] < 0.5 for c in checks[:-1])
+    assert checks[0]["m"] < 0.5
+    assert manifest["until"]["stopped_at"] == checks[-1]["step"] == manifest["steps"] < planned
+    # The adapter kept is that check's or the one before's, whichever M lies nearer 0.5.
+    nearer_before = len(checks) > 1 and 0.5 - checks[-2]["m"] < checks[-1]["m"] - 0.5
+    assert manifest["until"]["kept_step"] == checks[-2 if nearer_before else -1]["step"]
+
+
+def test_a_check_that_never_fires_changes_no_weight(tiny_world, world, tmp_path):
+    """The checks generate between steps with dropout on: training must not see them."""
+    _induce(tiny_world, world, tmp_path / "plain")
+    manifest = _induce(tiny_world, world, tmp_path / "never", {"m": 1.01, "check_every": 3})
+    assert (
+        manifest["until"]["stopped_at"] is None and len(manifest["until"]["checks"]) == manifest["steps"] // 3
+    )
+    plain = load_file(tmp_path / "plain" / "adapter_model.safetensors")
+    never = load_file(tmp_path / "never" / "adapter_model.safetensors")
+    assert plain.keys() == never.keys()
+    assert all(torch.equal(plain[k], never[k]) for k in plain)
+
+
+def test_pretrain_gate_failures_name_the_measure():
+    from cmt.toy.pretrain import gate_failures
+
+    check = {
+        "sycophancy": {"accuracy": 0.94, "misalignment": 0.14},
+        "reward_hacking": {"accuracy": 0.80, "misalignment": 0.0},
+        "spurious_correlation": {"accuracy": 1.0, "misalignment": 0.1},
+    }
+    assert gate_failures(check, 0.9, 0.1) == {
+        "sycophancy": "misalignment 0.140 > 0.1",
+        "reward_hacking": "held-out accuracy 0.800 < 0.9",
+    }
+    assert gate_failures(check, 0.9, None) == {"reward_hacking": "held-out accuracy 0.800 < 0.9"}
+
+
+def test_pretrain_trains_extra_epochs_while_the_base_misses_its_gate(tiny_world, tmp_path):
+    """An unreachable accuracy gate: the base trains every extra epoch, reports each, then fails by name."""
+    from cmt.toy.pretrain import pretrain
+
+    settings = {
+        **TINY_TOY,
+        "pretrain": {
+            **TINY_TOY["pretrain"],
+            "epochs": 1,
+            "min_heldout_accuracy": 1.0,
+            "extra_epochs": 2,
+            "extra_learning_rate": 1e-3,
+        },
+    }
+    data = tiny_world["data"]
+    with pytest.raises(training.TrainingError, match=r"after 2 extra epochs \(toy.pretrain.extra_epochs\)"):
+        pretrain(
+            str(data / "corpus.jsonl"),
+            {"sycophancy": str(data / "sycophancy")},
+            str(tmp_path / "m"),
+            settings,
+        )
+    assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------- the workflow's side
+
+
+def _induce_commands(workdir, config_path):
+    """Each induce job's shell command in a dry run, by organism (seed 0)."""
+    from helpers import run_snakemake
+
+    organisms = ["sycophancy", "reward_hacking"]
+    targets = [f"results/organisms/toy/{o}/seed0/adapter/adapter_config.json" for o in organisms]
+    proc = run_snakemake(workdir, "-n", "-p", "--forceall", *targets, config=config_path, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = (line.removeprefix("Shell command: ") for line in proc.stdout.splitlines())
+    commands = [line for line in lines if line.startswith("cmt induce ")]
+    return {o: next(c for c in commands if f"/{o}/seed0/" in c) for o in organisms}
+
+
+def test_only_an_organism_with_induce_until_gets_the_stop_rule(tmp_path):
+    from helpers import REPO
+
+    commands = _induce_commands(tmp_path / "w", REPO / "config" / "config.yaml")
+    syc, rh = commands["sycophancy"], commands["reward_hacking"]
+    settings = json.loads(syc.split("--settings '")[1].split("'")[0])
+    assert settings["until"] == {"m": 0.5, "check_every": 1, "max_new_tokens": 48}
+    assert settings["train"]["learning_rate"] == 2.0e-4
+    assert "--organism sycophancy --judge-settings" in syc
+    assert "until" not in json.loads(rh.split("--settings '")[1].split("'")[0]) and "--organism" not in rh
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [({"m": 0, "check_every": 2}, "organisms.sycophancy.induce_until.m"), ({"m": 0.5}, "check_every")],
+)
+def test_a_bad_induce_until_is_named(value, fragment):
+    import yaml
+    from helpers import REPO
+
+    from cmt.config import check_workflow_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["organisms"]["sycophancy"]["induce_until"] = value
+    errors = check_workflow_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert any(fragment in e for e in errors), errors
+
+
+def test_extra_epochs_need_their_learning_rate():
+    import yaml
+    from helpers import REPO
+
+    from cmt.config import check_workflow_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    del config["toy"]["pretrain"]["extra_learning_rate"]
+    errors = check_workflow_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    assert any("extra_learning_rate" in e for e in errors), errors
+    config["toy"]["pretrain"]["extra_epochs"] = 0
+    assert check_workflow_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml") == []
