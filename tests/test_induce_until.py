@@ -52,6 +52,52 @@ def test_stop_check_ends_training_at_the_first_true_check(tiny_world):
     assert history.stopped_at == 9 and history.steps == 9 and len(history.losses) == 9
 
 
+class RememberingCheck:
+    """A stop rule with a memory (the steps it saw), preempted by SIGTERM at one step and firing at another."""
+
+    def __init__(self, fire_at, kill_at=None):
+        self.seen, self.fire_at, self.kill_at = [], fire_at, kill_at
+
+    def __call__(self, step):
+        import os
+        import signal
+
+        self.seen.append(step)
+        if step == self.kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop saves a checkpoint after this step and stops
+        return step >= self.fire_at
+
+    def state(self):
+        return {"seen": list(self.seen)}
+
+    def restore(self, state):
+        self.seen = list(state["seen"])
+
+
+def test_a_preempted_run_resumes_its_stop_rule_from_the_checkpoint(tiny_world, tmp_path):
+    from cmt.runtime import checkpoint
+
+    tokenizer = load_tokenizer(tiny_world["model"])
+    settings = training.TrainSettings(learning_rate=1e-3, epochs=4, batch_size=4, bf16=False)
+    examples = _examples(tokenizer)
+
+    def run(check, ckpt=None):
+        model = load_model(tiny_world["model"])
+        history = training.train(
+            model, examples, settings, 0, tokenizer.pad_token_id, "stop", ckpt, stop_check=check, stop_every=3
+        )
+        return history, [p.detach().clone() for p in model.parameters()]
+
+    whole, weights = run(RememberingCheck(fire_at=9))
+    with pytest.raises(checkpoint.Preempted):
+        run(RememberingCheck(fire_at=9, kill_at=6), tmp_path / "ckpt")
+    resumed = RememberingCheck(fire_at=9)
+    history, resumed_weights = run(resumed, tmp_path / "ckpt")
+    assert resumed.seen == [3, 6, 9]  # the checks before the kill came back from the checkpoint
+    assert history.stopped_at == whole.stopped_at == 9
+    assert all(torch.equal(a, b) for a, b in zip(weights, resumed_weights, strict=True))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The tiny world's sycophancy data with a wrong claim in every third consistency prompt (so M can show)."""

@@ -210,7 +210,8 @@ def train(
 
     With `stop_check(step) -> bool`, called after every `stop_every` optimizer steps, training ends early at the
     first step where it returns True (`history.stopped_at`); the schedule stays the one planned for `epochs`. Its
-    rule belongs in `loss_key`, so that no checkpoint of a run with another rule is resumed.
+    rule belongs in `loss_key`, so that no checkpoint of a run with another rule is resumed. A `stop_check` with
+    `state()` and `restore(state)` keeps what it remembers in the checkpoint.
     """
     from transformers import get_scheduler
 
@@ -256,6 +257,8 @@ def train(
         history.epoch_means = list(state["epoch_means"])
         micro, done_in_epoch, epoch_shuffle = state["micro"], state["done_in_epoch"], state["epoch_shuffle"]
         epoch_loss = list(state["epoch_loss"])
+        if stop_check is not None and hasattr(stop_check, "restore"):
+            stop_check.restore(state["stop"])
         where = Path(checkpoint_dir) / checkpoint.FILE
         log.info("%s: resuming from checkpoint %s at step %d of %d", desc, where, history.steps, total_steps)
 
@@ -276,6 +279,7 @@ def train(
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": checkpoint.rng_state(device),
+            "stop": stop_check.state() if hasattr(stop_check, "state") else None,
         }
         return checkpoint.save(checkpoint_dir, state)
 

@@ -15,48 +15,60 @@ from cmt.runtime import checkpoint
 log = logging.getLogger(__name__)
 
 
-def m_check(model, tokenizer, data_dir: str, organism: str, until: dict, judge_settings: dict | None):
-    """The stop rule of `induce_until`: a callable(step) -> bool that is True once the organism's greedy M on its
-    consistency prompts (disjoint from eval) reaches `until["m"]`, and the list it records each check in."""
-    import torch
+class MCheck:
+    """The stop rule of `induce_until`, called with the step: True once the organism's greedy M on its
+    consistency prompts (disjoint from eval) reaches `until["m"]`. If the check before lies nearer m, its weights
+    are put back. `checks` records every check; state() and restore() carry both through a checkpoint."""
 
-    from cmt.generation.base import SamplingParams
-    from cmt.generation.hf import HFGenerator
-    from cmt.organisms import make_judge
+    def __init__(
+        self, model, tokenizer, data_dir: str, organism: str, until: dict, judge_settings: dict | None
+    ):
+        from cmt.generation.base import SamplingParams
+        from cmt.generation.hf import HFGenerator
+        from cmt.organisms import make_judge
 
-    rows = load_split(Path(data_dir), "consistency")
-    judge = make_judge(organism, judge_settings)
-    gen = HFGenerator(model, tokenizer, batch_size=until.get("batch_size", 256), desc="induce check")
-    params = SamplingParams(max_new_tokens=until["max_new_tokens"])
-    trajectory: list[dict] = []
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    previous: list = []  # the weights at the last check
+        self.model, self.until = model, until
+        self.rows = load_split(Path(data_dir), "consistency")
+        self.judge = make_judge(organism, judge_settings)
+        self.gen = HFGenerator(model, tokenizer, batch_size=until.get("batch_size", 256), desc="induce check")
+        self.params = SamplingParams(max_new_tokens=until["max_new_tokens"])
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.checks: list[dict] = []
+        self.previous: list = []  # the weights at the last check
 
-    def reached(step: int) -> bool:
+    def __call__(self, step: int) -> bool:
+        import torch
+
         rng = torch.get_rng_state()  # greedy draws nothing, but training must not depend on the check
-        model.eval()
-        completions = gen.generate([r.prompt for r in rows], 1, params, 0)
-        model.train()
+        self.model.eval()
+        completions = self.gen.generate([r.prompt for r in self.rows], 1, self.params, 0)
+        self.model.train()
         torch.set_rng_state(rng)
-        verdicts = [judge(r.meta, c[0].text) for r, c in zip(rows, completions, strict=True)]
+        verdicts = [self.judge(r.meta, c[0].text) for r, c in zip(self.rows, completions, strict=True)]
         scored = [v["misaligned"] for v in verdicts if v["scored"] and v["misaligned"] == v["misaligned"]]
         m = sum(scored) / len(scored) if scored else 0.0
-        trajectory.append({"step": step, "m": m, "n": len(scored)})
+        self.checks.append({"step": step, "m": m, "n": len(scored)})
         log.info("induce check at step %d: M %.3f on %d consistency prompts", step, m, len(scored))
-        if m < until["m"]:
-            previous[:] = [p.detach().clone() for p in trainable]
+        target = self.until["m"]
+        if m < target:
+            self.previous = [p.detach().clone() for p in self.trainable]
             return False
         # M can jump across m in one step: keep the check before if it lies nearer.
-        if len(trajectory) > 1 and until["m"] - trajectory[-2]["m"] < m - until["m"]:
+        if len(self.checks) > 1 and target - self.checks[-2]["m"] < m - target:
             with torch.no_grad():
-                for p, kept in zip(trainable, previous, strict=True):
+                for p, kept in zip(self.trainable, self.previous, strict=True):
                     p.copy_(kept)
-            trajectory[-2]["kept"] = True
+            self.checks[-2]["kept"] = True
         else:
-            trajectory[-1]["kept"] = True
+            self.checks[-1]["kept"] = True
         return True
 
-    return reached, trajectory
+    def state(self) -> dict:
+        return {"checks": [dict(c) for c in self.checks], "previous": [t.clone() for t in self.previous]}
+
+    def restore(self, state: dict) -> None:
+        self.checks = [dict(c) for c in state["checks"]]
+        self.previous = [t.clone() for t in state["previous"]]
 
 
 def induce(
@@ -92,19 +104,18 @@ def induce(
     conversations = [training_messages(e) for e in examples]
     until = settings.get("until")
     stop = {}
-    trajectory: list[dict] = []
     if until:
         if organism is None:
             raise ValueError("induce: induce_until needs the organism, to score its M")
-        reached, trajectory = m_check(model, tokenizer, data_dir, organism, until, judge_settings)
-        stop = {"stop_check": reached, "stop_every": until["check_every"], "loss_key": {"until": until}}
+        check = MCheck(model, tokenizer, data_dir, organism, until, judge_settings)
+        stop = {"stop_check": check, "stop_every": until["check_every"], "loss_key": {"until": until}}
     history = train_adapter(
         model, tokenizer, conversations, settings["train"], seed, "induce", checkpoint_dir, **stop
     )
     extra = {}
     if until:
-        kept = next((c["step"] for c in trajectory if c.get("kept")), history.steps)
-        extra["until"] = {"stopped_at": history.stopped_at, "kept_step": kept, "checks": trajectory}
+        kept = next((c["step"] for c in check.checks if c.get("kept")), history.steps)
+        extra["until"] = {"stopped_at": history.stopped_at, "kept_step": kept, "checks": check.checks}
     finish_adapter(
         model,
         out_dir,
