@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TOY
 from safetensors.torch import load_file
 
 from cmt.models import training
 from cmt.models.loading import load_model, load_tokenizer
-from tests.conftest import TINY_TOY
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"}  # dropout: the RNG matters
 TRAIN = {"learning_rate": 2e-2, "epochs": 8, "batch_size": 8, "max_length": 128, "bf16": True}
@@ -177,9 +177,11 @@ def test_pretrain_trains_extra_epochs_while_the_base_misses_its_gate(tiny_world,
         },
     }
     data = tiny_world["data"]
+    corpus = tmp_path / "corpus.jsonl"  # a cut of the corpus: the gate's logic is under test, not the base
+    corpus.write_text("".join((data / "corpus.jsonl").read_text().splitlines(keepends=True)[:400]))
     with pytest.raises(training.TrainingError, match=r"after 2 extra epochs \(toy.pretrain.extra_epochs\)"):
         pretrain(
-            str(data / "corpus.jsonl"),
+            str(corpus),
             {"sycophancy": str(data / "sycophancy")},
             str(tmp_path / "m"),
             settings,

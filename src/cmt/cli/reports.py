@@ -31,7 +31,8 @@ def cmd_induction_report(args) -> None:
         raise SystemExit(
             f"cmt induction-report: organism {where} fails the induction gate, so the run stops before Phase 2: "
             f"{'; '.join(report['gate_reasons'])}. Induction strength is set by toy.induction_strength."
-            f"{report['organism']} (toy organisms) or the model's phase1 training settings; the gate is "
+            f"{report['organism']} (toy organisms) or the model's phase1 training settings (the organism's own "
+            f"phase1 and induce_until: organisms.{report['organism']}); the gate is "
             "analysis.induction_gate (on_fail: exclude skips such a cell instead)"
             + toy_numerics_hint(numerics)
         )
