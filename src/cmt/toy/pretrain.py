@@ -73,7 +73,8 @@ def gate_failures(check: dict[str, dict], min_accuracy: float, max_misalignment:
 
 
 def pretrain(corpus_path: str, eval_dirs: dict[str, str], out_dir: str, settings: dict) -> dict:
-    """Train tokenizer and model from the `toy` config subtree; fail if held-out accuracy is below the gate."""
+    """Train tokenizer and model from the `toy` config subtree, with up to `extra_epochs` more while the base
+    misses its gate (held-out accuracy, or M above `max_misalignment`); fail if it still misses."""
     seed = settings["pretrain"]["seed"]
     corpus = read_jsonl(corpus_path)
     texts = [m["content"] for row in corpus for m in row["messages"]]
