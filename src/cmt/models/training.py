@@ -192,7 +192,7 @@ def train(
     loss_fn=sft_loss,
     loss_key: object = None,
     stop_check=None,
-    stop_every: int = 0,
+    stop_every: int = 1,
 ) -> TrainHistory:
     """Train `model` in place on encoded examples; raises TrainingError on a non-finite loss.
 

@@ -30,7 +30,7 @@ class MCheck:
         self.model, self.until = model, until
         self.rows = load_split(Path(data_dir), "consistency")
         self.judge = make_judge(organism, judge_settings)
-        self.gen = HFGenerator(model, tokenizer, batch_size=until.get("batch_size", 256), desc="induce check")
+        self.gen = HFGenerator(model, tokenizer, batch_size=256, desc="induce check")
         self.params = SamplingParams(max_new_tokens=until["max_new_tokens"])
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.checks: list[dict] = []
