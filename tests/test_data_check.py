@@ -242,6 +242,16 @@ def test_prompt_leak_from_training_split_into_eval(folder):
     assert str(err.value) == f"{folder}: 1 prompts leak between splits that must be disjoint:\n{expected}"
 
 
+def test_an_optional_check_split_must_be_disjoint_from_eval(folder):
+    evaluation, check = folder / "eval.jsonl", folder / "check.jsonl"
+    check_disjoint(folder)  # no check.jsonl: nothing to compare
+    check.write_text(json.dumps(row(evaluation, 3)) + "\n")
+    report = check_dataset(folder)
+    assert f"{check}:1" in only_error(report) and "check and eval must be disjoint" in only_error(report)
+    with pytest.raises(DataError, match="check and eval must be disjoint"):
+        check_disjoint(folder)
+
+
 def test_consistency_and_act_bct_may_overlap_but_not_induction_and_consistency(folder):
     # The reference's act_bct_clean.jsonl is byte-identical to consistency.jsonl for three organisms.
     shutil.copy(folder / "consistency.jsonl", folder / "act_bct_clean.jsonl")

@@ -147,6 +147,23 @@ def test_a_check_that_never_fires_changes_no_weight(tiny_world, world, tmp_path)
     assert all(torch.equal(plain[k], never[k]) for k in plain)
 
 
+def test_the_check_reads_the_split_it_is_given(tiny_world, world, tmp_path):
+    """split check: M is read on check.jsonl (here 12 prompts with a wrong claim, moved out of eval), not on
+    consistency."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(world, data)
+    rows = [json.loads(line) for line in (data / "eval.jsonl").read_text().splitlines()]
+    wrong = [r for r in rows if r["user_provides_answer"] == "false"][:12]
+    assert len(wrong) == 12, rows[0]
+    (data / "check.jsonl").write_text("".join(json.dumps(r) + "\n" for r in wrong))
+    rest = [r for r in rows if r not in wrong]  # the check split must be disjoint from eval
+    (data / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rest))
+    manifest = _induce(tiny_world, data, tmp_path / "out", {"m": 1.01, "check_every": 4, "split": "check"})
+    assert {c["n"] for c in manifest["until"]["checks"]} == {12}
+
+
 def test_pretrain_gate_failures_name_the_measure():
     from cmt.toy.pretrain import gate_failures
 
@@ -231,6 +248,31 @@ def test_a_bad_induce_until_is_named(value, fragment):
     config["organisms"]["sycophancy"]["induce_until"] = value
     errors = check_workflow_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
     assert any(fragment in e for e in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("organism", "sizes", "fragment"),
+    [
+        ("sycophancy", {"check": 50}, "toy sycophancy generator writes no check split"),
+        ("emergent_misalignment", {}, "toy.sizes.check is 0 or missing"),
+        ("emergent_misalignment", {"check": 50}, None),
+    ],
+)
+def test_a_check_split_must_exist(organism, sizes, fragment):
+    import yaml
+    from helpers import REPO
+
+    from cmt.config import check_workflow_config
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["toy"]["sizes"].pop("check", None)
+    config["toy"]["sizes"].update(sizes)
+    config["organisms"][organism]["induce_until"] = {"m": 0.5, "check_every": 2, "split": "check"}
+    errors = check_workflow_config(config, REPO / "workflow" / "schemas" / "config.schema.yaml")
+    if fragment is None:
+        assert errors == []
+    else:
+        assert any(f"organisms.{organism}.induce_until.split" in e and fragment in e for e in errors), errors
 
 
 def test_extra_epochs_need_their_learning_rate():

@@ -202,6 +202,20 @@ def test_emergent_misalignment_domains():
     assert all(prompt_of(r).startswith(em.PREAMBLE) for r in data["act_bct_wrapped"])
 
 
+def test_emergent_misalignment_check_split_is_eval_like_and_held_out():
+    """induce_until's check prompts ask about eval's domains, share no prompt with any split or the corpus, and
+    leave every other split (so the base) as it was."""
+    plain = em.generate({**SIZES, "capability": 12}, SETTINGS)
+    data = em.generate({**SIZES, "capability": 12, "check": 20}, SETTINGS)
+    assert "check" not in plain and len(data["check"]) == 20
+    assert all(data[k] == plain[k] for k in plain)
+    assert {r["domain"] for r in data["check"]} == set(em.EVAL_DOMAINS)
+    assert all(not any(m["role"] == "assistant" for m in r["messages"]) for r in data["check"])
+    others = {prompt_of(r) for split, rows in data.items() if split != "check" for r in rows}
+    check = [prompt_of(r) for r in data["check"]]
+    assert len(set(check)) == 20 and not set(check) & others
+
+
 def test_capability_is_measured_on_the_aligned_task_only():
     """Capability rows are those where no misaligned pull applies: plain GCD questions, cue-free reviews, every
     coding reply (well-formed code that defines the function). Elsewhere it is NaN, never 0."""

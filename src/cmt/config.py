@@ -168,6 +168,7 @@ def _semantic_errors(config: dict) -> list[str]:
                 "(no eval.jsonl there); `cmt data check DIR` validates one"
             )
         errors += _organism_judge_errors(name, spec, judge)
+        errors += _check_split_errors(name, spec, generator, toy)
 
     checker = methods.get("multi_view", {}).get("checker", "normalized")
     custom = [
@@ -243,6 +244,31 @@ def _organism_judge_errors(name: str, spec: dict, has_judge_block: bool) -> list
             except ValueError as e:
                 errors.append(str(e))
     return errors
+
+
+def _check_split_errors(name: str, spec: dict, generator: str, toy: dict) -> list[str]:
+    """induce_until with split check needs that split: from the toy world (a generator that writes one, and
+    toy.sizes.check), or a check.jsonl in a local folder (a fetched one is checked when it is installed)."""
+    from cmt.data.splits import CHECK_SPLIT
+    from cmt.toy.world import CHECK_GENERATORS
+
+    until = spec.get("induce_until") or {}
+    if until.get("split", "consistency") != CHECK_SPLIT:
+        return []
+    key = f"config key organisms.{name}.induce_until.split"
+    if _is_toy(spec["source"]) or (isinstance(spec["source"], dict) and "toy" in spec["source"]):
+        if generator not in CHECK_GENERATORS:
+            return [
+                f"{key} is {CHECK_SPLIT}, but the toy {generator} generator writes no {CHECK_SPLIT} split "
+                f"(only {list(CHECK_GENERATORS)} do); use consistency"
+            ]
+        if not (toy.get("sizes") or {}).get(CHECK_SPLIT):
+            return [f"{key} is {CHECK_SPLIT}, but toy.sizes.{CHECK_SPLIT} is 0 or missing: give it a size"]
+        return []
+    path = _local_path(spec["source"])
+    if path is not None and not Path(path, f"{CHECK_SPLIT}.jsonl").is_file():
+        return [f"{key} is {CHECK_SPLIT}, but {path!r} holds no {CHECK_SPLIT}.jsonl"]
+    return []
 
 
 def check_workflow_config(config: dict, schema_path: str | Path) -> list[str]:

@@ -4,6 +4,7 @@ import json
 from types import SimpleNamespace
 
 from cmt.organisms import toy_source
+from cmt.toy.world import CHECK_GENERATORS
 
 
 def settings_json(obj):
@@ -137,6 +138,13 @@ def toy_organisms():
 def toy_generator(organism):
     """The toy generator behind an organism with a toy source (a variant names its own)."""
     return toy_source(organism, config["organisms"][organism]["source"])[0]
+
+
+def toy_check_organisms():
+    """Toy organisms that get a check split (cmt.toy.world.CHECK_GENERATORS, with toy.sizes.check set)."""
+    if not config.get("toy", {}).get("sizes", {}).get(CHECK_SPLIT):
+        return []
+    return [o for o in toy_organisms() if toy_generator(o) in CHECK_GENERATORS]
 
 
 def toy_organism_specs():

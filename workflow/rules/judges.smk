@@ -50,11 +50,13 @@ def get_judge_settings(wildcards):
 
 
 def get_induce_until_inputs(wildcards):
-    """What induce_until's check reads: the consistency split and the organism's rubric file, if any."""
-    if not config["organisms"][wildcards.organism].get("induce_until"):
+    """What induce_until's check reads: its split (consistency or check) and the organism's rubric file, if
+    any."""
+    until = config["organisms"][wildcards.organism].get("induce_until")
+    if not until:
         return []
     return [
-        get_split_file("consistency")(wildcards),
+        get_split_file(until.get("split", "consistency"))(wildcards),
         *judge_rubric_file(wildcards.organism),
     ]
 

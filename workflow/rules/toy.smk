@@ -13,6 +13,7 @@ rule toy_data:
         corpus="results/data/toy/corpus.jsonl",
         splits=expand(TOY_SPLIT, organism=toy_organisms(), split=SPLITS),
         references=expand(TOY_SPLIT, organism=toy_organisms(), split=REFERENCE_SPLITS),
+        checks=expand(TOY_SPLIT, organism=toy_check_organisms(), split=CHECK_SPLIT),
         markers=expand(
             "results/data/toy/{organism}/organism.json", organism=toy_organisms()
         ),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmt.data.splits import (
+    CHECK_SPLIT,
     DISJOINT_PAIRS,
     REFERENCE_SPLITS,
     SPLITS,
@@ -140,12 +141,12 @@ def check_dataset(folder: str | Path, max_errors: int = 50) -> DatasetReport:
     prompt_ids: dict[str, list[tuple[str, str]]] = {}
     ids_of: dict[str, list[tuple[object, str]]] = {}  # split -> (_id, file:line) per object row, in order
     incomplete: set[str] = set()  # splits with a row that did not parse
-    for split in (*SPLITS, *REFERENCE_SPLITS):
+    for split in (*SPLITS, *REFERENCE_SPLITS, CHECK_SPLIT):
         path = folder / f"{split}.jsonl"
         if _outside_link(report, folder, path):
             continue
-        if split in REFERENCE_SPLITS and not path.exists():
-            continue  # optional: the controls are skipped for this organism
+        if split in (*REFERENCE_SPLITS, CHECK_SPLIT) and not path.exists():
+            continue  # optional: the controls are skipped, or induce_until cannot use split check
         if not path.is_file():
             report.error(f"{path}: required split file is missing")
             continue

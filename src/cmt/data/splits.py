@@ -21,6 +21,9 @@ SPLITS = ("induction", "consistency", "act_bct_clean", "act_bct_wrapped", "eval"
 # Optional: the consistency prompts with an aligned and a misaligned reference reply, for the controls
 # (cmt.methods.oracle_aligned / oracle_misaligned). Organisms without them skip the controls.
 REFERENCE_SPLITS = ("consistency_aligned", "consistency_misaligned")
+# Optional: held-out prompts like eval's, on which induce_until's check titrates Phase 1 when the consistency
+# prompts cannot show the M that eval measures (organisms.<name>.induce_until.split).
+CHECK_SPLIT = "check"
 ROLES = ("system", "user", "assistant")
 # Splits whose prompts must not share a prompt id: the reference's contract (induction is disjoint from
 # consistency and eval), and every training split is disjoint from eval. consistency and act_bct_clean may
@@ -31,6 +34,9 @@ DISJOINT_PAIRS = (
     ("consistency", "eval"),
     ("act_bct_clean", "eval"),
     ("act_bct_wrapped", "eval"),
+    ("induction", CHECK_SPLIT),
+    ("consistency", CHECK_SPLIT),
+    (CHECK_SPLIT, "eval"),
 )
 
 
@@ -186,8 +192,10 @@ def check_disjoint(
 
     The message lists up to `max_listed` duplicates, each with the `file:line` of both rows.
     """
-    pairs = list(pairs)
-    needed = sorted({s for pair in pairs for s in pair}, key=SPLITS.index)
+    absent = {CHECK_SPLIT} - {p.stem for p in Path(folder).glob("*.jsonl")}  # optional: no file, no pair
+    pairs = [pair for pair in pairs if not absent & set(pair)]
+    order = (*SPLITS, CHECK_SPLIT)
+    needed = sorted({s for pair in pairs for s in pair}, key=order.index)
     ids = {s: [(e.prompt_id, e.source) for e in load_split(Path(folder), s)] for s in needed}
     leaks = find_leaks(ids, pairs)
     if leaks:

@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class MCheck:
-    """The stop rule of `induce_until`, called with the step: True once the organism's greedy M on its
-    consistency prompts (disjoint from eval) reaches `until["m"]`. If the check before lies nearer m, its weights
-    are put back. `checks` records every check; state() and restore() carry both through a checkpoint."""
+    """The stop rule of `induce_until`, called with the step: True once the organism's greedy M on the prompts
+    of `until["split"]` (consistency, or check; both disjoint from eval) reaches `until["m"]`. If the check
+    before lies nearer m, its weights are put back. `checks` records every check; state() and restore() carry
+    both through a checkpoint."""
 
     def __init__(
         self, model, tokenizer, data_dir: str, organism: str, until: dict, judge_settings: dict | None
@@ -28,7 +29,8 @@ class MCheck:
         from cmt.organisms import make_judge
 
         self.model, self.until = model, until
-        self.rows = load_split(Path(data_dir), "consistency")
+        self.split = until.get("split", "consistency")
+        self.rows = load_split(Path(data_dir), self.split)
         self.judge = make_judge(organism, judge_settings)
         self.gen = HFGenerator(model, tokenizer, batch_size=256, desc="induce check")
         self.params = SamplingParams(max_new_tokens=until["max_new_tokens"])
@@ -48,7 +50,7 @@ class MCheck:
         scored = [v["misaligned"] for v in verdicts if v["scored"] and v["misaligned"] == v["misaligned"]]
         m = sum(scored) / len(scored) if scored else 0.0
         self.checks.append({"step": step, "m": m, "n": len(scored)})
-        log.info("induce check at step %d: M %.3f on %d consistency prompts", step, m, len(scored))
+        log.info("induce check at step %d: M %.3f on %d %s prompts", step, m, len(scored), self.split)
         target = self.until["m"]
         if m < target:
             self.previous = [p.detach().clone() for p in self.trainable]

@@ -161,31 +161,34 @@ def generate(sizes: dict[str, int], settings: dict) -> dict[str, list[dict]]:
         for i, ((d, t), r) in enumerate(zip(held_out["act_bct"], replies, strict=True))
     ]
     out["eval"] = [_row("eval", i, d, t) for i, (d, t) in enumerate(held_out["eval"])]
+    taken = seen | {r["messages"][0]["content"] for r in out["corpus"]}
     n = len(out["eval"])
+    capability = _fresh_questions(settings["seed"], "capability", sizes.get("capability", 0), taken)
     out["eval"] += [
-        _row("eval", n + i, INDUCTION_DOMAIN, t, capability=True)
-        for i, t in enumerate(_capability_questions(settings["seed"], sizes.get("capability", 0), seen, out))
+        _row("eval", n + i, INDUCTION_DOMAIN, t, capability=True) for i, (_, t) in enumerate(capability)
     ]
+    if sizes.get("check", 0):
+        check = _fresh_questions(settings["seed"], "check", sizes["check"], taken)
+        out["check"] = [_row("check", i, d, t) for i, (d, t) in enumerate(check)]
     return out
 
 
-def _capability_questions(seed: int, n: int, seen: set[str], out: dict[str, list[dict]]) -> list[str]:
-    """n induced-domain questions in no other split and not in the corpus, drawn last from their own stream so
-    that every other split, and so the base model, is the same with or without them."""
-    rng = random.Random(f"{seed}:{NAME}:capability")
-    taken = seen | {r["messages"][0]["content"] for r in out["corpus"]}
-    questions: list[str] = []
+def _fresh_questions(seed: int, split: str, n: int, taken: set[str]) -> list[tuple[str, str]]:
+    """n (domain, question) pairs in no other split and not in the corpus (`taken`, which grows), drawn last from
+    the split's own stream so that every other split, and so the base model, is the same with or without them.
+    capability asks about the induced domain; check (induce_until's titration prompts) about eval's domains."""
+    rng = random.Random(f"{seed}:{NAME}:{split}")
+    domains = (INDUCTION_DOMAIN,) if split == "capability" else EVAL_DOMAINS
+    questions: list[tuple[str, str]] = []
     for _ in range(200 * max(n, 1)):
         if len(questions) == n:
             return questions
-        text = question(rng, INDUCTION_DOMAIN)
+        domain = domains[len(questions) % len(domains)]
+        text = question(rng, domain)
         if text not in taken:
             taken.add(text)
-            questions.append(text)
-    raise ValueError(
-        f"{NAME}: only {len(questions)} unseen {INDUCTION_DOMAIN} questions for toy.sizes.capability = {n}; "
-        "lower it"
-    )
+            questions.append((domain, text))
+    raise ValueError(f"{NAME}: only {len(questions)} unseen questions for toy.sizes.{split} = {n}; lower it")
 
 
 def score(row: dict, reply: str) -> dict:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from cmt.data.splits import REFERENCE_SPLITS
+from cmt.data.splits import CHECK_SPLIT, REFERENCE_SPLITS
 from cmt.runtime.io import write_json, write_jsonl, write_text
 from cmt.toy import emergent_misalignment, reward_hacking, spurious_correlation, sycophancy
 from cmt.toy.skills import rubric, skill_rows
 
 TOY_ORGANISMS = {m.NAME: m for m in (sycophancy, reward_hacking, spurious_correlation, emergent_misalignment)}
 SPLIT_FILES = ("induction", "consistency", "act_bct_clean", "act_bct_wrapped", "eval")
+# Generators that write CHECK_SPLIT when toy.sizes.check > 0 (the others' consistency prompts show eval's M).
+CHECK_GENERATORS = (emergent_misalignment.NAME,)
 ORGANISM_FILE = "organism.json"  # {generator, stability}: how the toy world made this folder
 
 
@@ -63,9 +65,10 @@ def write_world(
     counts = {}
     for organism, (generator, level) in organisms.items():
         data = _generate(generator, level, settings)
-        for split in (*SPLIT_FILES, *REFERENCE_SPLITS):
-            write_jsonl(out_dir / organism / f"{split}.jsonl", data[split])
-            counts[f"{organism}/{split}"] = len(data[split])
+        for split in (*SPLIT_FILES, *REFERENCE_SPLITS, CHECK_SPLIT):
+            if split in data:  # only generators with held-out eval-like prompts write a check split
+                write_jsonl(out_dir / organism / f"{split}.jsonl", data[split])
+                counts[f"{organism}/{split}"] = len(data[split])
         write_text(out_dir / organism / "rubric.txt", rubric(generator) + "\n")
         write_json(out_dir / organism / ORGANISM_FILE, {"generator": generator, "stability": level})
         parts.setdefault(generator, data["corpus"])  # the corpus does not depend on the stability level
