@@ -100,11 +100,28 @@ def test_nucleus_draws_follow_the_warped_distribution(top_p, spread):
         assert (expected > 0).sum(-1).min() > NUCLEUS_TOP_K or top_p == 0.5
 
 
+@pytest.mark.parametrize("model_type", sorted(DECODE_LOOP_MODEL_TYPES))
+def test_samples_sharing_their_prompts_prefill_are_the_samples_of_repeated_prompts(model_type):
+    """repeats=n prefills each prompt once and repeats its cache: the same tokens as n copies of each prompt."""
+    model = tiny_model(model_type)
+    ids, mask = left_padded([3, 9, 6, 12, 1], TINY["vocab_size"])
+    u = torch.rand(len(ids) * 4, 10, generator=torch.Generator().manual_seed(3))
+    eos = list(range(5, 15))
+    copies = decode(model, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0), eos, 10,
+                    temperature=3.0, top_p=0.95, uniforms=u)  # fmt: skip
+    shared = decode(model, ids, mask, eos, 10, temperature=3.0, top_p=0.95, uniforms=u, repeats=4)
+    assert shared == copies
+    assert any(len(row) < 10 for row in copies)  # some rows ended early and left the batch
+    assert len({tuple(r) for r in copies[:4]}) > 1  # a prompt's samples differ
+
+
 def test_sampling_needs_one_uniform_per_row_and_step():
     model = tiny_model("llama")
     ids, mask = left_padded([3, 4], TINY["vocab_size"])
     with pytest.raises(ValueError, match="one uniform per row and step"):
         decode(model, ids, mask, [1], max_new_tokens=5, temperature=1.0, uniforms=torch.rand(2, 4))
+    with pytest.raises(ValueError, match="one uniform per row and step"):  # two prompts x two samples
+        decode(model, ids, mask, [1], max_new_tokens=5, temperature=1.0, uniforms=torch.rand(2, 5), repeats=2)
 
 
 def test_row_uniforms_are_per_row_streams():

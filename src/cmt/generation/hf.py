@@ -83,13 +83,14 @@ class HFGenerator(Generator):
                 rows = [(i, j) for i in idx for j in range(n)]
                 new = decode(
                     self.model,
-                    input_ids.repeat_interleave(n, 0).to(self.device),
-                    attention.repeat_interleave(n, 0).to(self.device),
+                    input_ids.to(self.device),
+                    attention.to(self.device),
                     self.eos_ids,
                     params.max_new_tokens,
                     temperature=params.temperature,
                     top_p=params.top_p,
                     uniforms=None if params.greedy else row_uniforms(seed, rows, params.max_new_tokens),
+                    repeats=n,
                 )
             else:
                 torch.manual_seed(derive_seed(seed, "generate", b))

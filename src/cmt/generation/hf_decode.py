@@ -5,6 +5,8 @@ and `torch.multinomial` is slow, and every sequence of a batch is computed until
 nucleus is read off a top-k (a full sort only when it does not hold top_p of the mass), a token is drawn by
 inverse CDF from a uniform, and finished rows leave the batch and its KV cache. Each row's uniforms come from
 its own seed, so a sample depends on its prompt, its index and the run seed, not on the batch it fell in.
+A prompt's samples share one prefill, and on models whose layers all attend to the full context the KV cache
+is written into preallocated buffers rather than concatenated at every step; neither changes a token.
 Greedy decoding picks the same tokens as `generate` (tests/test_hf_decode.py).
 """
 
@@ -62,22 +64,31 @@ def decode(
     temperature: float = 0.0,
     top_p: float = 1.0,
     uniforms: torch.Tensor | None = None,
+    repeats: int = 1,
 ) -> list[list[int]]:
     """Generated tokens per row of a left-padded batch, each up to and including its first end-of-turn token.
-    temperature 0 is greedy; otherwise `uniforms` (rows x max_new_tokens) drive the draws."""
-    if temperature > 0 and (uniforms is None or tuple(uniforms.shape) != (len(input_ids), max_new_tokens)):
+    Each prompt row yields `repeats` rows in a row (its samples). temperature 0 is greedy; otherwise `uniforms`
+    (rows x max_new_tokens, rows = prompts x repeats) drive the draws."""
+    rows = len(input_ids) * repeats
+    if temperature > 0 and (uniforms is None or tuple(uniforms.shape) != (rows, max_new_tokens)):
         raise ValueError("sampling needs one uniform per row and step")
     device = input_ids.device
     mask = attention_mask
     # Left padding: positions count real tokens only, as `generate` numbers them.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = _new_cache(model)
+    cache = _new_cache(model, input_ids.shape[1] + max_new_tokens)
+    # A prompt's samples share its prefill: a row's keys and values do not depend on the other rows of the
+    # batch (tests/test_hf_decode.py), so computing them once and repeating them changes no sample.
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=1)  # fmt: skip
     next_position = positions[:, -1] + 1
-    live = torch.arange(len(input_ids), device=device)
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+        out.logits = out.logits.repeat_interleave(repeats, 0)
+        mask, next_position = mask.repeat_interleave(repeats, 0), next_position.repeat_interleave(repeats, 0)
+    live = torch.arange(rows, device=device)
     eos = torch.tensor(list(eos_ids), device=device)
-    tokens = torch.full((len(input_ids), max_new_tokens), -1, dtype=torch.long, device=device)
+    tokens = torch.full((rows, max_new_tokens), -1, dtype=torch.long, device=device)
     for step in range(max_new_tokens):
         logits = out.logits[:, -1, :]
         if temperature == 0:
@@ -101,7 +112,52 @@ def decode(
     return [[t for t in row if t != -1] for row in tokens.tolist()]
 
 
-def _new_cache(model):
+def _new_cache(model, capacity: int):
+    """A DynamicCache; for models whose layers all attend to the full context, a cache whose layers write into
+    buffers of `capacity` positions instead of concatenating at every step (which copies the whole cache)."""
     from transformers import DynamicCache
+    from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
 
-    return DynamicCache(config=model.config)
+    layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
+    if any(t != "full_attention" for t in layer_types):
+        return DynamicCache(config=model.config)
+
+    class BufferedLayer(DynamicLayer):
+        """keys/values are views of the first `n` positions of preallocated buffers: the same shapes and values
+        a concatenating layer holds, without the copy."""
+
+        def lazy_initialization(self, key_states, value_states):
+            super().lazy_initialization(key_states, value_states)
+            self.n = 0
+            shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
+            self.key_buffer = key_states.new_zeros(shape)
+            self.value_buffer = value_states.new_zeros((*shape[:3], value_states.shape[-1]))
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            end = self.n + key_states.shape[-2]
+            if end > self.key_buffer.shape[-2]:
+                raise ValueError(f"KV cache of {self.key_buffer.shape[-2]} positions cannot hold {end}")
+            self.key_buffer[:, :, self.n : end] = key_states
+            self.value_buffer[:, :, self.n : end] = value_states
+            self.n = end
+            self._views()
+            return self.keys, self.values
+
+        def _views(self):
+            self.keys, self.values = self.key_buffer[:, :, : self.n], self.value_buffer[:, :, : self.n]
+
+        def get_seq_length(self) -> int:
+            return self.n if self.is_initialized else 0
+
+        def batch_select_indices(self, indices):
+            self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+            self._views()
+
+        def batch_repeat_interleave(self, repeats: int):
+            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+            self._views()
+
+    return Cache(layers=[BufferedLayer() for _ in layer_types])
