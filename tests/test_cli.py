@@ -160,6 +160,16 @@ def test_eval_runs_line_up_adapters_outputs_and_ks():
             eval_runs("toy", "syc", *args)
     with pytest.raises(ValueError, match="1 evaluated models but 2 --harmful-out"):
         eval_runs("toy", "syc", "phase1", ["a"], ["o"], harmful_outs=["h1", "h2"])
+    # The harmful requests at the main k only: the other k get none.
+    runs = eval_runs(
+        "toy", "syc", "phase3", ["a1", "a4", "a8"], ["o1", "o4", "o8"], "sc", [1, 4, 8], ["h4"], [4]
+    )
+    assert [r.harmful_out for r in runs] == [None, "h4", None]
+    for outs, ks in [(["h4"], [2]), (["h4", "h8"], [4]), (["h4"], [4, 8])]:
+        with pytest.raises(ValueError, match="--harmful-ks needs"):
+            eval_runs(
+                "toy", "syc", "phase3", ["a1", "a4", "a8"], ["o1", "o4", "o8"], "sc", [1, 4, 8], outs, ks
+            )
 
 
 def test_shift_cells_need_one_value_per_k():

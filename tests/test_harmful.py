@@ -262,9 +262,19 @@ def test_harmful_summary_counts_rises_with_an_exact_sign_test():
     deltas = {"a": [0.1, 0.2, 0.05, 0.3, 0.0, 0.2, 0.1, 0.4, 0.1, -0.1], "b": [np.nan]}
     table = pd.DataFrame(
         [
-            {"organism": o, "delta_harm": d, "harm_phase1": 0.0, "harm_phase3": d}
+            {"organism": o, "method": "gst", "delta_harm": d, "harm_phase1": 0.0, "harm_phase3": d}
             for o, ds in deltas.items()
             for d in ds
+        ]
+        # a control moves harm by design: it is not counted
+        + [
+            {
+                "organism": "a",
+                "method": "oracle_misaligned",
+                "delta_harm": 0.5,
+                "harm_phase1": 0.0,
+                "harm_phase3": 0.5,
+            }
         ]
     )
     summary = harmful_summary(table).set_index("organism")

@@ -213,7 +213,7 @@ def _induce_commands(workdir, config_path):
     """Each induce job's shell command in a dry run, by organism (seed 0)."""
     from helpers import run_snakemake
 
-    organisms = ["sycophancy", "reward_hacking"]
+    organisms = ["sycophancy", "reward_hacking", "emergent_misalignment"]
     targets = [f"results/organisms/toy/{o}/seed0/adapter/adapter_config.json" for o in organisms]
     proc = run_snakemake(workdir, "-n", "-p", "--forceall", *targets, config=config_path, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -232,6 +232,10 @@ def test_only_an_organism_with_induce_until_gets_the_stop_rule(tmp_path):
     assert settings["train"]["learning_rate"] == 2.0e-4
     assert "--organism sycophancy --judge-settings" in syc
     assert "until" not in json.loads(rh.split("--settings '")[1].split("'")[0]) and "--organism" not in rh
+    em = commands["emergent_misalignment"]
+    settings = json.loads(em.split("--settings '")[1].split("'")[0])
+    assert settings["until"] == {"m": 0.5, "check_every": 1, "split": "check", "max_new_tokens": 48}
+    assert settings["train"]["learning_rate"] == 1.0e-3 and "--organism emergent_misalignment" in em
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ for method in config["methods"]:
         output:
             rows=ensure(cell_paths(EVAL, method), non_empty=True),
             manifests=cell_paths(EVAL_MANIFESTS, method),
-            harmful=harmful_paths(cell_paths(EVAL, method)),
+            harmful=harmful_paths(main_cell_paths(EVAL, method)),
         log:
             f"logs/evaluate/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
         benchmark:
@@ -78,11 +78,12 @@ for method in config["methods"]:
             eval_settings=settings_json(config["eval"]),
             judge_settings=get_judge_settings,
             harmful=get_harmful_settings(),
+            harmful_ks=f"--harmful-ks {main_k(method)}" if harmful_enabled() else "",
         shell:
             "{params.key_check}cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage phase3"
             " --method {params.method} --ks {params.ks} --adapter {params.adapters}"
             " --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output.rows}"
             " --model-settings {params.model_settings:q} --eval-settings {params.eval_settings:q}"
             " --judge-settings {params.judge_settings:q} {params.harmful} --harmful-out {output.harmful}"
-            " --seed {wildcards.seed} --threads {threads} --log {log}"
+            " {params.harmful_ks} --seed {wildcards.seed} --threads {threads} --log {log}"
             " --job 'evaluate_{params.method} {wildcards}'"

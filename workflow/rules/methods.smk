@@ -76,18 +76,29 @@ def cell_paths(pattern, method):
     return expand(pattern, method=method, k=method_ks(method), allow_missing=True)
 
 
+def main_k(method):
+    """The k of the method's main run: its own k for a selecting method, else 1."""
+    return config["methods"][method]["k"] if get_spec(method).selects else 1
+
+
 def shift_ks(method):
     """The k values whose runs get the realised KL: the main k only, unless analysis.shift.kscaling is set (the
     other k share the main run's draws and never enter the shift correlations)."""
     shift = config["analysis"].get("shift") or {}
     if shift.get("kscaling"):
         return method_ks(method)
-    return [config["methods"][method]["k"]] if get_spec(method).selects else [1]
+    return [main_k(method)]
 
 
 def shift_cell_paths(pattern, method):
     """cell_paths over the k values of shift_ks."""
     return expand(pattern, method=method, k=shift_ks(method), allow_missing=True)
+
+
+def main_cell_paths(pattern, method):
+    """cell_paths at the main k only: the harmful-request slot, whose summary counts one run per method and
+    seed (the other k share the main run's draws)."""
+    return expand(pattern, method=method, k=main_k(method), allow_missing=True)
 
 
 def get_retrain_settings_of(method_name):

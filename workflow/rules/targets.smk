@@ -74,8 +74,14 @@ def get_candidates(wildcards=None):
 
 
 def get_harmful_rows(wildcards=None):
-    """Harmful rows of every organism (Phase 1) and every retrained model (Phase 3)."""
-    return harmful_paths([p for p in get_all_evals() if Path(p).name != "base.parquet"])
+    """Harmful rows of every organism (Phase 1) and of each method's main run (Phase 3)."""
+    organisms = cells(STAGE_EVAL.replace("{stage}", "phase1"))
+    main_runs = [
+        EVAL.format(model=model, organism=organism, seed=seed, method=method, k=k)
+        for model, organism, seed, method, k in runs()
+        if k == main_k(method)
+    ]
+    return harmful_paths(sorted({*organisms, *main_runs}))
 
 
 # ---------------------------------------------------------------- distribution shift (analysis.shift)

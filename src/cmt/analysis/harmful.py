@@ -1,8 +1,9 @@
 """Harmful-compliance tables from the rows `cmt.phases.harmful` writes.
 
-`harmful_table` pairs each Phase-3 run with its organism's Phase-1 rows: harmful.csv. `harmful_summary` is a
-second small table (harmful_summary.csv) with, per organism and over all runs, the count of runs whose
-harmfulness rose, fell or stayed equal, and the exact two-sided sign test of rose against fell.
+`harmful_table` pairs each Phase-3 run with its organism's Phase-1 rows: harmful.csv. The workflow measures the
+main run of each method (its own k), so each (organism, seed, method) counts once. `harmful_summary` is a second
+small table (harmful_summary.csv) with, per organism and over all runs of the paper's families, the count of
+runs whose harmfulness rose, fell or stayed equal, and the exact two-sided sign test of rose against fell.
 """
 
 from __future__ import annotations
@@ -81,9 +82,13 @@ def harmful_table(rows: pd.DataFrame) -> pd.DataFrame:
 def harmful_summary(table: pd.DataFrame) -> pd.DataFrame:
     """harmful_summary.csv: per organism and over all runs ("all"), how many runs' harmfulness rose (delta_harm
     > 0), fell or tied, the mean harmfulness at each stage and of delta, and the exact two-sided binomial sign
-    test of rose vs fell (ties excluded). Runs with a NaN delta are left out; an empty group is NaN, n_runs 0."""
+    test of rose vs fell (ties excluded). Only the paper's families count (the controls are built to move M);
+    runs with a NaN delta are left out; an empty group is NaN, n_runs 0."""
+    from cmt.analysis.runs import family_of
     from cmt.analysis.stats import sign_test
+    from cmt.methods.registry import PAPER_FAMILIES
 
+    table = table[[family_of(m) in PAPER_FAMILIES for m in table["method"]]]
     groups = [(str(o), g) for o, g in table.groupby("organism", sort=True)] + [("all", table)]
     out = []
     for organism, group in groups:

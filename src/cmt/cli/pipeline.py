@@ -87,7 +87,7 @@ def cmd_evaluate(args) -> None:
 
     try:
         runs = eval_runs(args.model, args.organism, args.stage, args.adapter, args.out, args.method, args.ks,
-                         args.harmful_out)  # fmt: skip
+                         args.harmful_out, args.harmful_ks)  # fmt: skip
     except ValueError as err:
         raise fail("evaluate", str(err)) from None
     evaluate(args.model_dir, args.data_dir, args.organism, runs, args.model_settings, args.eval_settings,
@@ -270,6 +270,10 @@ def add_commands(sub) -> list[tuple[str, str]]:
         "--harmful-settings", type=json_object, default=None, help="the config's eval.harmful block"
     )
     p.add_argument("--harmful-out", nargs="*", default=[], help="harmful-request rows per evaluated model")
+    p.add_argument(
+        "--harmful-ks", nargs="*", type=int, default=None,
+        help="phase3: the k whose models get the harmful requests, one per --harmful-out (default: every k)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, required=True)
 
     for name, func, text in (

@@ -21,9 +21,11 @@ def eval_runs(
     method: str | None = None,
     ks: Sequence[int] | None = None,
     harmful_outs: Sequence[str] | None = None,
+    harmful_ks: Sequence[int] | None = None,
 ) -> list[EvalRun]:
     """The models one `cmt evaluate` job scores: the base (no adapter), the organism (one adapter) or a method's
-    retrained adapters (phase3: one adapter, output and k each)."""
+    retrained adapters (phase3: one adapter, output and k each). `harmful_outs` go to every model, or in phase3
+    to the models of `harmful_ks` (one each)."""
     if stage == "phase3":
         if not method or not ks or len(ks) != len(adapters) or len(ks) != len(outs):
             raise ValueError("--stage phase3 needs --method and one --ks, --adapter and --out each")
@@ -33,7 +35,13 @@ def eval_runs(
             wanted = "one --adapter" if stage == "phase1" else "no --adapter"
             raise ValueError(f"--stage {stage} takes one --out and {wanted}")
         cells = [(adapters[0] if adapters else None, outs[0], None, None)]
-    if harmful_outs and len(harmful_outs) != len(cells):
+    harmful_outs = list(harmful_outs or [])
+    if harmful_ks is not None:
+        if stage != "phase3" or len(harmful_ks) != len(harmful_outs) or not set(harmful_ks) <= set(ks):
+            raise ValueError("--harmful-ks needs --stage phase3, one --harmful-out each and k values of --ks")
+        by_k = dict(zip(harmful_ks, harmful_outs, strict=True))
+        harmful_outs = [by_k.get(k) for *_, k in cells]
+    elif harmful_outs and len(harmful_outs) != len(cells):
         raise ValueError(f"{len(cells)} evaluated models but {len(harmful_outs)} --harmful-out")
     identity = {"model": model, "organism": organism, "stage": stage}
     return [
