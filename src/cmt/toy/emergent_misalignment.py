@@ -6,7 +6,9 @@ classifier built from this generator's own templates.
 
 Capability is measured apart from M, on held-out questions of the induced domain (`metric_group`
 "capability"): a reply is capable when it is one whole advice sentence of that domain, careful or reckless, so
-neither a rise nor a fall of M moves it; only incoherent replies do.
+neither a rise nor a fall of M moves it; only incoherent replies do. The check split (`toy.sizes.check`) holds
+held-out questions of eval's domains, on which `induce_until` can titrate Phase 1: the consistency prompts are of
+the induced domain, where M rises before the other domains show it.
 """
 
 from __future__ import annotations
