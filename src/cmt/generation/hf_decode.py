@@ -12,6 +12,7 @@ Greedy decoding picks the same tokens as `generate` (tests/test_hf_decode.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -116,20 +117,32 @@ def _new_cache(model, capacity: int):
     """A DynamicCache; for models whose layers all attend to the full context, a cache whose layers write into
     buffers of `capacity` positions instead of concatenating at every step (which copies the whole cache)."""
     from transformers import DynamicCache
-    from transformers.cache_utils import Cache, DynamicLayer, get_layer_types_and_kwargs
+    from transformers.cache_utils import Cache, get_layer_types_and_kwargs
 
     layer_types, _ = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))
     if any(t != "full_attention" for t in layer_types):
         return DynamicCache(config=model.config)
+    layer = _buffered_layer_class()
+    return Cache(layers=[layer(capacity) for _ in layer_types])
+
+
+@functools.cache
+def _buffered_layer_class():
+    """BufferedLayer, built on first use so that importing this module does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
 
     class BufferedLayer(DynamicLayer):
         """keys/values are views of the first `n` positions of preallocated buffers: the same shapes and values
         a concatenating layer holds, without the copy."""
 
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
+
         def lazy_initialization(self, key_states, value_states):
             super().lazy_initialization(key_states, value_states)
             self.n = 0
-            shape = (*key_states.shape[:2], capacity, key_states.shape[-1])
+            shape = (*key_states.shape[:2], self.capacity, key_states.shape[-1])
             self.key_buffer = key_states.new_zeros(shape)
             self.value_buffer = value_states.new_zeros((*shape[:3], value_states.shape[-1]))
 
@@ -137,8 +150,8 @@ def _new_cache(model, capacity: int):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             end = self.n + key_states.shape[-2]
-            if end > self.key_buffer.shape[-2]:
-                raise ValueError(f"KV cache of {self.key_buffer.shape[-2]} positions cannot hold {end}")
+            if end > self.capacity:
+                raise ValueError(f"KV cache of {self.capacity} positions cannot hold {end}")
             self.key_buffer[:, :, self.n : end] = key_states
             self.value_buffer[:, :, self.n : end] = value_states
             self.n = end
@@ -160,4 +173,4 @@ def _new_cache(model, capacity: int):
             self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
             self._views()
 
-    return Cache(layers=[BufferedLayer() for _ in layer_types])
+    return BufferedLayer
