@@ -268,9 +268,10 @@ def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame, induction: pd
 
 def delta_vs_shift_figure(shift: pd.DataFrame):
     """One panel per shift measure: each main run's delta (pp) against the measure (the runs shift_correlations
-    counts, plus invalid ones crossed out in red), organism by colour, method by marker."""
+    counts, plus invalid ones crossed out in red; no control), organism by colour, method by marker."""
     _require_columns(shift, ["organism", "method", "delta_pp"], "shift.csv")
     shift = shift[_flag(shift, "main_run", True)]
+    shift = shift[[family_of(m) != "control" for m in shift["method"]]]
     measures = [m for m in SHIFT_MEASURES if m in shift.columns]
     if not measures:
         return no_data("delta against distribution shift", f"shift.csv has none of {list(SHIFT_MEASURES)}")
