@@ -59,7 +59,7 @@ def method_ks(method):
     """k values of a method: its own k plus the k-scaling block's; 1 without a selection count."""
     if not get_spec(method).selects:
         return [1]
-    ks = {config["methods"][method]["k"]}
+    ks = {main_k(method)}
     if method in config["kscaling"]["methods"]:
         ks |= set(config["kscaling"]["ks"])
     return sorted(ks)

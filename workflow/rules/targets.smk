@@ -183,7 +183,7 @@ def get_instruct_arg():
 
 def get_main_k_arg():
     """--main-k METHOD=K: each selecting method's own k is its main run; other k only feed k-scaling."""
-    pairs = [f"{m}={config['methods'][m]['k']}" for m in SELECTING_METHODS]
+    pairs = [f"{m}={main_k(m)}" for m in SELECTING_METHODS]
     return f"--main-k {' '.join(pairs)}" if pairs else ""
 
 
