@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cmt.generation import SamplingParams
+from cmt.generation import SamplingParams, hf_decode
 from cmt.generation.hf import HFGenerator
 from cmt.generation.hf_decode import (
     DECODE_LOOP_MODEL_TYPES,
@@ -49,11 +49,14 @@ def left_padded(lengths, vocab, pad=0):
 
 
 @pytest.mark.parametrize("model_type", sorted(DECODE_LOOP_MODEL_TYPES))
-def test_greedy_decoding_equals_transformers_generate(model_type):
+# Ended rows leave the batch at once (1.0), once a quarter of it has ended (the default), or never (0.0).
+@pytest.mark.parametrize("compact_at", [1.0, hf_decode.COMPACT_AT, 0.0])
+def test_greedy_decoding_equals_transformers_generate(model_type, compact_at, monkeypatch):
     """Same tokens as `generate`, with left padding (sliding windows shorter than the prompts where the
     architecture has one) and rows ending early, which leave the batch and the KV cache."""
     from transformers import GenerationConfig
 
+    monkeypatch.setattr(hf_decode, "COMPACT_AT", compact_at)
     model = tiny_model(model_type)
     ids, mask = left_padded([3, 9, 6, 12, 1, 7], TINY["vocab_size"])
     free = model.generate(input_ids=ids, attention_mask=mask, generation_config=GenerationConfig(
@@ -101,14 +104,19 @@ def test_nucleus_draws_follow_the_warped_distribution(top_p, spread):
 
 
 @pytest.mark.parametrize("model_type", sorted(DECODE_LOOP_MODEL_TYPES))
-def test_samples_sharing_their_prompts_prefill_are_the_samples_of_repeated_prompts(model_type):
-    """repeats=n prefills each prompt once and repeats its cache: the same tokens as n copies of each prompt."""
+@pytest.mark.parametrize("compact_at", [1.0, hf_decode.COMPACT_AT, 0.0])
+def test_samples_sharing_their_prompts_prefill_are_the_samples_of_repeated_prompts(
+    model_type, compact_at, monkeypatch
+):
+    """repeats=n prefills each prompt once and repeats its cache: the same tokens as n copies of each prompt,
+    whenever ended rows leave the batch."""
     model = tiny_model(model_type)
     ids, mask = left_padded([3, 9, 6, 12, 1], TINY["vocab_size"])
     u = torch.rand(len(ids) * 4, 10, generator=torch.Generator().manual_seed(3))
     eos = list(range(5, 15))
     copies = decode(model, ids.repeat_interleave(4, 0), mask.repeat_interleave(4, 0), eos, 10,
                     temperature=3.0, top_p=0.95, uniforms=u)  # fmt: skip
+    monkeypatch.setattr(hf_decode, "COMPACT_AT", compact_at)
     shared = decode(model, ids, mask, eos, 10, temperature=3.0, top_p=0.95, uniforms=u, repeats=4)
     assert shared == copies
     assert any(len(row) < 10 for row in copies)  # some rows ended early and left the batch

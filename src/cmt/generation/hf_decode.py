@@ -3,8 +3,9 @@
 Two costs of transformers' `generate` dominate sampling on a CPU: its top-p warper sorts the whole vocabulary
 and `torch.multinomial` is slow, and every sequence of a batch is computed until the longest one ends. Here the
 nucleus is read off a top-k (a full sort only when it does not hold top_p of the mass), a token is drawn by
-inverse CDF from a uniform, and finished rows leave the batch and its KV cache. Each row's uniforms come from
-its own seed, so a sample depends on its prompt, its index and the run seed, not on the batch it fell in.
+inverse CDF from a uniform, and finished rows leave the batch and its KV cache once they are a quarter of it.
+Each row's uniforms come from its own seed, so a sample depends on its prompt, its index and the run seed, not
+on the batch it fell in.
 A prompt's samples share one prefill, and on models whose layers all attend to the full context the KV cache
 is written into preallocated buffers rather than concatenated at every step; neither changes a token.
 Greedy decoding picks the same tokens as `generate` (tests/test_hf_decode.py).
@@ -26,6 +27,8 @@ DECODE_LOOP_MODEL_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemm
 # The nucleus is looked for in the NUCLEUS_TOP_K most likely tokens first; sorting all of a 50k-token
 # vocabulary at every step is what made sampling slow.
 NUCLEUS_TOP_K = 64
+# Ended rows leave the batch (and its KV cache) when the rows still going are this share of it or fewer.
+COMPACT_AT = 0.75
 
 
 def row_uniforms(seed: int, rows: Sequence[tuple[int, int]], steps: int) -> torch.Tensor:
@@ -87,7 +90,8 @@ def decode(
         cache.batch_repeat_interleave(repeats)
         out.logits = out.logits.repeat_interleave(repeats, 0)
         mask, next_position = mask.repeat_interleave(repeats, 0), next_position.repeat_interleave(repeats, 0)
-    live = torch.arange(rows, device=device)
+    live = torch.arange(rows, device=device)  # the output row of each batch row
+    going = torch.ones(rows, dtype=torch.bool, device=device)  # batch rows that have not ended yet
     eos = torch.tensor(list(eos_ids), device=device)
     tokens = torch.full((rows, max_new_tokens), -1, dtype=torch.long, device=device)
     for step in range(max_new_tokens):
@@ -96,16 +100,20 @@ def decode(
             token = logits.argmax(-1)
         else:
             token = nucleus_tokens(logits, temperature, top_p, uniforms[live.cpu(), step])
-        tokens[live, step] = token
+        tokens[live[going], step] = token[going]
         if step == max_new_tokens - 1:
             break
-        going = ~torch.isin(token, eos)
-        if not bool(going.all()):
-            if not bool(going.any()):
-                break
+        going &= ~torch.isin(token, eos)
+        n_going = int(going.sum())
+        if n_going == 0:
+            break
+        # Ended rows stay in the batch, their tokens never kept, until they are a quarter of it: each removal
+        # copies the KV cache, which cost more than the products of the extra rows.
+        if n_going <= COMPACT_AT * len(going):
             keep = going.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             mask, live, token, next_position = mask[keep], live[keep], token[keep], next_position[keep]
+            going = going[keep]
         mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position[:, None], cache=cache,
                     use_cache=True)  # fmt: skip
@@ -165,7 +173,12 @@ def _buffered_layer_class():
             return self.n if self.is_initialized else 0
 
         def batch_select_indices(self, indices):
-            self.key_buffer, self.value_buffer = self.key_buffer[indices], self.value_buffer[indices]
+            # Only the filled positions are copied: the rest of a buffer is never read before it is written.
+            keys = self.key_buffer.new_empty((len(indices), *self.key_buffer.shape[1:]))
+            values = self.value_buffer.new_empty((len(indices), *self.value_buffer.shape[1:]))
+            keys[:, :, : self.n] = self.keys[indices]
+            values[:, :, : self.n] = self.values[indices]
+            self.key_buffer, self.value_buffer = keys, values
             self._views()
 
         def batch_repeat_interleave(self, repeats: int):
