@@ -102,20 +102,29 @@ def drop_reasons(rows: pd.DataFrame) -> dict[str, int]:
     skips it); not_selected: any other prompt with no selected candidate.
     """
     counts = dict.fromkeys(DROP_REASONS, 0)
-    for _, prompt in rows.groupby("prompt_id", sort=False):
-        chosen = prompt[prompt["selected"].astype(bool)]
-        if len(chosen):
-            if not str(chosen["text"].iloc[0]).strip():
-                counts["empty_label"] += 1
-            continue
-        extras = _extras(prompt)
-        if any("agrees" in e for e in extras):
-            agreed = any(e.get("agrees") for e in extras)
-            counts["empty_label" if agreed else "views_disagree"] += 1
-        elif not np.isfinite(prompt["score"].to_numpy(dtype=float)).any():
-            counts["no_parsed_score"] += 1
-        else:
-            counts["not_selected"] += 1
+    if rows.empty:
+        return counts
+    # Whole columns at once: a pandas group per prompt cost ~0.1 s per label file.
+    extras = _extras(rows)
+    per_row = pd.DataFrame(
+        {
+            "prompt_id": rows["prompt_id"].to_numpy(),
+            "selected": rows["selected"].astype(bool).to_numpy(),
+            "has_agrees": ["agrees" in e for e in extras],
+            "agrees": [bool(e.get("agrees")) for e in extras],
+            "finite": np.isfinite(rows["score"].to_numpy(dtype=float)),
+        }
+    )
+    chosen = per_row[per_row["selected"]].drop_duplicates("prompt_id")  # each prompt's first selected row
+    texts = rows["text"].to_numpy()[chosen.index.to_numpy()]
+    counts["empty_label"] += sum(not str(text).strip() for text in texts)
+    unlabelled = per_row[~per_row["prompt_id"].isin(chosen["prompt_id"])]
+    by_prompt = unlabelled.groupby("prompt_id", sort=False)[["has_agrees", "agrees", "finite"]].any()
+    views = by_prompt["has_agrees"]
+    counts["empty_label"] += int((views & by_prompt["agrees"]).sum())
+    counts["views_disagree"] += int((views & ~by_prompt["agrees"]).sum())
+    counts["no_parsed_score"] += int((~views & ~by_prompt["finite"]).sum())
+    counts["not_selected"] += int((~views & by_prompt["finite"]).sum())
     return counts
 
 
