@@ -287,6 +287,8 @@ def test_drop_reasons_and_parse_failures_are_counted_per_prompt():
         [
             row("kept", True),
             row("kept", False),
+            row("kept too", False),
+            row("kept too", True, text=" y "),
             row("disagree", False, extra={"answer": "1"}),
             row("disagree", False, extra={"answer": "2", "agrees": False, "parse_ok": False}),
             row("stripped", False, text="", extra={"answer": ""}),
