@@ -8,11 +8,14 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-$(mktemp -d)}"
 config="${2:-$repo/config/config.yaml}"
 mkdir -p "$work"
+# The host's speed today on a fixed workload, before and after: it drifts more than most changes save.
+"$repo/.venv/bin/python" "$repo/benchmarks/host_speed.py" | sed 's/^host_speed/host_speed_before/'
 start=$(date +%s.%N)
 PATH="$repo/.venv/bin:$PATH" "$repo/.venv/bin/snakemake" -s "$repo/Snakefile" --directory "$work" \
     --configfile "$config" --replace-workflow-config --cores all >"$work/snakemake.out" 2>&1
 end=$(date +%s.%N)
 printf 'default_grid_cold_seconds %.1f\ncores %s\nworkdir %s\n' "$(echo "$end - $start" | bc)" "$(nproc)" "$work"
+"$repo/.venv/bin/python" "$repo/benchmarks/host_speed.py" | sed 's/^host_speed/host_speed_after/'
 # The machine's numeric path: timings and the toy world's models both depend on it (docs/toy-results.md).
 "$repo/.venv/bin/python" -c 'import torch; from cmt.runtime.numerics import numeric_path; print("numerics", numeric_path())'
 grep -E '^[0-9]+ of [0-9]+ steps' "$work/snakemake.out" | tail -n 1
