@@ -195,3 +195,20 @@ def test_on_a_gpu_machine_every_job_runs_itself(tmp_path):
     assert "warm worker not used: this machine has a CUDA GPU" in result.stderr
     assert "runner=warm-worker" not in (tmp_path / "job.log").read_text()
     assert (tmp_path / "world" / "corpus.jsonl").is_file()
+
+
+def test_the_warm_up_leaves_threads_generator_and_streams_as_it_found_them(capfd):
+    """The worker warms up before forking jobs (worker.WARM_UP): a job must start as from a fresh process."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        state = torch.random.get_rng_state()
+        capfd.readouterr()
+        worker.resolve_entry(worker.WARM_UP)()
+        assert torch.get_num_threads() == 2
+        assert torch.equal(torch.random.get_rng_state(), state)
+        assert capfd.readouterr() == ("", "")
+    finally:
+        torch.set_num_threads(threads)
