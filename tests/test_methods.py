@@ -276,7 +276,7 @@ def test_drop_reasons_and_parse_failures_are_counted_per_prompt():
 
     import pandas as _pd
 
-    from cmt.methods import drop_reasons, parse_failures
+    from cmt.methods import DROP_REASONS, drop_reasons, parse_failures
 
     def row(prompt, selected, score=1.0, text="x", extra=None):
         return {"prompt_id": prompt, "selected": selected, "score": score, "text": text,
@@ -306,3 +306,6 @@ def test_drop_reasons_and_parse_failures_are_counted_per_prompt():
         "not_selected": 1,
     }
     assert parse_failures(rows) == 3
+    # Hand-made label files may carry no score column: a prompt without a label then had no score to parse.
+    unscored = _pd.DataFrame([row("kept", True), row("lost", False)]).drop(columns="score")
+    assert drop_reasons(unscored) == {**dict.fromkeys(DROP_REASONS, 0), "no_parsed_score": 1}

@@ -112,7 +112,10 @@ def drop_reasons(rows: pd.DataFrame) -> dict[str, int]:
             "selected": rows["selected"].astype(bool).to_numpy(),
             "has_agrees": ["agrees" in e for e in extras],
             "agrees": [bool(e.get("agrees")) for e in extras],
-            "finite": np.isfinite(rows["score"].to_numpy(dtype=float)),
+            # A file without scores (hand-made labels) has none to parse.
+            "finite": np.isfinite(rows["score"].to_numpy(dtype=float))
+            if "score" in rows.columns
+            else np.zeros(len(rows), dtype=bool),
         }
     )
     chosen = per_row[per_row["selected"]].drop_duplicates("prompt_id")  # each prompt's first selected row
