@@ -20,7 +20,8 @@ import warnings
 
 import torch
 
-# The toy model of config/config.yaml (toy.model, toy.tokenizer.vocab_size) and its LoRA (training.lora).
+# The toy model and LoRA of config/config.yaml as of 2026-12-06, fixed here on purpose: the reference workload
+# must not move when the config does, or days could not be compared.
 TOY = {"vocab_size": 800, "hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 2,
        "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 32, "max_position_embeddings": 256,
        "tie_word_embeddings": True, "pad_token_id": 0}  # fmt: skip

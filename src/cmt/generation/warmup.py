@@ -24,15 +24,15 @@ def warm_up() -> None:
     """Save and load a tiny Llama and its LoRA, take a bf16 training step, merge it and decode a few tokens.
 
     One torch thread throughout, then the caller's count again: a thread pool started here would not survive the
-    fork, and each job sets its own count. Nothing drawn from torch's global generator stays drawn. No progress bars or warnings: the worker's stderr is not a job's, and a
-    warning shown here would not be shown again in the jobs."""
+    fork, and each job sets its own count. The global generator's state is restored, so a forked job starts from
+    a fresh process's. No progress bars or warnings: the worker's stderr is not a job's, and a warning shown here
+    would not be shown again in the jobs."""
     from transformers.utils import logging as hf_logging
 
     threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
     torch.set_num_threads(1)
     hf_logging.disable_progress_bar()
     try:
-        # The global generator's state is restored: jobs forked from here start from a fresh process's state.
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.simplefilter("ignore")
             _take_the_paths()

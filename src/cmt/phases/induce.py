@@ -87,9 +87,8 @@ def induce(
 
     With `settings["until"]` ({m, check_every, max_new_tokens, split}), training stops at the first check where
     the organism's greedy M on the prompts of its split (consistency by default) reaches m (the dose is the
-    training length), or at the
-    planned end; the adapter is the one of that check or of the check before, whichever M lies nearer m. The
-    manifest records each check and the step kept.
+    training length), or at the planned end; the adapter is the one of that check or of the check before,
+    whichever M lies nearer m. The manifest records each check and the step kept.
     """
     import torch
     from peft import get_peft_model
