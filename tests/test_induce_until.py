@@ -118,7 +118,7 @@ def _induce(tiny_world, data, out, until=None):
     return json.loads((out / "cmt_manifest.json").read_text())
 
 
-def test_induce_stops_at_the_first_check_that_reaches_m(tiny_world, world, tmp_path):
+def test_induce_stops_at_the_first_check_that_reaches_m(tiny_world, world, tmp_path, caplog):
     full = _induce(tiny_world, world, tmp_path / "full")
     planned = full["steps"]
     manifest = _induce(tiny_world, world, tmp_path / "until", {"m": 0.5, "check_every": 2})
@@ -132,15 +132,27 @@ def test_induce_stops_at_the_first_check_that_reaches_m(tiny_world, world, tmp_p
     # The adapter kept is that check's or the one before's, whichever M lies nearer 0.5.
     nearer_before = len(checks) > 1 and 0.5 - checks[-2]["m"] < checks[-1]["m"] - 0.5
     assert manifest["until"]["kept_step"] == checks[-2 if nearer_before else -1]["step"]
+    assert not [r for r in caplog.records if "never reached" in r.getMessage()]
 
 
-def test_a_check_that_never_fires_changes_no_weight(tiny_world, world, tmp_path):
+def test_a_check_that_never_fires_changes_no_weight(tiny_world, world, tmp_path, caplog):
     """The checks generate between steps with dropout on: training must not see them."""
     _induce(tiny_world, world, tmp_path / "plain")
     manifest = _induce(tiny_world, world, tmp_path / "never", {"m": 1.01, "check_every": 3})
-    assert (
-        manifest["until"]["stopped_at"] is None and len(manifest["until"]["checks"]) == manifest["steps"] // 3
-    )
+    checks = manifest["until"]["checks"]
+    assert manifest["until"]["stopped_at"] is None and len(checks) == manifest["steps"] // 3
+    # A target never reached is said in the job's log, with the highest M seen.
+    best = max(checks, key=lambda c: c["m"])
+    warned = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname == "WARNING" and "never reached" in r.getMessage()
+    ]
+    assert warned == [
+        f"induce_until: M never reached 1.01 on the consistency split in {manifest['steps']} steps (highest "
+        f"{best['m']:.3f}, at step {best['step']}); the adapter is the last step's (M {checks[-1]['m']:.3f} at the "
+        f"last check, step {checks[-1]['step']})"
+    ]
     plain = load_file(tmp_path / "plain" / "adapter_model.safetensors")
     never = load_file(tmp_path / "never" / "adapter_model.safetensors")
     assert plain.keys() == never.keys()

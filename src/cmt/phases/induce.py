@@ -118,6 +118,15 @@ def induce(
     if until:
         kept = next((c["step"] for c in check.checks if c.get("kept")), history.steps)
         extra["until"] = {"stopped_at": history.stopped_at, "kept_step": kept, "checks": check.checks}
+        if history.stopped_at is None and check.checks:
+            # Said here, where the dose is set: the induction gate only sees the organism's M afterwards.
+            best = max(check.checks, key=lambda c: c["m"])
+            log.warning(
+                "induce_until: M never reached %s on the %s split in %d steps (highest %.3f, at step %d); "
+                "the adapter is the last step's (M %.3f at the last check, step %d)",
+                until["m"], check.split, history.steps, best["m"], best["step"], check.checks[-1]["m"],
+                check.checks[-1]["step"],
+            )  # fmt: skip
     finish_adapter(
         model,
         out_dir,
