@@ -19,20 +19,35 @@ class MCheck:
     """The stop rule of `induce_until`, called with the step: True once the organism's greedy M on the prompts
     of `until["split"]` (consistency, or check; both disjoint from eval) reaches `until["m"]`. If the check
     before lies nearer m, its weights are put back. `checks` records every check; state() and restore() carry
-    both through a checkpoint."""
+    both through a checkpoint.
+
+    With `plain` (the same base, loaded apart), the checks generate from it with the adapter merged in
+    (cmt.models.merged): the model that evaluation loads from a saved adapter, and about twice as fast as the
+    PEFT model."""
 
     def __init__(
-        self, model, tokenizer, data_dir: str, organism: str, until: dict, judge_settings: dict | None
+        self,
+        model,
+        tokenizer,
+        data_dir: str,
+        organism: str,
+        until: dict,
+        judge_settings: dict | None,
+        plain=None,
     ):
         from cmt.generation.base import SamplingParams
         from cmt.generation.hf import HFGenerator
+        from cmt.models.merged import MergedCopy
         from cmt.organisms import make_judge
 
         self.model, self.until = model, until
         self.split = until.get("split", "consistency")
         self.rows = load_split(Path(data_dir), self.split)
         self.judge = make_judge(organism, judge_settings)
-        self.gen = HFGenerator(model, tokenizer, batch_size=256, desc="induce check")
+        self.merged = MergedCopy(model, plain) if plain is not None else None
+        self.gen = HFGenerator(
+            self.merged.plain if self.merged else model, tokenizer, batch_size=256, desc="induce check"
+        )
         self.params = SamplingParams(max_new_tokens=until["max_new_tokens"])
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.checks: list[dict] = []
@@ -42,9 +57,14 @@ class MCheck:
         import torch
 
         rng = torch.get_rng_state()  # greedy draws nothing, but training must not depend on the check
-        self.model.eval()
-        completions = self.gen.generate([r.prompt for r in self.rows], 1, self.params, 0)
-        self.model.train()
+        prompts = [r.prompt for r in self.rows]
+        if self.merged is not None:
+            self.merged.refresh()
+            completions = self.gen.generate(prompts, 1, self.params, 0)
+        else:
+            self.model.eval()
+            completions = self.gen.generate(prompts, 1, self.params, 0)
+            self.model.train()
         torch.set_rng_state(rng)
         verdicts = [self.judge(r.meta, c[0].text) for r, c in zip(self.rows, completions, strict=True)]
         scored = [v["misaligned"] for v in verdicts if v["scored"] and v["misaligned"] == v["misaligned"]]
@@ -109,7 +129,16 @@ def induce(
     if until:
         if organism is None:
             raise ValueError("induce: induce_until needs the organism, to score its M")
-        check = MCheck(model, tokenizer, data_dir, organism, until, judge_settings)
+        from cmt.models.merged import MergedCopy
+
+        load_args = base_load_args(settings)
+        # The merged copy is a second base in memory: cheap for the CPU's small models, not for a GPU's; a
+        # quantized base has no weights to add a delta to. Those checks generate through the PEFT model.
+        plain = None
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        if on_cpu and MergedCopy.supports(model) and not load_args.get("quantization"):
+            plain = load_model(model_dir, **load_args)
+        check = MCheck(model, tokenizer, data_dir, organism, until, judge_settings, plain)
         stop = {"stop_check": check, "stop_every": until["check_every"], "loss_key": {"until": until}}
     history = train_adapter(
         model, tokenizer, conversations, settings["train"], seed, "induce", checkpoint_dir, **stop
