@@ -126,3 +126,24 @@ def test_a_directory_or_unreadable_file_as_the_program_is_a_one_line_error(tmp_p
             r.stderr
         )
         assert "Traceback" not in r.stderr
+
+
+def test_an_alarm_after_the_child_ended_is_ignored():
+    """An infinite loop's CPU limit and wall timeout fall in the same instant: the alarm could land after the
+    child was reaped and, raised outside the wait, fail the run as a sandbox error (seen once in make test)."""
+    import signal
+
+    from cmt.runtime.sandbox_launcher import _Alarm, _Timeout
+
+    previous = signal.getsignal(signal.SIGALRM)
+    try:
+        alarm = _Alarm(60)
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0
+        with pytest.raises(_Timeout):  # while the child runs, the alarm ends the wait
+            signal.raise_signal(signal.SIGALRM)
+        alarm.done()
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        signal.raise_signal(signal.SIGALRM)  # once it has ended, a late alarm changes nothing
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -22,8 +22,8 @@ class MCheck:
     both through a checkpoint.
 
     With `plain` (the same base, loaded apart), the checks generate from it with the adapter merged in
-    (cmt.models.merged): the model that evaluation loads from a saved adapter, and about twice as fast as the
-    PEFT model."""
+    (cmt.models.merged): the model that evaluation loads from a saved adapter, without the PEFT layers' extra
+    products at every token."""
 
     def __init__(
         self,

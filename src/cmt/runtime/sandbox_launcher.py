@@ -59,13 +59,13 @@ def _launch(config: dict) -> None:
         if pid == 0:
             _exec_child(libc, config, workdir, argv, env, status_fd)
         timed_out = False
-        signal.signal(signal.SIGALRM, _raise_timeout)
-        signal.setitimer(signal.ITIMER_REAL, config["limits"]["timeout_s"])
+        alarm = _Alarm(config["limits"]["timeout_s"])
         try:
             while True:  # as PID 1 we also reap orphans
                 wpid, wstatus, usage = os.wait4(-1, 0)
                 if wpid == pid:
                     break
+            alarm.done()
         except _Timeout:
             timed_out = True
             try:
@@ -75,7 +75,7 @@ def _launch(config: dict) -> None:
                 # The alarm landed just after wait4 had reaped the child (e.g. killed by its CPU limit at the
                 # same second): its status is lost with that return value, so report a killed child.
                 wstatus, usage = signal.SIGKILL, resource.getrusage(resource.RUSAGE_CHILDREN)
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        alarm.done()
         if os.getpid() != 1:
             _kill_descendants()  # in a PID namespace our exit kills them all
         report(
@@ -94,8 +94,23 @@ def _launch(config: dict) -> None:
     os._exit(0)
 
 
-def _raise_timeout(signum, frame):
-    raise _Timeout
+class _Alarm:
+    """The wall-clock limit: SIGALRM raises _Timeout until `done()`. An alarm that lands after the child was
+    reaped but before the timer is disarmed is then ignored: raised there, outside the wait, it failed the whole
+    run as a sandbox error (seen when a program's CPU limit and the timeout fell in the same instant)."""
+
+    def __init__(self, seconds: float):
+        self.active = True
+        signal.signal(signal.SIGALRM, self._fire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+
+    def _fire(self, signum, frame):
+        if self.active:
+            raise _Timeout
+
+    def done(self) -> None:
+        self.active = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _exec_child(libc, config: dict, workdir: str, argv: list, env: dict, status_fd: int) -> None:
