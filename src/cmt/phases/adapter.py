@@ -3,6 +3,7 @@ conversations, and the tail that saves the adapter with its manifest and then dr
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,8 +46,18 @@ def save_adapter(model, out_dir: str | Path, manifest: dict) -> None:
     """Save the adapter and its manifest (with the sha256 of every adapter file) into `out_dir` at once."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
+        _sort_target_modules(tmp / "adapter_config.json")
         manifest = record_outputs(manifest, [tmp], tmp / "cmt_manifest.json")
         write_json(tmp / "cmt_manifest.json", manifest)
+
+
+def _sort_target_modules(config_file: Path) -> None:
+    """peft writes a set of target module names in the process's string-hash order, so two identical runs wrote
+    different adapter_config.json files (and manifest hashes); sorted, they write the same bytes."""
+    config = json.loads(config_file.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def finish_adapter(
