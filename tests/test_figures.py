@@ -409,3 +409,15 @@ def test_eta_figure_draws_the_merged_groups_not_the_raw_bins():
     assert xs == pytest.approx([(0.1 * 30 + 0.3 * 5) / 35, 0.6, 0.9])
     assert ys == pytest.approx(sorted([8 / 35, 0.5, 0.75]))
     assert_titles_clear(fig)
+
+
+def test_the_same_figure_is_saved_as_the_same_bytes(tmp_path, rich, monkeypatch):
+    import time
+
+    figure = lambda: delta_by_method_figure(rich["runs"], rich["methods"], rich["controls"])  # noqa: E731
+    save_figure(figure(), tmp_path / "first")
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 86400)  # a day later, as a rerun on another day
+    save_figure(figure(), tmp_path / "second")
+    for fmt in ("png", "pdf"):
+        assert (tmp_path / f"first.{fmt}").read_bytes() == (tmp_path / f"second.{fmt}").read_bytes(), fmt

@@ -16,6 +16,8 @@ from cmt.methods.registry import FAMILIES
 from cmt.runtime.io import atomic_path
 
 FORMATS = ("png", "pdf")
+# No creation date in a PDF, so that the same tables draw the same bytes.
+_METADATA = {"pdf": {"CreationDate": None}}
 FAMILY_COLOURS = dict(zip(FAMILIES, ("tab:blue", "tab:orange", "tab:gray", "tab:green"), strict=True))
 
 
@@ -25,7 +27,7 @@ def save_figure(fig, out_stem: str | Path) -> list[Path]:
     for fmt in FORMATS:
         path = Path(f"{out_stem}.{fmt}")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+            fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight", metadata=_METADATA.get(fmt))
         paths.append(path)
     plt.close(fig)
     return paths
