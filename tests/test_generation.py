@@ -38,6 +38,26 @@ def test_batched_greedy_equals_one_at_a_time(model_and_prompts):
     assert all(c[0].finished for c in batched)
 
 
+def test_greedy_decodes_a_repeated_prompt_once(model_and_prompts, monkeypatch):
+    model, tokenizer, prompts = model_and_prompts
+    params = SamplingParams(max_new_tokens=24)
+    gen = HFGenerator(model, tokenizer, batch_size=16)
+    repeated = [prompts[i] for i in (0, 1, 0, 2, 3, 1, 4, 0, 2, 4)]
+    calls = []
+    real = gen._batches
+    monkeypatch.setattr(
+        gen, "_batches", lambda lengths, size: calls.append(len(lengths)) or real(lengths, size)
+    )
+    out = gen.generate(repeated, 1, params, seed=0)
+    assert calls == [5]  # five distinct prompts decoded
+    single = HFGenerator(model, tokenizer, batch_size=1).generate(repeated, 1, params, seed=0)
+    assert [c[0].text for c in out] == [c[0].text for c in single]
+    assert out[0] is not out[2] and out[0] == out[2]  # equal lists, not one shared list
+    # Sampling keeps every repeat: each row draws from its own seeded stream.
+    gen.generate(repeated, 1, SamplingParams(temperature=1.0, max_new_tokens=24), seed=0)
+    assert calls[1:] == [10]
+
+
 def test_sampling_is_seeded(model_and_prompts):
     model, tokenizer, prompts = model_and_prompts
     gen = HFGenerator(model, tokenizer, batch_size=32)

@@ -66,6 +66,16 @@ class HFGenerator(Generator):
         self, prompts: list[Messages], n: int, params: SamplingParams, seed: int
     ) -> list[list[Completion]]:
         encoded = [self.render(p) for p in prompts]
+        if params.greedy:
+            # Greedy decoding is a function of the prompt: a prompt met again (self-rewarding grades each sampled
+            # reply, and a small model samples the same reply often) is decoded once.
+            first = {}
+            for i, ids in enumerate(encoded):
+                first.setdefault(tuple(ids), i)
+            if len(first) < len(encoded):
+                distinct = self.generate([prompts[i] for i in first.values()], n, params, seed)
+                by_prompt = dict(zip(first, distinct, strict=True))
+                return [list(by_prompt[tuple(ids)]) for ids in encoded]
         own_loop = params.num_beams == 1 and self.model.config.model_type in DECODE_LOOP_MODEL_TYPES
         gen_config = None if own_loop else self._generation_config(n, params)
         per_batch = max(1, self.batch_size // max(n, params.num_beams))
