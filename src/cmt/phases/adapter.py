@@ -57,7 +57,7 @@ def _sort_target_modules(config_file: Path) -> None:
     config = json.loads(config_file.read_text())
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
-        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_json(config_file, config)
 
 
 def finish_adapter(

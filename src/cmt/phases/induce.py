@@ -116,7 +116,8 @@ def induce(
     checkpoint_dir = checkpoint_dir or checkpoint.checkpoint_dir_for(out_dir)
 
     tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir, **base_load_args(settings))
+    load_args = base_load_args(settings)
+    model = load_model(model_dir, **load_args)
     # torch seeds itself at random per process: seed the LoRA initialisation, or no rerun (nor resume) matches.
     torch.manual_seed(seed)
     model = get_peft_model(model, training.lora_config(settings["lora"]))
@@ -131,7 +132,6 @@ def induce(
             raise ValueError("induce: induce_until needs the organism, to score its M")
         from cmt.models.merged import MergedCopy
 
-        load_args = base_load_args(settings)
         # The merged copy is a second base in memory: cheap for the CPU's small models, not for a GPU's; a
         # quantized base has no weights to add a delta to. Those checks generate through the PEFT model.
         plain = None
