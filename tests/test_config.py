@@ -9,7 +9,14 @@ import pytest
 import yaml
 from helpers import REPO, run_snakemake
 
-from cmt.config import ConfigError, check_config, check_workflow_config, config_errors
+from cmt.config import (
+    ConfigError,
+    check_config,
+    check_workflow_config,
+    config_errors,
+    config_file_errors,
+    load_config_files,
+)
 from cmt.data.fetch import DATASET_FILES
 from cmt.methods.registry import method_names
 
@@ -403,3 +410,100 @@ def test_the_stability_sweep_plans_its_variants_and_its_figure(tmp_path):
     assert stats["toy_data"] == "1" and stats["stability"] == "1"
     assert stats["induce"] == str(6 * 3)
     assert "sycophancy_varied=sycophancy:varied" in proc.stdout
+
+
+# ---------------------------------------------------------------- the files: cmt config check, repeated keys
+
+
+def test_a_key_given_twice_is_named_with_both_lines(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seeds: [0, 1, 2]\nmethods:\n  gst: {}\n  act: {scale: 1.0}\n  gst: {}\nseeds: [0]\n")
+    assert config_file_errors([path]) == [
+        f"{path}: line 5: key 'gst' given again (first at line 3); YAML keeps only the last, so the first would "
+        "be lost",
+        f"{path}: line 6: key 'seeds' given again (first at line 1); YAML keeps only the last, so the first "
+        "would be lost",
+    ]
+    # the same key in two different mappings, and a `<<:` merge overridden on purpose, are not repeats
+    path.write_text("base: &b {k: 4}\na: {k: 1}\nb: {k: 2}\nc:\n  <<: *b\n  k: 8\n")
+    assert config_file_errors([path]) == []
+    assert load_config_files([path])["c"] == {"k": 8}
+
+
+def test_bad_yaml_is_named_by_file_line_and_column(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seeds: [0, 1]\nmethods:\n  gst: {\n")
+    with pytest.raises(ConfigError) as err:
+        load_config_files([path])
+    assert str(err.value).startswith(f"{path}: line 4, column 1: not valid YAML (")
+    path.write_text("- seeds\n")
+    with pytest.raises(
+        ConfigError, match=r"c\.yaml: the top level must be a mapping of config keys, got list"
+    ):
+        load_config_files([path])
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: no such config file"):
+        load_config_files([tmp_path / "nowhere.yaml"])
+
+
+def test_config_files_merge_as_snakemake_merges_configfiles(tmp_path):
+    from snakemake.utils import update_config
+
+    first = {
+        "seeds": [0, 1, 2],
+        "methods": {"gst": {}, "act": {"scale": 1.0, "train": {"epochs": 3}}},
+        "x": {"y": 1},
+    }
+    second = {"seeds": [0], "methods": {"act": {"train": {"epochs": 2}}, "bct": {}}, "x": 5, "z": {"w": None}}
+    third = {"x": {"back": True}, "methods": {"gst": None}}
+    paths = []
+    for i, part in enumerate((first, second, third)):
+        paths.append(tmp_path / f"{i}.yaml")
+        paths[-1].write_text(yaml.safe_dump(part))
+    expected = {}
+    for part in (first, second, third):
+        update_config(expected, copy.deepcopy(part))
+    assert load_config_files(paths) == expected
+    assert load_config_files(paths)["methods"]["act"] == {"scale": 1.0, "train": {"epochs": 2}}
+
+
+def cmt_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cmt", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_config_check_passes_the_shipped_configs_and_names_every_problem(tmp_path):
+    ok = cmt_cli("config", "check", str(REPO / "config" / "config.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "config.yaml: valid (4 organisms, 11 methods, seeds [0, 1, 2])" in ok.stdout
+    # an override merged over the default, as `--configfile A B` would: a schema error and a missing folder
+    override = tmp_path / "override.yaml"
+    override.write_text(
+        "methods:\n  self_certainty: {k: 0}\norganisms:\n  sycophancy: {source: {path: nowhere}}\n"
+    )
+    bad = cmt_cli("config", "check", str(REPO / "config" / "config.yaml"), str(override), cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "config key methods.self_certainty.k: 0 is less than the minimum of 1" in bad.stderr
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text("organisms:\n  sycophancy: {source: {path: nowhere}}\n")
+    bad = cmt_cli("config", "check", str(REPO / "config" / "config.yaml"), str(fixed), cwd=tmp_path)
+    assert (
+        bad.returncode == 1 and "organisms.sycophancy.source.path" in bad.stderr and "nowhere" in bad.stderr
+    )
+    (tmp_path / "run" / "nowhere").mkdir(parents=True)  # --directory: relative folders are read from there
+    (tmp_path / "run" / "nowhere" / "eval.jsonl").touch()
+    folder = cmt_cli("config", "check", str(REPO / "config" / "config.yaml"), str(fixed), "--directory",
+                     str(tmp_path / "run"), cwd=tmp_path)  # fmt: skip
+    assert folder.returncode == 0 and "valid (4 organisms" in folder.stdout, folder.stderr
+    override.write_text("seeds: [0]\nseeds: [1]\n")
+    repeated = cmt_cli("config", "check", str(override))
+    assert repeated.returncode == 1
+    assert "override.yaml: line 2: key 'seeds' given again (first at line 1)" in repeated.stderr
+
+
+def test_the_workflow_names_a_key_given_twice_before_the_dag(tmp_path, copy_config):
+    path = copy_config()
+    path.write_text(path.read_text() + "\nseeds: [7]\n")
+    proc = run_snakemake(tmp_path / "work", "-n", config=path, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(r"line \d+: key 'seeds' given again \(first at line \d+\)", output), output
+    assert "Building DAG" not in output

@@ -1,7 +1,8 @@
 """Config validation with messages that name the key path and what is allowed there.
 
 `check_workflow_config` is everything the workflow checks before it plans a job; `config_errors` is the schema
-part of it alone.
+part of it alone. `config_file_errors` reads the YAML files themselves, which Snakemake's loader does not check for
+a key given twice; `load_config_files` merges files as `snakemake --configfile A B` does (`cmt config check`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,99 @@ import yaml
 
 class ConfigError(ValueError):
     pass
+
+
+# ---------------------------------------------------------------- the files
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that records each key given twice in one mapping. PyYAML (and so Snakemake) keeps the last
+    silently: a second `methods:` block would drop the first without a word."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[tuple[object, int, int]] = []  # (key, first line, repeated line), 1-based
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    self.duplicates.append((key, seen[key], line))
+                else:
+                    seen[key] = line
+            except TypeError:  # an unhashable key: the base constructor names it below
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> tuple[object, list[tuple[object, int, int]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err})") from None
+    loader = _StrictLoader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: {where}not valid YAML ({problem})") from None
+    finally:
+        loader.dispose()
+    return data, loader.duplicates
+
+
+def _duplicate_errors(path: Path, duplicates) -> list[str]:
+    return [f"{path}: line {line}: key {key!r} given again (first at line {first}); YAML keeps only the last, "
+            "so the first would be lost" for key, first, line in sorted(duplicates, key=lambda d: d[2])]  # fmt: skip
+
+
+def config_file_errors(paths) -> list[str]:
+    """Keys given twice in one mapping of each config file, one line each naming the file and both lines."""
+    errors = []
+    for path in map(Path, paths):
+        try:
+            errors += _duplicate_errors(path, _read_yaml(path)[1])
+        except ConfigError as err:
+            errors.append(str(err))
+    return errors
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """`update` over `base`, recursing where both sides are mappings (snakemake.utils.update_config's rule)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config_files(paths) -> dict:
+    """The config that `snakemake --configfile PATH...` gets: each file read (ConfigError naming the file and
+    line for bad YAML, a repeated key or a top level that is no mapping), later files merged over earlier ones."""
+    config: dict = {}
+    problems = []
+    for path in map(Path, paths):
+        data, duplicates = _read_yaml(path)
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of config keys, got {type(data).__name__}"
+            )
+        problems += _duplicate_errors(path, duplicates)
+        config = _merge(config, data)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
 
 
 def _resolve(schema: dict, root: dict) -> dict:

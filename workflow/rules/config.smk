@@ -5,11 +5,14 @@ from snakemake.utils import validate
 
 from cmt.runtime import verdict_cache
 
-from cmt.config import check_workflow_config
+from cmt.config import check_workflow_config, config_file_errors
 
 # Every problem at once, each naming its key path (schema, method registry, keys needed by other keys, local
-# folders); then Snakemake's validate fills the schema's defaults.
-CONFIG_PROBLEMS = check_workflow_config(config, SCHEMA)
+# folders) or, for a key given twice in one file, the file and its lines; then Snakemake's validate fills the
+# schema's defaults.
+CONFIG_PROBLEMS = config_file_errors(workflow.configfiles) + check_workflow_config(
+    config, SCHEMA
+)
 if CONFIG_PROBLEMS:
     raise SystemExit("invalid config:\n  " + "\n  ".join(CONFIG_PROBLEMS))
 validate(config, SCHEMA)

@@ -1,5 +1,5 @@
-"""The user's commands: check a dataset, run a program in the sandbox, verify results, fetch data and models,
-prune a judge cache.
+"""The user's commands: check a config or a dataset, run a program in the sandbox, verify results, fetch data and
+models, prune a judge cache.
 
 A person runs these by hand; fetch-dataset and download-model are also what the download rules run.
 """
@@ -12,6 +12,40 @@ import logging
 from cmt.cli.common import add_job_options, fail, json_object, positive_seconds
 
 log = logging.getLogger("cmt")
+
+
+def _repository_schema():
+    from pathlib import Path
+
+    import cmt
+
+    # src/cmt/__init__.py -> the checkout's workflow/schemas (an installed wheel has no workflow folder)
+    return Path(cmt.__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def cmd_config_check(args) -> None:
+    import os
+
+    from cmt.config import ConfigError, check_workflow_config, load_config_files
+
+    schema = args.schema or _repository_schema()
+    if not os.path.isfile(schema):
+        raise fail("config check", f"no schema at {schema}; give the checkout's with --schema")
+    try:
+        config = load_config_files(args.files)
+    except ConfigError as err:
+        config, problems = None, str(err).splitlines()
+    if config is not None:
+        cwd = os.getcwd()
+        try:
+            os.chdir(args.directory)  # relative folders are read from here, as the jobs read them
+            problems = check_workflow_config(config, schema)
+        finally:
+            os.chdir(cwd)
+    if problems:
+        raise SystemExit("cmt config check: invalid config:\n  " + "\n  ".join(problems))
+    print(f"{' + '.join(args.files)}: valid ({len(config.get('organisms', {}))} organisms, "
+          f"{len(config.get('methods', {}))} methods, seeds {config.get('seeds')})", flush=True)  # fmt: skip
 
 
 def cmd_data_check(args) -> None:
@@ -83,6 +117,22 @@ def add_commands(sub) -> list[tuple[str, str]]:
         p = sub.add_parser(name, help=text, description=text, **kwargs)
         add_job_options(p)
         return p
+
+    p = sub.add_parser("config", help="config tools: config check", description="config tools")
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    text = (
+        "check a workflow config before a run: YAML errors and keys given twice with their lines, then every "
+        "check the workflow makes; FILE... merge as `snakemake --configfile FILE...` merges them"
+    )
+    listed.append(("config check", text))
+    check = config_sub.add_parser("check", help=text, description=text)
+    check.add_argument("files", metavar="FILE", nargs="+")
+    check.add_argument("--schema", default=None,
+                       help="the config schema (default: this checkout's workflow/schemas/config.schema.yaml)")  # fmt: skip
+    check.add_argument("--directory", default=".",
+                       help="where the workflow will run (snakemake --directory): relative folders are read here")  # fmt: skip
+    check.set_defaults(func=cmd_config_check)
+    add_job_options(check)
 
     p = sub.add_parser("data", help="dataset tools: data check", description="dataset tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
