@@ -19,7 +19,15 @@ from cmt.phases.cells import check_shift_cells, eval_runs
 from cmt.runtime import runlog
 
 CMT = Path(sys.executable).parent / "cmt"
-USER = ["config check", "data check", "sandbox", "verify", "fetch-dataset", "download-model", "judge cache prune"]
+USER = [
+    "config check",
+    "data check",
+    "sandbox",
+    "verify",
+    "fetch-dataset",
+    "download-model",
+    "judge cache prune",
+]
 RULES = ["toy-data", "pretrain", "induce", "label", "candidates", "retrain", "retrain-consistency",
          "train-reward-model", "evaluate", "shift", "fragility", "cross-kl", "harmful", "diagnose", "fetch-gguf-model",
          "induction-report", "tables", "eta", "figures", "stability", "cross-model-table", "shift-table", "diagnose-table", "harmful-table"]  # fmt: skip

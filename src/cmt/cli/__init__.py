@@ -33,9 +33,11 @@ def _setup(args, **header) -> None:
     device = None
     if getattr(args, "needs_device", False):
         from cmt.models.loading import pick_device, set_threads
+        from cmt.runtime.allocator import in_use
 
         set_threads(args.threads)
         device = pick_device()
+        header["malloc"] = in_use()  # timings differ by allocator; numbers do not (cmt.runtime.allocator)
     if worker.FORKED_JOB:
         header["runner"] = "warm-worker"
     by_rule = bool(args.log or args.job)
