@@ -26,11 +26,6 @@ if not workflow.overwrite_configfiles:
     configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-# Every job loads models offline from local folders (the download rule alone turns this off for itself).
-# huggingface_hub reads the variable once at import, so it must be set before Python starts.
-shell.prefix("set -euo pipefail; export HF_HUB_OFFLINE=1; ")
-
-
 include: "workflow/rules/paths.smk"
 include: "workflow/rules/config.smk"
 include: "workflow/rules/helpers.smk"

@@ -11,6 +11,7 @@ from helpers import REPO
 
 from cmt.analysis.runs import RUNS_COLUMNS
 from cmt.analysis.tables import MAIN_COLUMNS
+from cmt.runtime import allocator
 
 pytestmark = pytest.mark.integration
 
@@ -231,3 +232,7 @@ def test_local_model_jobs_ran_in_the_warm_worker(mini_run):
     assert len(model_logs) >= 8
     not_forked = [str(p) for p in model_logs if "runner=warm-worker" not in p.read_text().splitlines()[0]]
     assert not not_forked, not_forked
+    # allocator: auto (the default) ran them on tcmalloc where this machine has it (cmt.runtime.allocator)
+    expected = "malloc=tcmalloc" if allocator.find_tcmalloc() else "malloc=system"
+    other = [str(p) for p in model_logs if expected not in p.read_text().splitlines()[0]]
+    assert not other, (expected, other)

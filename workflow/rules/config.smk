@@ -17,12 +17,23 @@ if CONFIG_PROBLEMS:
     raise SystemExit("invalid config:\n  " + "\n  ".join(CONFIG_PROBLEMS))
 validate(config, SCHEMA)
 
-# The processes this run starts (jobs, the warm worker) get tcmalloc where the machine has it: the same numbers in
-# less time (cmt.runtime.allocator). Snakemake itself keeps its allocator.
+# The jobs' shells and the warm worker get tcmalloc where the machine has it: the same numbers in less time
+# (cmt.runtime.allocator). Decided where the jobs run (a Slurm job parses this file on its node), so nothing is
+# exported from the login node; Snakemake itself keeps its allocator. Conda and container rules bring their own.
 try:
-    PRELOAD = allocator.preload_for_children(os.environ, config["allocator"])
+    PRELOAD = allocator.preload_library(
+        config["allocator"],
+        own_software=bool(workflow.deployment_settings.deployment_method),
+    )
 except allocator.AllocatorError as err:
     raise SystemExit(f"invalid config:\n  {err}") from None
+# Every job loads models offline from local folders (the download rule alone turns this off for itself).
+# huggingface_hub reads the variable once at import, so it must be set before Python starts. The prefix is
+# formatted like a rule's command, hence the doubled braces.
+shell.prefix(
+    "set -euo pipefail; export HF_HUB_OFFLINE=1; "
+    + allocator.shell_export(PRELOAD).replace("{", "{{").replace("}", "}}")
+)
 
 # Jobs (local, forked by the warm worker, or on Slurm, where each job parses this file again) find the sandbox's
 # verdict cache through this variable (cmt.runtime.verdict_cache).

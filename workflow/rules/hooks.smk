@@ -21,7 +21,9 @@ def start_warm_worker():
     from cmt.runtime import worker
 
     # A short path under /tmp: Unix socket paths are limited to 107 bytes.
-    proc, path = worker.start(tempfile.mkdtemp(prefix="cmt-worker-"), "cmt.cli:main")
+    proc, path = worker.start(
+        tempfile.mkdtemp(prefix="cmt-worker-"), "cmt.cli:main", preload=PRELOAD
+    )
     os.environ[worker.ENV_VAR] = path
     return proc
 

@@ -1,10 +1,10 @@
 """The memory allocator of the jobs: tcmalloc, preloaded, where the machine has it.
 
-PyTorch on a CPU allocates and frees many small tensors per step. Under tcmalloc a toy Phase-3 step took about 15%
-less time than under glibc's malloc, and greedy decoding about 10% less (docs/benchmarks.md). The allocator
-hands out memory; it does no arithmetic, and the jobs checked under both wrote the same bytes (tests/test_allocator.py
-checks a training run and a decode). The workflow sets LD_PRELOAD for the processes it starts (jobs, the warm
-worker); it never loads tcmalloc into a running process, which would mix two allocators' memory.
+PyTorch on a CPU allocates and frees many small tensors per step, and tcmalloc serves them faster than glibc's
+malloc (docs/benchmarks.md). The allocator hands out memory and does no arithmetic: the same jobs write the same
+bytes under both (tests/test_allocator.py checks a training run and a decode). The workflow sets LD_PRELOAD in the
+jobs' shells and for the warm worker, decided on the machine that runs them (each Slurm job parses the Snakefile
+on its node); it never loads tcmalloc into a running process, which would mix two allocators' memory.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ def find_tcmalloc() -> str | None:
     return None
 
 
-def preload_library(setting: str) -> str | None:
+def preload_library(setting: str, own_software: bool = False) -> str | None:
     """The library to preload for `setting`: `auto` tcmalloc where found, else None (the system allocator);
-    `tcmalloc` tcmalloc or an AllocatorError; `system` None."""
+    `tcmalloc` tcmalloc or an AllocatorError; `system` None. `own_software`: the rules run in conda envs or
+    containers, whose own libraries (a newer libstdc++, say) a host library could displace, so `auto` gives None.
+    """
     if setting not in SETTINGS:
         raise AllocatorError(
             f"config key allocator: {setting!r} is not allowed; valid values: {list(SETTINGS)}"
         )
-    if setting == "system":
+    if setting == "system" or (setting == "auto" and own_software):
         return None
     found = find_tcmalloc()
     if found is None and setting == "tcmalloc":
@@ -50,19 +52,15 @@ def preload_library(setting: str) -> str | None:
 
 def with_preload(env_value: str | None, library: str | None) -> str | None:
     """LD_PRELOAD with `library` first (once), keeping what was there; unchanged for None."""
-    parts = [p for p in (env_value or "").replace(" ", ":").split(":") if p]
     if library is None:
         return env_value
+    parts = [p for p in (env_value or "").replace(" ", ":").split(":") if p]
     return ":".join([library, *[p for p in parts if p != library]])
 
 
-def preload_for_children(environ, setting: str) -> str | None:
-    """Put the library for `setting` into `environ`'s LD_PRELOAD (os.environ: every process started after this
-    gets it; this one keeps its allocator). Returns the library, or None for the system allocator."""
-    library = preload_library(setting)
-    if library:
-        environ["LD_PRELOAD"] = with_preload(environ.get("LD_PRELOAD"), library)
-    return library
+def shell_export(library: str | None) -> str:
+    """A shell statement that puts `library` first in LD_PRELOAD ("" for None); safe under `set -u`."""
+    return f'export LD_PRELOAD="{library}${{LD_PRELOAD:+:$LD_PRELOAD}}"; ' if library else ""
 
 
 def in_use() -> str:

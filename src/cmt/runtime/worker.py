@@ -301,11 +301,17 @@ def serve(path: str, entry: str, parent_pid: int | None = None, idle_seconds: fl
             os.unlink(path)
 
 
-def start(directory: str, entry: str) -> tuple[object, str]:
+def start(directory: str, entry: str, preload: str | None = None) -> tuple[object, str]:
     """Start a server for this process (Snakemake) in the background, running jobs with `entry`
-    ("module:function"); returns (Popen, socket path)."""
+    ("module:function"); returns (Popen, socket path). `preload`: a library the server (and so every job it
+    forks) starts with, as the jobs' shells preload it (cmt.runtime.allocator)."""
     import subprocess
 
+    from cmt.runtime.allocator import with_preload
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # as every job's shell sets it
+    if preload:
+        env["LD_PRELOAD"] = with_preload(env.get("LD_PRELOAD"), preload)
     path = os.path.join(directory, "worker.sock")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cmt.runtime.worker", path, str(os.getpid()), entry],
@@ -313,7 +319,7 @@ def start(directory: str, entry: str) -> tuple[object, str]:
         stdout=subprocess.DEVNULL,
         stderr=None if os.environ.get("CMT_WORKER_DEBUG") else subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C goes to Snakemake, which stops the jobs; the server follows its parent
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},  # as every job's shell sets it
+        env=env,
     )
     return proc, path
 
