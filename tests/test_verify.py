@@ -160,3 +160,31 @@ def test_cli(pipeline):
     empty.mkdir()
     none = subprocess.run([str(CMT), "verify", "empty"], capture_output=True, text=True)
     assert none.returncode == 1 and "no manifests found under empty" in none.stdout
+
+
+def test_the_git_revision_is_read_once_per_process_without_the_jobs_preload(monkeypatch):
+    from cmt.runtime import manifest
+
+    repo = Path(manifest.__file__).resolve().parents[3]
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True)
+    manifest._git_revision.cache_clear()
+    assert manifest.git_revision()["commit"] == head.stdout.strip()
+
+    calls = []
+    real_run = subprocess.run
+
+    def counting_run(cmd, **kwargs):
+        if cmd[0] == "git":
+            calls.append(kwargs.get("env"))
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(manifest.subprocess, "run", counting_run)
+    monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
+    manifest._git_revision.cache_clear()
+    first = manifest.git_revision()
+    first["commit"] = "changed by a caller"  # a copy: the next manifest still gets the real one
+    second = build_manifest(task="t", settings={}, seeds={}, inputs=[])["git"]
+    assert second["commit"] == head.stdout.strip()
+    assert len(calls) == 2  # rev-parse and status, once
+    assert all(env is not None and "LD_PRELOAD" not in env for env in calls)
+    manifest._git_revision.cache_clear()
