@@ -112,38 +112,36 @@ def add_commands(sub) -> list[tuple[str, str]]:
     """Add the user's commands to `sub`; return (name, help) of each, for the overview in `cmt --help`."""
     listed = []
 
-    def command(name: str, text: str, **kwargs):
+    def command(name: str, text: str, under=sub):
+        """A command (`under`: a group's subparsers, for `data check`), listed by its full name."""
         listed.append((name, text))
-        p = sub.add_parser(name, help=text, description=text, **kwargs)
+        p = under.add_parser(name.split()[-1], help=text, description=text)
         add_job_options(p)
         return p
 
-    p = sub.add_parser("config", help="config tools: config check", description="config tools")
-    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    def group(name: str, text: str, description: str, under=sub):
+        """A command that only holds subcommands (`judge`, `judge cache`); returns their subparsers."""
+        p = under.add_parser(name, help=text, description=description)
+        return p.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
+
     text = (
         "check a workflow config before a run: YAML errors and keys given twice with their lines, then every "
         "check the workflow makes; FILE... merge as `snakemake --configfile FILE...` merges them"
     )
-    listed.append(("config check", text))
-    check = config_sub.add_parser("check", help=text, description=text)
+    check = command("config check", text, group("config", "config tools: config check", "config tools"))
     check.add_argument("files", metavar="FILE", nargs="+")
     check.add_argument("--schema", default=None,
                        help="the config schema (default: this checkout's workflow/schemas/config.schema.yaml)")  # fmt: skip
     check.add_argument("--directory", default=".",
                        help="where the workflow will run (snakemake --directory): relative folders are read here")  # fmt: skip
     check.set_defaults(func=cmd_config_check)
-    add_job_options(check)
 
-    p = sub.add_parser("data", help="dataset tools: data check", description="dataset tools")
-    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     text = "validate an organism folder in the reference format"
-    listed.append(("data check", text))
-    check = data_sub.add_parser("check", help=text, description=text)
+    check = command("data check", text, group("data", "dataset tools: data check", "dataset tools"))
     check.add_argument("dir", metavar="DIR")
     check.add_argument("--max-errors", type=int, default=50, help="list at most this many errors")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_data_check)
-    add_job_options(check)
 
     p = command("sandbox", "run a Python file in the sandbox; print one JSON verdict")
     p.add_argument("file", metavar="FILE.py")
@@ -177,18 +175,14 @@ def add_commands(sub) -> list[tuple[str, str]]:
                    help="own: the checkpoint's template; plain: install cmt's plain-text template")  # fmt: skip
     p.set_defaults(func=cmd_download_model)
 
-    p = sub.add_parser("judge", help="judge tools: judge cache prune", description="LLM judge tools")
-    judge_sub = p.add_subparsers(dest="judge_command", required=True, metavar="COMMAND")
-    p = judge_sub.add_parser("cache", help="the judge's reply cache", description="the judge's reply cache")
-    cache_sub = p.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    judge = group("judge", "judge tools: judge cache prune", "LLM judge tools")
+    cache = group("cache", "the judge's reply cache", "the judge's reply cache", under=judge)
     text = (
         "remove the entries of a judge cache folder (judge.cache_dir) that hold no answer: empty, null or "
         "unparseable replies, which earlier versions cached; print how many were removed"
     )
-    listed.append(("judge cache prune", text))
-    prune = cache_sub.add_parser("prune", help=text, description=text)
+    prune = command("judge cache prune", text, cache)
     prune.add_argument("dir", metavar="DIR")
     prune.add_argument("--dry-run", action="store_true", help="count the bad entries, remove nothing")
     prune.set_defaults(func=cmd_judge_cache_prune)
-    add_job_options(prune)
     return listed
