@@ -489,3 +489,130 @@ def test_output_flood_is_truncated_and_stopped():
     v = run("import sys\nwhile True: sys.stdout.write('x' * 65536)", cpu_s=1, max_output_bytes=4096)
     assert v.status in ("cpu_limit", "timeout") and v.stdout_truncated and len(v.stdout) < 4200
     assert v.stdout_bytes > 4096
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Batches: programs that share a launcher (run_python_batch) must not meet each other
+
+# Run after every other program of a batch: what the one before may have left. Prints one JSON line.
+_PROBE = """
+import ctypes, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+found = {d: sorted(os.listdir(d)) for d in ('/tmp', '/var/tmp', '/dev/shm') if os.path.isdir(d)}
+found['/tmp'] = [n for n in found['/tmp'] if n != 'work']
+found['work'] = sorted(os.listdir('.'))
+found['processes'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and int(p) not in (1, os.getpid()))
+found['shm'] = libc.shmget(0xC47, 0, 0)  # -1: no segment of that key in this IPC namespace
+print(json.dumps(found))
+"""
+_CLEAN = {"/tmp": [], "/var/tmp": [], "/dev/shm": [], "work": ["main.py"], "processes": [], "shm": -1}
+# Leaves everything the probe looks for: files in every writable folder, a SysV segment, and a daemon that
+# keeps running (setsid and a double fork) and writes to the output it was given. It also writes into every
+# descriptor it inherited beyond its own three: none may lead to another program's output.
+_LITTER = """
+import ctypes, os, sys, time
+for fd in range(3, 1024):
+    try:
+        os.write(fd, b'INTRUDER')
+    except OSError:
+        pass
+for d in ('/tmp', '/var/tmp', '/dev/shm', '.'):
+    open(os.path.join(d, 'left-behind'), 'w').write('x')
+assert ctypes.CDLL(None).shmget(0xC47, 4096, 0o1666) >= 0
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        for _ in range(100):
+            print('LEAK', flush=True)
+            time.sleep(0.05)
+    os._exit(0)
+print('littered', flush=True)
+"""
+
+
+def probe(verdict) -> dict:
+    assert verdict.status == "ok", verdict.to_json()
+    return json.loads(verdict.stdout)
+
+
+@needs_full
+def test_a_batch_parts_its_programs():
+    verdicts = sandbox.run_python_batch([_LITTER, _PROBE, _LITTER, _PROBE], timeout_s=5)
+    first = verdicts[0]
+    assert first.status == "ok" and first.stdout.startswith("littered\n")
+    for v in verdicts[1::2]:
+        assert probe(v) == _CLEAN, v.stdout
+        assert "LEAK" not in v.stdout
+    assert not any("INTRUDER" in v.stdout + v.stderr for v in verdicts)
+    uids = [v.uid for v in verdicts]
+    assert len(set(uids)) == 4 and all(v.privileges_dropped and v.pid_isolated for v in verdicts)
+    for uid in uids:
+        assert leftovers(uid) == []
+
+
+@needs_full
+def test_the_probe_sees_what_a_program_leaves_while_it_runs():
+    # Its positive control: in one program, the littering is seen (so a clean probe above means parted).
+    v = sandbox.run_python(_LITTER + "time.sleep(0.2)\n" + _PROBE, timeout_s=5)
+    found = json.loads(v.stdout.splitlines()[-1])
+    assert found["/tmp"] == ["left-behind"] and found["/dev/shm"] == ["left-behind"] and found["shm"] >= 0
+    assert "left-behind" in found["work"] and found["processes"] != []
+
+
+@needs_full
+def test_hostile_programs_in_one_batch(listener):
+    # The nine of issue 7, each with its own limits and the probe after it in one batch: every verdict as when
+    # run alone (check), and nothing carried over to the next program.
+    port = listener.getsockname()[1]
+    for name, (_, limits) in HOSTILE.items():
+        hostile, after = sandbox.run_python_batch([render(name, port), _PROBE], timeout_s=5, **limits)
+        check(name, json.loads(hostile.to_json()), MODE, was_connected(listener))
+        assert probe(after) == _CLEAN, (name, after.stdout)
+
+
+@needs_full
+def test_a_timeout_in_a_batch_stops_that_program_only():
+    codes = [
+        "print('a')",
+        "import time\nprint('started', flush=True)\nwhile True: time.sleep(0.1)",
+        "print('c')",
+    ]
+    t0 = time.monotonic()
+    verdicts = sandbox.run_python_batch(codes, timeout_s=1)
+    assert [(v.status, v.which_limit) for v in verdicts] == [
+        ("ok", None),
+        ("timeout", "wall_time"),
+        ("ok", None),
+    ]
+    assert [v.stdout for v in verdicts] == ["a\n", "started\n", "c\n"] and time.monotonic() - t0 < 4
+    assert 1 <= verdicts[1].wall_s < 3 and verdicts[0].wall_s < 1
+
+
+def test_a_batch_gives_each_program_the_verdict_it_gets_alone():
+    codes = ["import sys\nprint('hello', sys.stdin.read())", "raise ValueError('boom')", "import os\nos.system('x')",
+             "x = bytearray(10 * 2**30)", "print('x' * 100000)"]  # fmt: skip
+    kwargs = {"timeout_s": 5, "memory_mb": 256, "stdin": "in", "max_output_bytes": 4096}
+    fields = ("status", "which_limit", "exit_code", "signal", "stdout", "stderr", "stdout_bytes", "seccomp",
+              "network_isolated", "pid_isolated", "private_fs", "privileges_dropped")  # fmt: skip
+    alone = [run_python(code, **kwargs) for code in codes]
+    together = sandbox.run_python_batch(codes, **kwargs)
+    for a, b in zip(alone, together, strict=True):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+    assert together[0].stdout == "hello in\n" and together[1].status == "error"
+
+
+@needs_root
+def test_without_namespaces_a_batch_runs_one_program_at_a_time(monkeypatch):
+    monkeypatch.setattr(sandbox, "_MECHANISMS", {"unshare": None, "unshare_flags": None, "namespaces": False,
+                                                 "mounts": False, "drop_privileges": True})  # fmt: skip
+    launches = []
+    real_run = sandbox._run
+
+    def counting(codes, *args):
+        launches.append(len(codes))
+        return real_run(codes, *args)
+
+    monkeypatch.setattr(sandbox, "_run", counting)
+    verdicts = sandbox.run_python_batch(["print(1)", "print(2)", "print(3)"], timeout_s=5)
+    assert [v.stdout for v in verdicts] == ["1\n", "2\n", "3\n"] and launches == [1, 1, 1]
+    assert not any(v.pid_isolated for v in verdicts)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cmt.judges import Verdict
@@ -62,11 +62,13 @@ TOY_FIELDS = {
 }
 
 
-def _toy_rows_only(organism: str, score: Callable[[dict, str], Verdict]) -> Callable[[dict, str], Verdict]:
-    """The toy scorer, refusing with one clear line a row it cannot read (rather than a KeyError deep inside)."""
+def _toy_rows_only(organism: str, module) -> Callable[[dict, str], Verdict]:
+    """The toy scorer, refusing with one clear line a row it cannot read (rather than a KeyError deep inside).
+    A module with `score_batch` (reward hacking: its programs run in the sandbox together) lends it to
+    `cmt.judges.judge_batch`."""
     fields = TOY_FIELDS.get(organism, ())
 
-    def checked(row: dict, reply: str) -> Verdict:
+    def check(row: dict) -> None:
         missing = [f for f in fields if f not in row]
         if missing:
             raise ValueError(
@@ -74,8 +76,19 @@ def _toy_rows_only(organism: str, score: Callable[[dict, str], Verdict]) -> Call
                 f"the programmatic scorer cannot score it; score reference-format {organism} data with the LLM "
                 f"judge (organisms.{organism}.judge: llm), which applies the reference's per-row rules"
             )
-        return score(row, reply)
 
+    def checked(row: dict, reply: str) -> Verdict:
+        check(row)
+        return module.score(row, reply)
+
+    if hasattr(module, "score_batch"):
+
+        def checked_batch(rows: Sequence[dict], replies: Sequence[str], prompts=None) -> list[Verdict]:
+            for row in rows:
+                check(row)
+            return module.score_batch(list(rows), list(replies))
+
+        checked.score_batch = checked_batch
     return checked
 
 
@@ -87,7 +100,7 @@ def programmatic_judge(organism: str) -> Callable[[dict, str], Verdict]:
     if module is None:
         raise ValueError(f"organism {organism!r} has no programmatic scorer; valid: {sorted(METRICS)}")
     if organism != "spurious_correlation":
-        return _toy_rows_only(organism, module.score)
+        return _toy_rows_only(organism, module)
     from cmt.judges.reference_rules import is_reference_spurious_row, score_spurious_correlation
 
     def score(row: dict, reply: str) -> Verdict:

@@ -1,9 +1,11 @@
 """The sandbox's launcher (cmt.runtime.sandbox): run as `python -I -S sandbox_launcher.py --launch CONFIG`, inside
-the namespaces when there are any. It sets up the mounts as root, forks the limited child, which execs the
-interpreter on the program, and reports the child's fate as one line (a Python literal) on a status pipe.
+the namespaces when there are any. It sets up the mounts as root, and for each program of its batch forks the
+limited child, which execs the interpreter on the program, and reports the child's fate as one line (a Python
+literal) on a status pipe. Between two programs it kills whatever the first left running and renews the IPC
+namespace and the writable tmpfs mounts; each program writes to its own pipes and sees no other's.
 
 It is a file of its own, importing only what the launcher needs from the standard library, because it starts
-afresh for every program: importing all of sandbox.py (dataclasses, subprocess, pathlib, re, ...) took about
+afresh for every batch: importing all of sandbox.py (dataclasses, subprocess, pathlib, re, ...) took about
 40 ms of each 63-ms run, and json and signal (through enum and re) another 8 ms of the 41 left. CONFIG is
 marshalled, in hex. Run as a script under -I it can import nothing of cmt.
 """
@@ -16,6 +18,7 @@ import marshal
 import os
 import resource
 import sys
+import time
 
 
 def _ns(kind: str) -> str | None:
@@ -28,6 +31,7 @@ def _ns(kind: str) -> str | None:
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_MOVE, _MS_REC = 1, 2, 4, 32, 4096, 8192, 16384
 _MS_PRIVATE = 1 << 18
 _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 38, 36
+_CLONE_NEWIPC, _MNT_DETACH = 0x08000000, 2
 _WRITABLE_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")
 _WORKDIR = "/tmp/work"
 
@@ -44,54 +48,84 @@ def _launch(config: dict) -> None:
         os.write(status_fd, (repr(fields) + "\n").encode())  # a Python literal: json would cost its import
 
     try:
-        with open("main.py", "rb") as fh:  # cwd is the parent's throw-away directory
-            source = fh.read()
-        if config["mounts"]:
-            _mount_private_fs(libc, config, source)
-            workdir, script = _WORKDIR, _WORKDIR + "/main.py"
-        else:
-            workdir, script = os.path.abspath("work"), os.path.abspath("main.py")
+        programs = config["programs"]
+        if len(programs) > 1 and not (config["mounts"] and os.getpid() == 1):
+            raise OSError("a batch needs the PID namespace and private mounts to part its programs")
+        sources = []
+        for program in programs:  # cwd is the parent's throw-away directory
+            with open(program["script"], "rb") as fh:
+                sources.append(fh.read())
         if os.getpid() != 1:
             libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us to be killed
-        env = {**config["env"], "HOME": workdir, "TMPDIR": workdir}
-        argv = [config["exe"], "-I", "-S", "-u", "-c", _boot_code(), script]
-        pid = os.fork()
-        if pid == 0:
-            _exec_child(libc, config, workdir, argv, env, status_fd)
-        timed_out = False
-        alarm = _Alarm(config["limits"]["timeout_s"])
-        try:
-            while True:  # as PID 1 we also reap orphans
-                wpid, wstatus, usage = os.wait4(-1, 0)
-                if wpid == pid:
-                    break
-            alarm.done()
-        except _Timeout:
-            timed_out = True
-            try:
-                os.kill(pid, signal.SIGKILL)
-                wpid, wstatus, usage = os.wait4(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                # The alarm landed just after wait4 had reaped the child (e.g. killed by its CPU limit at the
-                # same second): its status is lost with that return value, so report a killed child.
-                wstatus, usage = signal.SIGKILL, resource.getrusage(resource.RUSAGE_CHILDREN)
-        alarm.done()
-        if os.getpid() != 1:
-            _kill_descendants()  # in a PID namespace our exit kills them all
-        report(
-            exit_code=os.waitstatus_to_exitcode(wstatus) if os.WIFEXITED(wstatus) else None,
-            signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None,
-            cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
-            maxrss_kb=usage.ru_maxrss,
-            timed_out=timed_out,
-            pid=os.getpid(),
-            net_ns=_ns("net"),
-            mounted=config["mounts"],
-            uid=config["uid"] if config["uid"] is not None else os.getuid(),
-        )
+        for index, (program, source) in enumerate(zip(programs, sources, strict=True)):
+            _run_program(libc, config, index, program, source, report)
     except BaseException as err:
         report(error=f"launcher: {type(err).__name__}: {err}")
     os._exit(0)
+
+
+def _run_program(libc, config: dict, index: int, program: dict, source: bytes, report) -> None:
+    """One program of the batch, in a fresh child. Every program after the first gets what the one before could
+    have left state in renewed first: an IPC namespace (SysV objects, POSIX queues) and the writable tmpfs
+    mounts; the processes it left were all killed after it."""
+    uid = program["uid"]
+    if index:
+        if libc.unshare(_CLONE_NEWIPC) != 0:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWIPC)")
+        _renew_scratch(libc, config, source, uid)
+    elif config["mounts"]:
+        _mount_private_fs(libc, config, source, uid)
+    if config["mounts"]:
+        workdir, script = _WORKDIR, _WORKDIR + "/main.py"
+    else:
+        workdir, script = os.path.abspath("work"), os.path.abspath(program["script"])
+    env = {**config["env"], "HOME": workdir, "TMPDIR": workdir}
+    argv = [config["exe"], "-I", "-S", "-u", "-c", _boot_code(), script]
+    stdin_fd = os.open(config["stdin"], os.O_RDONLY)
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        _exec_child(
+            libc, config, index, uid, workdir, argv, env, (stdin_fd, program["out_fd"], program["err_fd"])
+        )
+    os.close(stdin_fd)
+    timed_out = False
+    alarm = _Alarm(config["limits"]["timeout_s"])
+    try:
+        while True:  # as PID 1 we also reap orphans
+            wpid, wstatus, usage = os.wait4(-1, 0)
+            if wpid == pid:
+                break
+        alarm.done()
+    except _Timeout:
+        timed_out = True
+        try:
+            os.kill(pid, signal.SIGKILL)
+            wpid, wstatus, usage = os.wait4(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            # The alarm landed just after wait4 had reaped the child (e.g. killed by its CPU limit at the
+            # same second): its status is lost with that return value, so report a killed child.
+            wstatus, usage = signal.SIGKILL, resource.getrusage(resource.RUSAGE_CHILDREN)
+    alarm.done()
+    if os.getpid() == 1:
+        _kill_namespace()  # nothing the program started may meet the next one
+    else:
+        _kill_descendants()
+    os.close(program["out_fd"])  # the caller's end of the program's output sees EOF once unshare exits
+    os.close(program["err_fd"])
+    report(
+        i=index,
+        exit_code=os.waitstatus_to_exitcode(wstatus) if os.WIFEXITED(wstatus) else None,
+        signal=os.WTERMSIG(wstatus) if os.WIFSIGNALED(wstatus) else None,
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 3),
+        maxrss_kb=usage.ru_maxrss,
+        timed_out=timed_out,
+        wall_s=round(time.monotonic() - started, 3),
+        pid=os.getpid(),
+        net_ns=_ns("net"),
+        mounted=config["mounts"],
+        uid=uid if uid is not None else os.getuid(),
+    )
 
 
 class _Alarm:
@@ -113,8 +147,14 @@ class _Alarm:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _exec_child(libc, config: dict, workdir: str, argv: list, env: dict, status_fd: int) -> None:
+def _exec_child(libc, config: dict, index: int, uid, workdir: str, argv: list, env: dict, fds: tuple) -> None:
     try:
+        status_fd = config["status_fd"]
+        for target, fd in enumerate(fds):  # stdin, stdout, stderr: this program's own
+            os.dup2(fd, target)
+        # The other programs' output pipes stay with the launcher: no program may write into another's.
+        os.closerange(3, status_fd)
+        os.closerange(status_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])  # none is above it
         os.chdir(workdir)
         lim = config["limits"]
         cpu = max(1, int(lim["cpu_s"] + 0.999))
@@ -130,7 +170,6 @@ def _exec_child(libc, config: dict, workdir: str, argv: list, env: dict, status_
             (resource.RLIMIT_MEMLOCK, (0, 0)),
         ]:
             resource.setrlimit(res, value)
-        uid = config["uid"]
         if uid is not None:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
@@ -139,7 +178,7 @@ def _exec_child(libc, config: dict, workdir: str, argv: list, env: dict, status_
                 raise OSError("uid did not change")
         if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # setuid binaries cannot regain root
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        os.write(status_fd, (repr({"seccomp": _install_seccomp(libc)}) + "\n").encode())
+        os.write(status_fd, (repr({"i": index, "seccomp": _install_seccomp(libc)}) + "\n").encode())
         os.close(status_fd)
         os.execve(argv[0], argv, env)
     except BaseException as err:
@@ -268,10 +307,9 @@ def _mount(libc, source, target, fstype, flags, data=None) -> None:
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
-def _mount_private_fs(libc, config: dict, source: bytes) -> None:
+def _mount_private_fs(libc, config: dict, source: bytes, uid) -> None:
     """Fresh tmpfs over every world-writable directory; empty tmpfs over the hidden ones, with the
     interpreter's prefix bound back read-only at its own path when it lives under one (pyenv in /root)."""
-    uid = config["uid"]
     secure = _MS_NOSUID | _MS_NODEV
     _mount(libc, None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing we mount may propagate to the host
     tmp_mb = config["limits"]["tmp_mb"]
@@ -291,12 +329,42 @@ def _mount_private_fs(libc, config: dict, source: bytes) -> None:
     for writable in _WRITABLE_DIRS[1:]:
         if os.path.isdir(writable):
             _mount(libc, "tmpfs", writable, "tmpfs", secure, f"size={tmp_mb}m,mode=1777")
+    _write_workdir(source, uid)
+
+
+def _renew_scratch(libc, config: dict, source: bytes, uid) -> None:
+    """The writable tmpfs mounts again, empty: the last program's files go with the old ones."""
+    tmp_mb = config["limits"]["tmp_mb"]
+    for writable in _WRITABLE_DIRS:
+        if writable == "/tmp" or os.path.isdir(writable):  # those _mount_private_fs mounted
+            if libc.umount2(writable.encode(), _MNT_DETACH) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"umount {writable}: {os.strerror(err)}")
+            _mount(libc, "tmpfs", writable, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={tmp_mb}m,mode=1777")
+    _write_workdir(source, uid)
+
+
+def _write_workdir(source: bytes, uid) -> None:
     os.mkdir(_WORKDIR, 0o700)
     with open(_WORKDIR + "/main.py", "wb") as fh:
         fh.write(source)
     if uid is not None:
         os.chown(_WORKDIR, uid, uid)
         os.chown(_WORKDIR + "/main.py", uid, uid)
+
+
+def _kill_namespace() -> None:
+    """As the PID namespace's init: kill every other process in it, then reap them all. kill(-1) reaches each
+    process of the namespace but init and is atomic with respect to fork, so nothing escapes by forking."""
+    try:  # noqa: SIM105 (contextlib would cost its import in every run)
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _kill_descendants() -> None:

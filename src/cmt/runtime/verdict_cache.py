@@ -18,10 +18,11 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cmt.runtime.keyed_store import KeyedJsonStore
-from cmt.runtime.sandbox import Verdict, mechanisms, run_python
+from cmt.runtime.sandbox import Verdict, mechanisms, run_python_batch
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +47,40 @@ def _jsonable(value):
 
 def run_python_cached(code: str, *, cache_dir: str | os.PathLike | None = None, **limits) -> Verdict:
     """`run_python(code, **limits)`, answered from the cache when this request's verdict is stored there."""
+    return run_python_cached_batch([code], cache_dir=cache_dir, **limits)[0]
+
+
+def run_python_cached_batch(
+    codes: Sequence[str], *, cache_dir: str | os.PathLike | None = None, **limits
+) -> list[Verdict]:
+    """`run_python_batch` on the programs whose verdicts are not stored, each distinct one once; the verdicts of
+    all `codes`, in order."""
     root = cache_root(cache_dir)
-    if root is None:
-        return run_python(code, **limits)
-    store = KeyedJsonStore(root, CACHE_VERSION, "sandbox verdict cache")
-    key = request_key(store, code, {name: _jsonable(value) for name, value in limits.items()})
+    store = KeyedJsonStore(root, CACHE_VERSION, "sandbox verdict cache") if root is not None else None
+    found: dict[str, Verdict] = {}
+    keys: dict[str, str] = {}
+    if store is not None:
+        jsonable_limits = {name: _jsonable(value) for name, value in limits.items()}
+        for code in dict.fromkeys(codes):
+            keys[code] = request_key(store, code, jsonable_limits)
+            verdict = _stored(store, keys[code])
+            if verdict is not None:
+                found[code] = verdict
+    missing = [code for code in dict.fromkeys(codes) if code not in found]
+    for code, verdict in zip(missing, run_python_batch(missing, **limits), strict=True):
+        if store is not None and verdict.status in STORED_STATUSES:
+            store.put(keys[code], {"verdict": dataclasses.asdict(verdict)})
+        found[code] = verdict
+    return [found[code] for code in codes]
+
+
+def _stored(store: KeyedJsonStore, key: str) -> Verdict | None:
     entry = store.get(key)
-    if entry is not None:
-        try:
-            verdict = Verdict(**entry["verdict"])
-        except (KeyError, TypeError) as err:
-            log.warning("ignoring malformed sandbox verdict cache entry %s (%s)", store.path(key), err)
-        else:
-            if verdict.status in STORED_STATUSES:
-                return verdict
-    verdict = run_python(code, **limits)
-    if verdict.status in STORED_STATUSES:
-        store.put(key, {"verdict": dataclasses.asdict(verdict)})
-    return verdict
+    if entry is None:
+        return None
+    try:
+        verdict = Verdict(**entry["verdict"])
+    except (KeyError, TypeError) as err:
+        log.warning("ignoring malformed sandbox verdict cache entry %s (%s)", store.path(key), err)
+        return None
+    return verdict if verdict.status in STORED_STATUSES else None
