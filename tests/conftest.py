@@ -122,3 +122,19 @@ def warm_worker(tmp_path_factory):
     yield proc, path
     proc.terminate()
     proc.wait()
+
+
+@pytest.fixture
+def sandbox_launches(monkeypatch):
+    """The number of programs each sandbox launcher was started with, in order."""
+    from cmt.runtime import sandbox
+
+    launches = []
+    real_run = sandbox._run
+
+    def counting(codes, *args):
+        launches.append(len(codes))
+        return real_run(codes, *args)
+
+    monkeypatch.setattr(sandbox, "_run", counting)
+    return launches

@@ -147,3 +147,12 @@ def test_an_alarm_after_the_child_ended_is_ignored():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_batch_takes_run_pythons_options_and_names_a_wrong_one():
+    from cmt.runtime.sandbox import run_python_batch
+
+    with pytest.raises(TypeError, match="timout_s"):
+        run_python_batch(["print(1)"], timout_s=5)
+    (verdict,) = run_python_batch(["import sys\nprint(sys.stdin.read())"], stdin="x", max_output_bytes=1)
+    assert verdict.stdout.startswith("x") and verdict.stdout_truncated and verdict.limits["timeout_s"] == 10.0

@@ -602,17 +602,9 @@ def test_a_batch_gives_each_program_the_verdict_it_gets_alone():
 
 
 @needs_root
-def test_without_namespaces_a_batch_runs_one_program_at_a_time(monkeypatch):
+def test_without_namespaces_a_batch_runs_one_program_at_a_time(monkeypatch, sandbox_launches):
     monkeypatch.setattr(sandbox, "_MECHANISMS", {"unshare": None, "unshare_flags": None, "namespaces": False,
                                                  "mounts": False, "drop_privileges": True})  # fmt: skip
-    launches = []
-    real_run = sandbox._run
-
-    def counting(codes, *args):
-        launches.append(len(codes))
-        return real_run(codes, *args)
-
-    monkeypatch.setattr(sandbox, "_run", counting)
     verdicts = sandbox.run_python_batch(["print(1)", "print(2)", "print(3)"], timeout_s=5)
-    assert [v.stdout for v in verdicts] == ["1\n", "2\n", "3\n"] and launches == [1, 1, 1]
+    assert [v.stdout for v in verdicts] == ["1\n", "2\n", "3\n"] and sandbox_launches == [1, 1, 1]
     assert not any(v.pid_isolated for v in verdicts)

@@ -153,23 +153,14 @@ def run_python(
     tmpfs of 2 * max_file_mb + 16 MiB where mount namespaces work. A timeout_s or cpu_s that is not a positive
     finite number of seconds up to MAX_SECONDS raises ValueError (the caller's fault, not the code's).
     """
-    limits = _limits(timeout_s, cpu_s, memory_mb, max_file_mb, max_procs, max_open_files)
+    limits = _limits(timeout_s=timeout_s, cpu_s=cpu_s, memory_mb=memory_mb, max_file_mb=max_file_mb,
+                     max_procs=max_procs, max_open_files=max_open_files)  # fmt: skip
     return _run_batch([code], stdin, limits, max_output_bytes)[0]
 
 
-def run_python_batch(
-    codes: Sequence[str],
-    *,
-    timeout_s: float = 10.0,
-    cpu_s: float | None = None,
-    memory_mb: int = 1024,
-    max_file_mb: int = 16,
-    max_procs: int = 32,
-    stdin: str | bytes | None = None,
-    max_output_bytes: int = 16384,
-    max_open_files: int = 64,
-) -> list[Verdict]:
-    """`run_python` on each program, with the same limits and stdin; the verdicts in order.
+def run_python_batch(codes: Sequence[str], **options) -> list[Verdict]:
+    """`run_python` on each program, with the same keyword options (its limits, stdin and max_output_bytes) for
+    all of them; the verdicts in order.
 
     With namespaces and private mounts (root; `mechanisms()`), up to BATCH_SIZE programs share one launcher
     and its namespaces, which saves a launcher's start (about half of a short run's 27 ms). Each program still
@@ -177,16 +168,22 @@ def run_python_batch(
     processes it left are killed before the next one starts (docs/sandbox.md). Elsewhere each runs alone.
     A verdict's wall_s is then the program's own, from fork to the last of its processes killed.
     """
-    limits = _limits(timeout_s, cpu_s, memory_mb, max_file_mb, max_procs, max_open_files)
+    defaults = run_python.__kwdefaults__  # one signature for both
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"run_python_batch() got unexpected keyword arguments {unknown}")
+    options = {**defaults, **options}
+    stdin, cap = options.pop("stdin"), options.pop("max_output_bytes")
+    limits = _limits(**options)
     mech = mechanisms()
     size = BATCH_SIZE if mech["namespaces"] and mech["mounts"] else 1
     verdicts = []
     for first in range(0, len(codes), size):
-        verdicts += _run_batch(list(codes[first : first + size]), stdin, limits, max_output_bytes)
+        verdicts += _run_batch(list(codes[first : first + size]), stdin, limits, cap)
     return verdicts
 
 
-def _limits(timeout_s, cpu_s, memory_mb, max_file_mb, max_procs, max_open_files) -> dict:
+def _limits(*, timeout_s, cpu_s, memory_mb, max_file_mb, max_procs, max_open_files) -> dict:
     for name, value in (("timeout_s", timeout_s), ("cpu_s", cpu_s)):
         if value is not None and not (isinstance(value, int | float) and 0 < value <= MAX_SECONDS):
             raise ValueError(
