@@ -590,7 +590,7 @@ def test_a_timeout_in_a_batch_stops_that_program_only():
 
 def test_a_batch_gives_each_program_the_verdict_it_gets_alone():
     codes = ["import sys\nprint('hello', sys.stdin.read())", "raise ValueError('boom')", "import os\nos.system('x')",
-             "x = bytearray(10 * 2**30)", "print('x' * 100000)"]  # fmt: skip
+             "x = bytearray(10 * 2**30)", "print('x' * 100000)", "import sys\nprint('again', sys.stdin.read())"]  # fmt: skip
     kwargs = {"timeout_s": 5, "memory_mb": 256, "stdin": "in", "max_output_bytes": 4096}
     fields = ("status", "which_limit", "exit_code", "signal", "stdout", "stderr", "stdout_bytes", "seccomp",
               "network_isolated", "pid_isolated", "private_fs", "privileges_dropped")  # fmt: skip
@@ -599,6 +599,7 @@ def test_a_batch_gives_each_program_the_verdict_it_gets_alone():
     for a, b in zip(alone, together, strict=True):
         assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
     assert together[0].stdout == "hello in\n" and together[1].status == "error"
+    assert together[-1].stdout == "again in\n"  # each program reads the stdin from its start
 
 
 @needs_root
