@@ -16,6 +16,7 @@ rule evaluate:
         "logs/evaluate/{model}/{organism}/seed{seed}/{stage}.log",
     benchmark:
         "results/benchmarks/evaluate/{model}/{organism}/seed{seed}/{stage}.tsv"
+    priority: PRIORITY["gate"]  # the base and the organism: the induction gate reads both
     conda:
         "../envs/generate.yml"
     threads: 1

@@ -22,6 +22,18 @@ def any_of(names):
     return "|".join(names) or "(?!)"
 
 
+# Job priorities for Snakemake's scheduler: the jobs that unlock the most work first. Without them, a cell's
+# induction gate, ready at 180 s, ran at 866 s of a 955-s grid, and that cell's whole Phase 2 and 3 (label ->
+# retrain -> evaluate chains) was what was left at the end. Then Phase 2 before Phase 3 before the
+# measurements, so that the run ends on many short, independent jobs (docs/pipeline.md, "Job order").
+PRIORITY = {
+    "reward_model": 50,  # holds both cores: otherwise it waits until nothing else is ready
+    "gate": 40,  # induce, the base and Phase-1 evaluations, the induction report
+    "phase2": 3,  # label and candidates_eval
+    "phase3": 2,  # retrain; diagnose, which waits for every label of its cell
+}
+
+
 def dirnames(paths):
     """Space-separated parent directories (adapter dirs from their adapter_config.json paths)."""
     return " ".join(str(Path(p).parent) for p in paths)

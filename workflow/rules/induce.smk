@@ -18,6 +18,7 @@ rule induce:
         "logs/induce/{model}/{organism}/seed{seed}.log",
     benchmark:
         "results/benchmarks/induce/{model}/{organism}/seed{seed}.tsv"
+    priority: PRIORITY["gate"]
     conda:
         "../envs/train.yml"
     # One thread, as retrain: on two cores two toy induce jobs side by side finish sooner than one on both
@@ -50,6 +51,7 @@ checkpoint induction_report:
         INDUCTION_REPORT,
     log:
         "logs/induction_report/{model}/{organism}/seed{seed}.log",
+    priority: PRIORITY["gate"]
     conda:
         "../envs/analysis.yml"
     resources:

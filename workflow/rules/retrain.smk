@@ -16,6 +16,7 @@ for method in LABEL_METHODS:
             f"logs/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
         benchmark:
             f"results/benchmarks/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.tsv"
+        priority: PRIORITY["phase3"]
         conda:
             "../envs/train.yml"
         threads: 1
@@ -55,6 +56,7 @@ for method in REGULARIZATION_METHODS:
             f"logs/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
         benchmark:
             f"results/benchmarks/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.tsv"
+        priority: PRIORITY["phase3"]
         conda:
             "../envs/train.yml"
         threads: 1

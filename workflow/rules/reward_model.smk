@@ -16,9 +16,7 @@ rule train_reward_model:
         "logs/train_reward_model/{model}.log",
     benchmark:
         "results/benchmarks/train_reward_model/{model}.tsv"
-    # First once the base exists: it holds both cores, so Snakemake otherwise runs it last, with two label
-    # methods' jobs and everything after them still waiting for it.
-    priority: 50
+    priority: PRIORITY["reward_model"]
     conda:
         "../envs/train.yml"
     threads: 2
