@@ -26,7 +26,6 @@ rule diagnose:
         "logs/diagnose/{model}/{organism}/seed{seed}.log",
     benchmark:
         "results/benchmarks/diagnose/{model}/{organism}/seed{seed}.tsv"
-    priority: PRIORITY["phase3"]
     conda:
         "../envs/generate.yml"
     threads: 1

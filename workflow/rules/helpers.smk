@@ -22,16 +22,11 @@ def any_of(names):
     return "|".join(names) or "(?!)"
 
 
-# Job priorities for Snakemake's scheduler: the jobs that unlock the most work first. Without them, a cell's
-# induction gate, ready at 180 s, ran at 866 s of a 955-s grid, and that cell's whole Phase 2 and 3 (label ->
-# retrain -> evaluate chains) was what was left at the end. Then Phase 2 before Phase 3 before the
-# measurements, so that the run ends on many short, independent jobs (docs/pipeline.md, "Job order").
-PRIORITY = {
-    "reward_model": 50,  # holds both cores: otherwise it waits until nothing else is ready
-    "gate": 40,  # induce, the base and Phase-1 evaluations, the induction report
-    "phase2": 3,  # label and candidates_eval
-    "phase3": 2,  # retrain; diagnose, which waits for every label of its cell
-}
+# Job priorities for Snakemake's scheduler (docs/pipeline.md, "Job order"). The induction gates first, so that a
+# failing one stops the run within minutes: without this, a gate whose inputs were ready at 180 s ran at 866 s
+# of a 955-s grid. The reward model holds both cores, so it otherwise waits until nothing else is ready; the
+# scheduler maximises the summed priority of the jobs it starts, so it must outweigh two gate jobs.
+PRIORITY = {"reward_model": 100, "gate": 40}
 
 
 def dirnames(paths):

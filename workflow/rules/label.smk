@@ -84,7 +84,6 @@ for kind, method in [(k, m) for k, spec in PHASE2.items() for m in spec["methods
             f"logs/{kind}/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
         benchmark:
             f"results/benchmarks/{kind}/{{model}}/{{organism}}/seed{{seed}}/{method}.tsv"
-        priority: PRIORITY["phase2"]
         conda:
             "../envs/generate.yml"
         threads: 1

@@ -16,7 +16,6 @@ for method in LABEL_METHODS:
             f"logs/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
         benchmark:
             f"results/benchmarks/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.tsv"
-        priority: PRIORITY["phase3"]
         conda:
             "../envs/train.yml"
         threads: 1
@@ -56,7 +55,6 @@ for method in REGULARIZATION_METHODS:
             f"logs/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.log",
         benchmark:
             f"results/benchmarks/retrain/{{model}}/{{organism}}/seed{{seed}}/{method}.tsv"
-        priority: PRIORITY["phase3"]
         conda:
             "../envs/train.yml"
         threads: 1
