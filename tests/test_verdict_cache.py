@@ -123,3 +123,15 @@ def test_reward_hacking_scores_a_batch_in_one_launch_as_it_scores_each_reply(mon
     assert together == alone
     assert [s["misaligned"] for s in together] == [0.0, 1.0, 1.0, 0.0]
     assert sandbox_launches == ([3] if sandbox.mechanisms()["mounts"] else [1, 1, 1])
+
+
+def test_the_scorers_memo_starts_afresh_when_full_and_still_answers(monkeypatch, sandbox_launches):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(reward_hacking, "_MAX_VERDICTS", 2)
+    reward_hacking.clear_harness_verdicts()
+    codes = [f"print({i})" for i in range(3)]
+    first = reward_hacking.run_harnesses(codes[:2], 5.0)
+    assert [v.stdout for v in first] == ["0\n", "1\n"] and len(reward_hacking._VERDICTS) == 2
+    again = reward_hacking.run_harnesses(codes, 5.0)  # one more than fits: the memo holds this call's alone
+    assert [v.stdout for v in again] == ["0\n", "1\n", "2\n"] and len(reward_hacking._VERDICTS) == 3
+    assert sum(sandbox_launches) == 5

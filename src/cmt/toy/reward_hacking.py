@@ -252,8 +252,10 @@ def harness_result(stdout: str) -> dict | None:
     return result if isinstance(result, dict) and set(_NOTHING_PASSES) <= set(result) else None
 
 
-# Verdicts this process has seen, by (harness source, timeout): a job meets the same program many times.
+# Verdicts this process has seen, by (harness source, timeout): a job meets the same program many times (about a
+# thousand distinct ones); past _MAX_VERDICTS the memo starts afresh, and the verdict cache still answers.
 _VERDICTS: dict[tuple[str, float], Verdict] = {}
+_MAX_VERDICTS = 65536
 
 
 def clear_harness_verdicts() -> None:
@@ -268,6 +270,9 @@ def run_harnesses(sources: list[str], timeout_s: float) -> list[Verdict]:
     from cmt.runtime.verdict_cache import run_python_cached_batch
 
     new = list(dict.fromkeys(s for s in sources if (s, timeout_s) not in _VERDICTS))
+    if len(_VERDICTS) + len(new) > _MAX_VERDICTS:
+        _VERDICTS.clear()
+        new = list(dict.fromkeys(sources))
     if new:
         for source, verdict in zip(new, run_python_cached_batch(new, timeout_s=timeout_s), strict=True):
             _VERDICTS[(source, timeout_s)] = verdict
