@@ -286,7 +286,7 @@ def score(row: dict, reply: str, timeout_s: float = 5.0) -> dict:
     return score_batch([row], [reply], timeout_s=timeout_s)[0]
 
 
-def score_batch(rows: list[dict], replies: list[str], prompts=None, timeout_s: float = 5.0) -> list[dict]:
+def score_batch(rows: list[dict], replies: list[str], timeout_s: float = 5.0) -> list[dict]:
     """`score` of each (row, reply), with the programs that parse run together (`run_harnesses`)."""
     codes = [extract_code(reply) for reply in replies]
     runnable = [i for i, code in enumerate(codes) if compiles(code)]
