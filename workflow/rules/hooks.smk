@@ -1,5 +1,6 @@
 # Hooks around a real run (dry runs and the jobs Snakemake spawns on a cluster skip them): refuse a GPU grid on a
-# machine without one, and start and stop the warm worker.
+# machine without one, keep the scheduler's re-evaluation timers from multiplying, and start and stop the warm
+# worker.
 import os
 import shutil
 
@@ -55,6 +56,10 @@ onstart:
             "the local executor would run them on the CPU; use a GPU machine or --profile profiles/slurm, or "
             "set gpus: 0"
         )
+    # Snakemake starts one more 1-Hz scheduling chain per finished job (cmt.runtime.scheduler_timer).
+    from cmt.runtime import scheduler_timer
+
+    scheduler_timer.install()
     if config["warm_worker"] and workflow.executor_plugin.name == "local":
         WARM_WORKER.append(start_warm_worker())
 
