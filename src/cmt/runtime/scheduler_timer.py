@@ -1,18 +1,18 @@
 """One pending re-evaluation timer per Snakemake scheduler, where Snakemake would start one per round.
 
-Snakemake's job scheduler (9.x, up to the pinned 9.27.1) ends every scheduling round by starting a
+Snakemake's job scheduler (9.27.1, the pinned version) ends every scheduling round by starting a
 `threading.Timer` that releases the scheduler one second later (`--max-jobs-per-timespan`, default 100/1s, so it
 can submit more once the rate limit frees up). The timer's round starts a timer of its own, and so does every
 round a finished job triggers. Each finished job thus adds a chain that runs a round every second until the
-run ends: in a 200-job workflow of 0.4-s jobs on 2 cores, 4,169 rounds where 241 do the same work. Each round
-re-evaluates every ready job's params and resources and stats every input, so on the default toy grid the
+run ends: in a 200-job workflow of 0.4-s jobs on 2 cores, about 4,200 rounds where 241 do the same work. Each
+round re-evaluates every ready job's params and resources and stats every input, so on the default toy grid the
 Snakemake process took about 330 CPU seconds, a sixth of a 2-core machine, from the jobs (docs/benchmarks.md).
 
 `install` replaces the scheduler's `_schedule_reevalutation` (sic) with one that starts a timer only when none
-is pending that fires as soon. A round still follows every finished job and every timer, and a timer is still pending after every
-round, so the rate limiter's wake-up is kept. The timer is a daemon thread: Snakemake's exit does not wait for
-it. The onstart hook installs it in the process that schedules (workflow/rules/hooks.smk). A Snakemake without
-the method is left as it is.
+is pending that fires as soon. A round still follows every finished job and every timer, and a timer is still
+pending after every round, so the rate limiter's wake-up is kept. The timer is a daemon thread: Snakemake's exit
+does not wait for it. The onstart hook installs it in the process that schedules (workflow/rules/hooks.smk). A
+Snakemake without the method is left as it is.
 """
 
 from __future__ import annotations
