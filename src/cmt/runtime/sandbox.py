@@ -331,6 +331,7 @@ def _run(codes: list[str], stdin, limits: dict, cap: int, host_dir: Path, start:
                 reports[fields["i"]].update(fields)
             elif "error" in fields:
                 launcher_error = fields["error"]
+    own_stderr = own_err.tail[-500:].decode(errors="replace") if own_err.total else ""
     verdicts = []
     for i, report in enumerate(reports):
         finished = "exit_code" in report
@@ -340,7 +341,6 @@ def _run(codes: list[str], stdin, limits: dict, cap: int, host_dir: Path, start:
             report = report | {
                 "error": launcher_error or f"launcher exited with {proc.returncode} and no status"
             }
-        own_stderr = own_err.tail[-500:].decode(errors="replace") if own_err.total else ""
         verdicts.append(
             _verdict(
                 report,
