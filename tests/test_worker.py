@@ -145,6 +145,28 @@ def test_killing_the_client_kills_its_job(warm_worker, tmp_path):
         time.sleep(0.05)
 
 
+def test_a_worker_whose_parent_is_killed_exits_and_removes_its_folder(tmp_path):
+    """A Snakemake killed outright runs no onerror hook: the worker sees its parent gone, stops, and leaves no
+    folder in /tmp (seen: one cmt-worker-* folder per interrupted run). The server is told it sees a GPU, so it
+    preloads nothing and starts fast."""
+    folder = tmp_path / "cmt-worker-x"
+    folder.mkdir()
+    path = str(folder / "worker.sock")
+    serve = "import sys, torch\ntorch.cuda.is_available = lambda: True\nfrom cmt.runtime import worker\n"
+    serve += "worker.serve(sys.argv[1], entry=sys.argv[3], parent_pid=int(sys.argv[2]))\n"
+    parent = "import os, signal, subprocess, sys, time\n"
+    parent += "subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2], str(os.getpid()), 'cmt.cli:main'])\n"
+    parent += "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.05)\n"
+    parent += "os.kill(os.getpid(), signal.SIGKILL)\n"
+    env = {k: v for k, v in os.environ.items() if k != worker.ENV_VAR}
+    killed = subprocess.run([sys.executable, "-c", parent, serve, path], env=env, timeout=120)
+    assert killed.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 30
+    while folder.exists():
+        assert time.monotonic() < deadline, f"{sorted(folder.iterdir())} outlived the worker's parent"
+        time.sleep(0.1)
+
+
 def test_a_variable_the_worker_imports_set_matches_a_client_that_has_that_value():
     """A client whose process imported the same libraries before it ran (pytest, a notebook) has the variables
     they set; the worker's identity was taken before its own imports set them."""

@@ -246,7 +246,7 @@ def resolve_entry(entry: str):
 
 def serve(path: str, entry: str, parent_pid: int | None = None, idle_seconds: float = 3600.0) -> None:
     """Preload, listen on `path`, fork a supervisor per connection that runs `entry` ("module:function", called
-    with the client's argv); stop when the parent exits or when idle."""
+    with the client's argv); stop when the parent exits or when idle, removing `path` and its folder if empty."""
     import gc
     import importlib
 
@@ -299,11 +299,15 @@ def serve(path: str, entry: str, parent_pid: int | None = None, idle_seconds: fl
         server.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        # The folder is the worker's (start()): a killed Snakemake never runs its own clean-up.
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))
 
 
 def start(directory: str, entry: str, preload: str | None = None) -> tuple[object, str]:
     """Start a server for this process (Snakemake) in the background, running jobs with `entry`
-    ("module:function"); returns (Popen, socket path). `preload`: a library the server (and so every job it
+    ("module:function"); returns (Popen, socket path). `directory`: a new empty folder, which the server removes
+    when it stops. `preload`: a library the server (and so every job it
     forks) starts with, as the jobs' shells preload it (cmt.runtime.allocator)."""
     import subprocess
 
