@@ -6,8 +6,10 @@ import pytest
 import statsmodels.api as sm
 from scipy.stats import binom, wilcoxon
 
+from cmt.analysis import stats
 from cmt.analysis.stats import (
     cluster_bootstrap_ci,
+    cluster_sign_flip_p,
     holm_adjust,
     induction_check,
     logistic_slope_test,
@@ -135,6 +137,38 @@ def test_paired_bootstrap_aligns_by_prompt_id_and_drops_unscored():
     point = np.nanmean(after) - np.nanmean(before)
     assert a[0] <= point <= a[1]
     assert all(math.isnan(x) for x in paired_bootstrap_diff_ci([math.nan], ["a"], [1.0], ["a"]))
+
+
+def test_cluster_sign_flip_tests_the_pooled_mean_that_the_tables_report():
+    """Clusters a (-10, -10, -10), b (20) and c (-5, -5): sums -30, 20, -10 over 6 values, pooled mean -20/6.
+    The 8 sign flips give totals |-20|, 0, |-60|, |-40|, 40, 60, 0, 20: six reach |-20|, so p = 6/8. The mean of
+    the cluster means (-10, 20, -5 -> 5/3) would give p = 1: every flip of (10, 20, 5) reaches 5/3."""
+    values = [-10, -10, -10, 20, -5, -5, math.nan]
+    clusters = ["a", "a", "a", "b", "c", "c", "c"]
+    assert cluster_sign_flip_p(values, clusters) == pytest.approx(6 / 8)
+    # One cluster: both of its 2 flips reach the observed |mean|.
+    assert cluster_sign_flip_p([-3.0, -1.0], ["a", "a"]) == pytest.approx(1.0)
+    assert math.isnan(cluster_sign_flip_p([math.nan], ["a"]))
+    with pytest.raises(ValueError, match="3 values but 2 cluster labels"):
+        cluster_sign_flip_p([1, 2, 3], ["a", "b"])
+
+
+def test_cluster_sign_flip_draws_flips_above_the_exact_limit(monkeypatch):
+    """Above EXACT_SIGN_FLIP_CLUSTERS the flips are drawn: the p-value is seeded, never 0, and within Monte-Carlo
+    error of the exact enumeration (here of 2^14 assignments); 27 clusters, the paper grid's, give a p-value."""
+    rng = np.random.default_rng(7)
+    sums = rng.normal(-2.0, 6.0, 14)
+    exact_flips = np.array(list(itertools.product([-1.0, 1.0], repeat=14)))
+    p_exact = np.mean(np.abs(exact_flips @ sums) >= abs(sums.sum()) - 1e-9)
+    assert 0.005 < p_exact < 0.5  # a p-value the draws can miss
+    monkeypatch.setattr(stats, "EXACT_SIGN_FLIP_CLUSTERS", 10)
+    drawn = cluster_sign_flip_p(sums, range(14), seed=1, n_resamples=4000)
+    assert drawn == cluster_sign_flip_p(sums, range(14), seed=1, n_resamples=4000)
+    assert abs(drawn - p_exact) < 4 * math.sqrt(p_exact * (1 - p_exact) / 4000)
+    monkeypatch.undo()
+    assert cluster_sign_flip_p(sums, range(14)) == pytest.approx(p_exact)
+    # No drawn flip reaches all 27 negative: each one-sided p counts only the observed (1/1000), doubled.
+    assert cluster_sign_flip_p([-5.0] * 27, range(27), n_resamples=999) == pytest.approx(2 / 1000)
 
 
 def test_wilcoxon_exact_by_enumeration():

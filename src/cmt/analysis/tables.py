@@ -108,7 +108,7 @@ def _delta_summary(group: pd.DataFrame, n_boot: int, seed: int) -> dict:
         "mean_delta_pp_ci_high": ci[1],
         "n_clusters": int(clusters.nunique()),
         "p_sign": sign_test(n_sup, n_amp),
-        "p_cluster": cluster_sign_flip_p(delta, clusters),
+        "p_cluster": cluster_sign_flip_p(delta, clusters, seed),
         "n_effective": n_effective(counted),
         "n_invalid": int((has_delta & ~valid).sum()),
         "n_no_delta": int((~has_delta).sum()),
