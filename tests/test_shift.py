@@ -462,23 +462,33 @@ def _ranks(v):
 
 
 def test_shift_correlations_against_a_hand_computation():
+    """Two sycophancy organisms (seeds 0 and 1, three runs each) and two emergent-misalignment ones (one run
+    each). kl_realised is a run's measure: one point per run. fragility is the organism's: one point per
+    organism, its runs' mean delta, however many runs share it."""
     delta = [-0.2, 0.1, 0.05, 0.3, -0.1, 0.0]
     kl = [0.1, 0.4, 0.2, 0.5, 0.3, 0.3]
-    table = pd.DataFrame({"organism": ["syc"] * 6 + ["em"] * 2, "delta_pp": [*delta, 0.1, 0.2],
-                          "kl_realised": [*kl, 0.1, 0.2], "fragility": [1.0] * 6 + [0.1, 0.3]})  # fmt: skip
+    table = pd.DataFrame({"model": "toy", "organism": ["syc"] * 6 + ["em"] * 2, "seed": [0, 0, 0, 1, 1, 1, 0, 1],
+                          "delta_pp": [*delta, 0.1, 0.2], "kl_realised": [*kl, 0.1, 0.2],
+                          "fragility": [1.0] * 3 + [2.0] * 3 + [0.1, 0.3]})  # fmt: skip
     out = shift_correlations(table, measures=["kl_realised", "fragility"]).set_index(["organism", "measure"])
     r, p = _pearson_by_hand(delta, kl)
     syc = out.loc[("syc", "kl_realised")]
-    assert syc["n"] == 6
+    assert (syc["unit"], syc["n"], syc["n_clusters"]) == ("run", 6, 2)
     assert syc["pearson_r"] == pytest.approx(r) and syc["pearson_p"] == pytest.approx(p)
     rs, ps = _pearson_by_hand(_ranks(delta), _ranks(kl))  # Spearman = Pearson on ranks (t approximation)
     assert syc["spearman_r"] == pytest.approx(rs) and syc["spearman_p"] == pytest.approx(ps)
-    # n < 3 and a constant measure: NaN with n recorded.
+    # n < 3: NaN with n recorded.
     em = out.loc[("em", "kl_realised")]
     assert em["n"] == 2 and math.isnan(em["pearson_r"]) and math.isnan(em["spearman_p"])
-    const = out.loc[("syc", "fragility")]
-    assert const["n"] == 6 and math.isnan(const["pearson_r"])
+    fragile = out.loc[("syc", "fragility")]
+    assert (fragile["unit"], fragile["n"], fragile["n_clusters"]) == ("organism", 2, 2)
+    assert math.isnan(fragile["pearson_r"])
     assert out.loc[("all", "kl_realised"), "n"] == 8
+    # Over all: the organisms' mean deltas (-0.05/3, 0.2/3, 0.1, 0.2) against fragility (1, 2, 0.1, 0.3).
+    pooled = out.loc[("all", "fragility")]
+    means, fragility = [-0.05 / 3, 0.2 / 3, 0.1, 0.2], [1.0, 2.0, 0.1, 0.3]
+    assert (pooled["n"], pooled["n_clusters"]) == (4, 4)
+    assert pooled["pearson_r"] == pytest.approx(_pearson_by_hand(means, fragility)[0])
     assert (out["n_unreliable"] == 0).all()  # no reliability flags: every finite point counts
 
     # Unreliable estimates stay out of the correlation, counted in n_unreliable.
@@ -487,6 +497,45 @@ def test_shift_correlations_against_a_hand_computation():
     syc = out.loc[("syc", "kl_realised")]
     r, _ = _pearson_by_hand(delta[:5], kl[:5])
     assert syc["n"] == 5 and syc["n_unreliable"] == 1 and syc["pearson_r"] == pytest.approx(r)
+
+
+def test_an_organism_measure_counts_each_organism_once():
+    """Pseudo-replication: three organisms whose mean deltas rise with their fragility, eight runs each. Counted
+    per run, 24 points would give scipy a p near 1e-10; counted per organism, three points cannot give a
+    permutation p below 2/6 (both perfect orderings of 3! reach |rho| = 1)."""
+    rng = np.random.default_rng(0)
+    rows = [{"model": "toy", "organism": "syc", "seed": seed, "method": f"m{i}", "delta_pp": mean + rng.normal(0, 1),
+             "fragility": fragility} for seed, (mean, fragility) in enumerate([(-20, 0.1), (-5, 0.2), (10, 0.3)])
+            for i in range(8)]  # fmt: skip
+    row = shift_correlations(pd.DataFrame(rows), ["fragility"], n_boot=2000, seed=0).set_index("organism")
+    row = row.loc["syc"]
+    assert (row["unit"], row["n"], row["n_clusters"]) == ("organism", 3, 3)
+    assert row["spearman_r"] == pytest.approx(1.0)
+    assert row["spearman_p_perm"] == pytest.approx(2 / 6, abs=0.04)
+
+
+def test_a_run_measure_is_tested_among_the_runs_of_each_organism():
+    """Between organisms the measure and delta rise together; among the runs of each organism they do not.
+    scipy's p (points independent) is small; the permutation p, which shuffles within organisms, is not. The
+    positive control: the same runs with delta rising with the measure inside each organism give a small p."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed, level in enumerate([0.0, 1.0, 2.0, 3.0]):
+        noise = rng.permutation(6)
+        for i in range(6):
+            rows.append({"model": "toy", "organism": "syc", "seed": seed, "method": f"m{i}",
+                         "delta_pp": 30 * level + noise[i], "kl_realised": level + 0.1 * i})  # fmt: skip
+    between = pd.DataFrame(rows)
+    row = shift_correlations(between, ["kl_realised"], n_boot=2000, seed=0).set_index("organism").loc["syc"]
+    assert (row["unit"], row["n"], row["n_clusters"]) == ("run", 24, 4)
+    assert row["spearman_p"] < 1e-6 and row["spearman_p_perm"] > 0.2
+    within = between.assign(delta_pp=30 * between["seed"] + 2 * between["method"].str[1:].astype(int))
+    row = shift_correlations(within, ["kl_realised"], n_boot=2000, seed=0).set_index("organism").loc["syc"]
+    assert row["spearman_p_perm"] < 0.01
+    # One run per organism leaves nothing to shuffle within it: p = 1, not a false discovery.
+    one_each = between.groupby("seed").head(1)
+    row = shift_correlations(one_each, ["kl_realised"], n_boot=200, seed=0).set_index("organism").loc["syc"]
+    assert row["n"] == 4 and row["spearman_p_perm"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -592,7 +641,8 @@ def test_correlations_use_one_point_per_independent_valid_run():
 
     delta = [-20.0, -10.0, 0.0, 5.0, 10.0, 20.0, 30.0, 40.0]
     kl = [0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.65, 0.9]
-    table = pd.DataFrame({"organism": "syc", "method": ["gst"] * 10 + ["oracle_aligned", "oracle_misaligned"],
+    table = pd.DataFrame({"model": "toy", "organism": "syc", "seed": 0,
+                          "method": ["gst"] * 10 + ["oracle_aligned", "oracle_misaligned"],
                           "delta_pp": [*delta, 99.0, -99.0, 60.0, -60.0], "kl_realised": [*kl, 0.0, 5.0, 0.0, 3.0],
                           "main_run": [True] * 8 + [False, True, True, True],
                           "valid": [True] * 9 + [False, True, True]})  # fmt: skip
@@ -603,30 +653,44 @@ def test_correlations_use_one_point_per_independent_valid_run():
     assert row["spearman_p_perm"] < 0.01  # 8! orderings: a perfect rank match is rare under shuffling
 
 
-def test_spearman_bootstrap_and_permutation_equal_a_loop_over_scipy():
-    """The vectorised resamples give what a loop over scipy's spearmanr gives on the same draws: ties, and
-    resamples in which a variable is constant (left out of the CI), included."""
+def test_weighted_spearman_equals_scipy_on_the_repeated_sample():
+    """Each bootstrap resample is a weighting of the points; its rho is scipy's on the sample that repeats each
+    point that many times: ties, points left out and a constant resample (NaN) included."""
+    from scipy.stats import spearmanr
+
+    from cmt.analysis.shift import _weighted_spearman
+
+    x = np.array([-20.0, -10.0, 0.0, 0.0, 5.0, 10.0])
+    y = np.array([0.3, 0.1, 0.3, 0.2, 0.9, 0.3])
+    weights = np.array(
+        [[1, 1, 1, 1, 1, 1], [2, 0, 1, 3, 0, 1], [0, 1, 4, 0, 0, 2], [0, 0, 3, 3, 0, 0]], float
+    )
+    rho = _weighted_spearman(x, y, weights)
+    for row, w in zip(rho[:3], weights[:3], strict=True):
+        assert row == pytest.approx(
+            spearmanr(np.repeat(x, w.astype(int)), np.repeat(y, w.astype(int))).statistic
+        )
+    assert math.isnan(rho[3])  # x is 0.0 in every repeated point
+
+
+def test_the_cluster_bootstrap_draws_organisms_with_all_their_runs():
+    """With seed-matched draws, the CI equals a loop over scipy that concatenates the drawn organisms' runs."""
     from scipy.stats import spearmanr
 
     from cmt.analysis.shift import _spearman_ci_and_permutation
 
-    x = np.array([-20.0, -10.0, 0.0, 0.0, 5.0, 10.0])
-    y = np.array([0.3, 0.1, 0.3, 0.2, 0.9, 0.3])
-    rng = np.random.default_rng(7)
-    observed = abs(spearmanr(x, y).statistic)
-    boot, skipped = [], 0
-    for _ in range(300):
-        idx = rng.integers(0, len(x), len(x))
+    x = np.array([-20.0, -10.0, 0.0, 0.0, 5.0, 10.0, 10.0])  # organism 2 alone is constant
+    y = np.array([0.3, 0.1, 0.3, 0.2, 0.9, 0.3, 0.3])
+    clusters = np.array([0, 0, 1, 1, 1, 2, 2])
+    draws = np.random.default_rng(7).integers(0, 3, (300, 3))
+    boot = []
+    for drawn in draws:
+        idx = np.concatenate([np.flatnonzero(clusters == c) for c in drawn])
         if len(np.unique(x[idx])) > 1 and len(np.unique(y[idx])) > 1:
             boot.append(spearmanr(x[idx], y[idx]).statistic)
-        else:
-            skipped += 1
-    perm = [abs(spearmanr(x, rng.permutation(y)).statistic) for _ in range(300)]
-    assert skipped > 0  # the case is exercised
-    expected_p = (1 + sum(p >= observed - 1e-12 for p in perm)) / 301
-    low, high, p_perm = _spearman_ci_and_permutation(x, y, 300, 7)
+    assert len(boot) < 300  # a resample of one organism twice over can be constant: left out
+    low, high, _ = _spearman_ci_and_permutation(x, y, clusters, clusters, 300, 7)
     assert (low, high) == pytest.approx(tuple(np.percentile(boot, [2.5, 97.5])), abs=1e-12)
-    assert p_perm == expected_p
 
 
 @pytest.mark.parametrize("kscaling", [False, True])

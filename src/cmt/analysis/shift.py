@@ -45,8 +45,10 @@ SHIFT_COLUMNS = [
 COUNT_COLUMNS = ("n_labels", "n_label_tokens", "n_kl", "n_kl_eval", "fragility_n_prompts",
                  "fragility_n_perturbations", "fragility_pair_n_prompts")  # fmt: skip
 FLAG_COLUMNS = tuple(f"{p}_{flag}" for p in KL_PREFIXES for flag in ("reliable", "scored_on_ids"))
-CORRELATION_COLUMNS = ["organism", "measure", "n", "n_unreliable", "pearson_r", "pearson_p", "spearman_r", "spearman_p",
-                       "spearman_ci_low", "spearman_ci_high", "spearman_p_perm"]  # fmt: skip
+CORRELATION_COLUMNS = ["organism", "measure", "unit", "n", "n_clusters", "n_unreliable", "pearson_r", "pearson_p",
+                       "spearman_r", "spearman_p", "spearman_ci_low", "spearman_ci_high", "spearman_p_perm"]  # fmt: skip
+# Measures of the organism, not of the run: every run of a (model, organism, seed) carries the same value.
+ORGANISM_MEASURES = ("fragility", "fragility_pair")
 
 
 def kl_reliable(frac_unfinished: float, frac_retokenized: float, scored_on_ids: bool, n: int) -> bool:
@@ -156,21 +158,49 @@ def _spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return (rx * ry).sum(axis=1) / np.sqrt((rx * rx).sum(axis=1) * (ry * ry).sum(axis=1))
 
 
-def _spearman_ci_and_permutation(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, ...]:
-    """Percentile bootstrap CI of Spearman's rho (resampling runs) and its two-sided permutation p-value
-    (shuffling y; the observed statistic counts once, so p is never 0). The resamples are drawn one by one, in
-    the order a loop over scipy's spearmanr drew them, and scored all at once (96,000 spearmanr calls took 26 s
-    of the default grid's shift table)."""
+def _weighted_spearman(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Spearman's rho of the sample that holds point i weights[b, i] times, for each row b: Pearson's r of that
+    sample's average ranks, as scipy's spearmanr computes it, without building the sample (NaN where a variable
+    is constant in it)."""
+
+    def centred_ranks(v: np.ndarray) -> np.ndarray:
+        below = (v[None, :] < v[:, None]).astype(float)  # [i, j]: v_j < v_i
+        tied = (v[None, :] == v[:, None]).astype(float)
+        ranks = weights @ below.T + (weights @ tied.T + 1) / 2
+        return ranks - (weights * ranks).sum(axis=1, keepdims=True) / weights.sum(axis=1, keepdims=True)
+
+    def varies(v: np.ndarray) -> np.ndarray:
+        drawn = weights > 0
+        return np.where(drawn, v, -np.inf).max(axis=1) > np.where(drawn, v, np.inf).min(axis=1)
+
+    rx, ry = centred_ranks(x), centred_ranks(y)
+    cov, vx, vy = ((weights * a * b).sum(axis=1) for a, b in ((rx, ry), (rx, rx), (ry, ry)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = cov / np.sqrt(vx * vy)
+    return np.where(varies(x) & varies(y), rho, np.nan)
+
+
+def _spearman_ci_and_permutation(
+    x: np.ndarray, y: np.ndarray, clusters: np.ndarray, strata: np.ndarray, n_boot: int, seed: int
+) -> tuple[float, ...]:
+    """Percentile bootstrap CI of Spearman's rho that resamples whole clusters (each draw of a cluster brings
+    all of its points), and its two-sided permutation p, which shuffles y within each stratum only. The
+    observed statistic counts once, so p is never 0; strata of one point each leave nothing to shuffle (p = 1).
+    `clusters`, `strata`: integer codes from 0."""
     from scipy.stats import spearmanr
 
     rng = np.random.default_rng(seed)
-    observed = abs(spearmanr(x, y).statistic)
-    idx = np.array([rng.integers(0, len(x), len(x)) for _ in range(n_boot)]).reshape(n_boot, len(x))
-    xb, yb = x[idx], y[idx]
-    varies = (xb.min(axis=1) < xb.max(axis=1)) & (yb.min(axis=1) < yb.max(axis=1))
-    boot = _spearman_rows(xb[varies], yb[varies])
-    shuffled = np.array([rng.permutation(y) for _ in range(n_boot)]).reshape(n_boot, len(y))
+    n_clusters = int(clusters.max()) + 1
+    drawn = rng.integers(0, n_clusters, (n_boot, n_clusters)) + n_clusters * np.arange(n_boot)[:, None]
+    counts = np.bincount(drawn.ravel(), minlength=n_boot * n_clusters).reshape(n_boot, n_clusters)
+    boot = _weighted_spearman(x, y, counts[:, clusters].astype(float))
+    boot = boot[np.isfinite(boot)]
+    # Sorting random keys offset by the cluster code groups each row by cluster, in random order within it.
+    order = np.argsort(strata[None, :] + rng.random((n_boot, len(y))), axis=1)
+    shuffled = np.empty((n_boot, len(y)))
+    shuffled[:, np.argsort(strata, kind="stable")] = y[order]
     perm = np.abs(_spearman_rows(np.broadcast_to(x, shuffled.shape), shuffled))
+    observed = abs(spearmanr(x, y).statistic)
     low, high = np.percentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
     p_perm = (1 + int((perm >= observed - 1e-12).sum())) / (1 + n_boot)
     return float(low), float(high), float(p_perm)
@@ -179,16 +209,21 @@ def _spearman_ci_and_permutation(x: np.ndarray, y: np.ndarray, n_boot: int, seed
 def shift_correlations(
     table: pd.DataFrame, measures: Sequence[str] = SHIFT_MEASURES, n_boot: int = 2000, seed: int = 0
 ) -> pd.DataFrame:
-    """Correlation of delta with each measure, per organism and over all runs (organism "all"): one point per
-    independent run, so only main runs (k-scaling runs share their draws with the main run) of valid models and
-    no control (the oracle labels are not consistency training: their large, known deltas would drive the
-    correlation), where both values are finite and, for a KL estimate, reliable (`<measure>_reliable`;
-    n_unreliable counts the finite points left out); n says how many. Pearson and Spearman with scipy's
-    two-sided p, plus a bootstrap CI of Spearman's rho and its permutation p. NaN statistics when n < 3 or a
-    variable is constant."""
+    """Correlation of delta with each measure, per organism and over all (organism "all"), over the main runs
+    (k-scaling runs share their draws with the main run) of valid models and no control (the oracle labels are
+    not consistency training: their large, known deltas would drive the correlation), where both values are
+    finite and, for a KL estimate, reliable (`<measure>_reliable`; n_unreliable counts the finite points left
+    out). A run-level measure has one point per run (unit "run"); an organism-level measure (ORGANISM_MEASURES)
+    has one point per (model, organism, seed), the mean delta of its runs (unit "organism"), since its runs
+    share the one value. n_clusters counts the (model, organism, seed) organisms behind the points. Pearson and
+    Spearman with scipy's two-sided p, which treat the points as independent. For run-level measures the
+    bootstrap CI of Spearman's rho resamples organisms with all their runs, and the permutation p shuffles the
+    measure among the runs of each organism: runs of one organism share its Phase-1 adapter, so it asks whether
+    the runs that shift more move M more than other runs of the same organism. For organism-level measures both
+    work on the organisms' points. NaN statistics when n < 3 or a variable is constant."""
     from scipy.stats import ConstantInputWarning, pearsonr, spearmanr
 
-    _require(table, ["organism", "delta_pp", *measures], "shift table")
+    _require(table, [*ORGANISM_KEYS, "delta_pp", *measures], "shift table")
     for column in ("main_run", "valid"):
         if column in table.columns:
             table = table[table[column].astype(bool)]
@@ -198,22 +233,32 @@ def shift_correlations(
     rows = []
     for organism, group in groups:
         for measure in measures:
-            pair = group[["delta_pp", measure]].astype(float)
+            pair = group[[*ORGANISM_KEYS, "delta_pp", measure]].astype({"delta_pp": float, measure: float})
             finite = np.isfinite(pair["delta_pp"]) & np.isfinite(pair[measure])
             flag = f"{measure}_reliable"
             reliable = group[flag].fillna(False).astype(bool) if flag in group.columns else finite
+            unreliable = pair[finite & ~reliable]
             pair = pair[finite & reliable]
-            row = {"organism": organism, "measure": measure, "n": len(pair),
-                   "n_unreliable": int((finite & ~reliable).sum()),
-                   **dict.fromkeys(CORRELATION_COLUMNS[4:], math.nan)}  # fmt: skip
+            unit = "organism" if measure in ORGANISM_MEASURES else "run"
+            if unit == "organism":
+                pair = pair.groupby(ORGANISM_KEYS, sort=True).agg(delta_pp=("delta_pp", "mean"),
+                                                                  **{measure: (measure, "first")})  # fmt: skip
+                pair = pair.reset_index()
+                unreliable = unreliable.drop_duplicates(ORGANISM_KEYS)
+            clusters = pair.groupby(ORGANISM_KEYS, sort=True).ngroup().to_numpy()
+            strata = clusters if unit == "run" else np.zeros(len(pair), dtype=int)
+            row = {"organism": organism, "measure": measure, "unit": unit, "n": len(pair),
+                   "n_clusters": int(clusters.max()) + 1 if len(pair) else 0, "n_unreliable": len(unreliable),
+                   **dict.fromkeys(CORRELATION_COLUMNS[6:], math.nan)}  # fmt: skip
             constant = pair["delta_pp"].nunique() < 2 or pair[measure].nunique() < 2
             if len(pair) >= 3 and not constant:
+                delta, value = pair["delta_pp"].to_numpy(), pair[measure].to_numpy()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConstantInputWarning)
-                    pearson = pearsonr(pair["delta_pp"], pair[measure])
-                    spearman = spearmanr(pair["delta_pp"], pair[measure])
+                    pearson = pearsonr(delta, value)
+                    spearman = spearmanr(delta, value)
                     low, high, p_perm = _spearman_ci_and_permutation(
-                        pair["delta_pp"].to_numpy(), pair[measure].to_numpy(), n_boot, seed
+                        delta, value, clusters, strata, n_boot, seed
                     )
                 row.update(
                     pearson_r=float(pearson.statistic),
