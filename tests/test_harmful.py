@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmt.analysis.harmful import HARMFUL_COLUMNS, SUMMARY_COLUMNS, harmful_summary, harmful_table
+from cmt.analysis.harmful import (
+    HARMFUL_COLUMNS,
+    SUMMARY_COLUMNS,
+    harmful_summary,
+    harmful_table,
+    with_validity,
+)
 from cmt.data.splits import Example, prompt_id_of
 from cmt.generation.base import Completion, Generator
 from cmt.phases.harmful import StrongRejectScorer, harmful_rows, load_requests, make_scorer
@@ -289,6 +295,26 @@ def test_harmful_summary_counts_rises_with_an_exact_sign_test():
     assert summary.loc["all", "n_runs"] == 10
 
 
+def test_a_broken_models_fall_in_harm_is_not_counted():
+    """runs.csv's validity reaches harmful.csv; the summary leaves invalid runs out of its counts and sign test
+    (a model that stopped answering also stopped complying) and counts them in n_invalid."""
+    rows = pd.DataFrame(
+        _stage_rows("phase1", 0, None, None, [1.0, 1.0, 0.0])
+        + _stage_rows("phase3", 0, "gst", 1, [1.0, 1.0, 1.0])
+        + _stage_rows("phase3", 0, "act", 1, [0.0, 0.0, 0.0])  # broken: it refuses everything
+    )
+    runs = pd.DataFrame([{"model": "toy", "organism": "syc", "seed": 0, "method": m, "k": 1, "valid": v}
+                         for m, v in (("gst", True), ("act", False), ("bct", True))])  # fmt: skip
+    table = with_validity(harmful_table(rows), runs)
+    assert dict(zip(table["method"], table["valid"], strict=True)) == {"act": False, "gst": True}
+    summary = harmful_summary(table).set_index("organism")
+    assert summary.loc["syc", "n_runs"] == 1 and summary.loc["syc", "n_invalid"] == 1
+    assert summary.loc["syc", "n_rose"] == 1 and summary.loc["syc", "n_fell"] == 0
+    assert summary.loc["syc", "mean_delta_harm"] == pytest.approx(1 / 3)
+    with pytest.raises(DataError, match="toy/syc/seed0 gst k1 have no row in the runs table"):
+        with_validity(harmful_table(rows), runs[runs["method"] != "gst"])
+
+
 def test_harmful_table_rejects_duplicate_requests_and_unknown_stages():
     rows = pd.DataFrame(
         _stage_rows("phase1", 0, None, None, [0.0]) * 2 + _stage_rows("phase3", 0, "gst", 1, [1.0])
@@ -336,8 +362,13 @@ def test_harmful_commands_end_to_end(tmp_path):
     p1 = pd.read_parquet(tmp_path / "p1.parquet")
     assert len(p1) == 5 and set(p1["stage"]) == {"phase1"} and p1["method"].isna().all()
     assert {"request_id", "completion", "refused", "complied", "harmfulness"} <= set(p1.columns)
+    runs = pd.DataFrame([{"model": p1["model"].iloc[0], "organism": "syc", "seed": int(p1["seed"].iloc[0]),
+                          "method": "gst", "k": 1, "valid": True}])  # fmt: skip
+    runs.to_csv(tmp_path / "runs.csv", index=False)
     assert main(["harmful-table", "--rows", str(tmp_path / "p1.parquet"), str(tmp_path / "p3.parquet"),
-                 "--out", str(tmp_path / "harmful.csv"), "--summary", str(tmp_path / "summary.csv")]) == 0  # fmt: skip
+                 "--runs", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "harmful.csv"),
+                 "--summary", str(tmp_path / "summary.csv")]) == 0  # fmt: skip
     table = pd.read_csv(tmp_path / "harmful.csv")
     assert len(table) == 1 and table.loc[0, "n"] == 5 and table.loc[0, "method"] == "gst"
+    assert bool(table.loc[0, "valid"])
     assert list(pd.read_csv(tmp_path / "summary.csv")["organism"]) == ["syc", "all"]

@@ -180,6 +180,7 @@ rule shift_table:
 rule harmful_table:
     input:
         rows=get_harmful_rows,
+        runs="results/tables/runs.csv",
     output:
         table=report(
             "results/tables/harmful.csv",
@@ -199,5 +200,6 @@ rule harmful_table:
         mem_mb=2000,
         runtime=10,
     shell:
-        "cmt harmful-table --rows {input.rows} --out {output.table} --summary {output.summary}"
+        "cmt harmful-table --rows {input.rows} --runs {input.runs} --out {output.table}"
+        " --summary {output.summary}"
         " --log {log} --job 'harmful_table'"

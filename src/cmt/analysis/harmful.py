@@ -2,8 +2,10 @@
 
 `harmful_table` pairs each Phase-3 run with its organism's Phase-1 rows: harmful.csv. The workflow measures the
 main run of each method (its own k), so each (organism, seed, method) counts once. `harmful_summary` is a second
-small table (harmful_summary.csv) with, per organism and over all runs of the paper's families, the count of
-runs whose harmfulness rose, fell or stayed equal, and the exact two-sided sign test of rose against fell.
+small table (harmful_summary.csv) with, per organism and over all valid runs of the paper's families, the count
+of runs whose harmfulness rose, fell or stayed equal, and the exact two-sided sign test of rose against fell.
+`with_validity` copies runs.csv's `valid` onto harmful.csv first: a broken model that no longer answers also no
+longer complies, and must not count as a fall in harm.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ HARMFUL_COLUMNS = [
     *TABLE_KEYS, "harm_phase1", "harm_phase3", "delta_harm", "delta_harm_se", "n",
     "refusal_phase1", "refusal_phase3", "n_phase1", "n_phase3",
 ]  # fmt: skip
-SUMMARY_COLUMNS = ["organism", "n_runs", "n_rose", "n_fell", "n_ties", "mean_harm_phase1", "mean_harm_phase3",
-                   "mean_delta_harm", "p_sign"]  # fmt: skip
+SUMMARY_COLUMNS = ["organism", "n_runs", "n_rose", "n_fell", "n_ties", "n_invalid", "mean_harm_phase1",
+                   "mean_harm_phase3", "mean_delta_harm", "p_sign"]  # fmt: skip
 
 
 def _stage_scores(rows: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -79,11 +81,31 @@ def harmful_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=HARMFUL_COLUMNS)
 
 
+def with_validity(table: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """harmful.csv with runs.csv's `valid` (capability kept, replies not degenerate) for each run; a run that
+    runs.csv lacks is an error, since both tables come from the same grid."""
+    missing = [c for c in [*TABLE_KEYS, "valid"] if c not in runs.columns]
+    if missing:
+        raise DataError(f"runs table: missing column(s) {missing}")
+    keys = runs[TABLE_KEYS].astype({"seed": int, "k": int})
+    validity = keys.assign(valid=runs["valid"].eq(True)).drop_duplicates(TABLE_KEYS)
+    out = table.merge(validity, on=TABLE_KEYS, how="left", validate="one_to_one")
+    absent = out[out["valid"].isna()]
+    if not absent.empty:
+        row = absent.iloc[0]
+        raise DataError(
+            f"harmful rows of {row['model']}/{row['organism']}/seed{row['seed']} {row['method']} k{row['k']} "
+            f"have no row in the runs table ({len(absent)} such run(s)): rebuild both from the same grid"
+        )
+    return out.assign(valid=out["valid"].astype(bool))
+
+
 def harmful_summary(table: pd.DataFrame) -> pd.DataFrame:
     """harmful_summary.csv: per organism and over all runs ("all"), how many runs' harmfulness rose (delta_harm
     > 0), fell or tied, the mean harmfulness at each stage and of delta, and the exact two-sided binomial sign
     test of rose vs fell (ties excluded). Only the paper's families count (the controls are built to move M);
-    runs with a NaN delta are left out; an empty group is NaN, n_runs 0."""
+    runs with a NaN delta are left out, and so are invalid runs (`valid` False, from with_validity), counted in
+    n_invalid; an empty group is NaN, n_runs 0."""
     from cmt.analysis.runs import family_of
     from cmt.analysis.stats import sign_test
     from cmt.methods.registry import PAPER_FAMILIES
@@ -92,7 +114,13 @@ def harmful_summary(table: pd.DataFrame) -> pd.DataFrame:
     groups = [(str(o), g) for o, g in table.groupby("organism", sort=True)] + [("all", table)]
     out = []
     for organism, group in groups:
-        valid = group[np.isfinite(group["delta_harm"].astype(float))]
+        measured = group[np.isfinite(group["delta_harm"].astype(float))]
+        broken = (
+            ~measured["valid"].astype(bool)
+            if "valid" in measured.columns
+            else pd.Series(False, measured.index)
+        )
+        valid = measured[~broken]
         rose, fell = int((valid["delta_harm"] > 0).sum()), int((valid["delta_harm"] < 0).sum())
         out.append(
             {
@@ -101,6 +129,7 @@ def harmful_summary(table: pd.DataFrame) -> pd.DataFrame:
                 "n_rose": rose,
                 "n_fell": fell,
                 "n_ties": int((valid["delta_harm"] == 0).sum()),
+                "n_invalid": int(broken.sum()),
                 "mean_harm_phase1": float(valid["harm_phase1"].mean()) if len(valid) else math.nan,
                 "mean_harm_phase3": float(valid["harm_phase3"].mean()) if len(valid) else math.nan,
                 "mean_delta_harm": float(valid["delta_harm"].mean()) if len(valid) else math.nan,

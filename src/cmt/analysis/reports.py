@@ -84,11 +84,14 @@ def write_shift_tables(
     write_csv(correlations_out, shift_correlations(table))
 
 
-def write_harmful_tables(rows: Sequence[str], out: str, summary_out: str) -> None:
-    """harmful.csv and harmful_summary.csv from `cmt harmful` row files."""
-    from cmt.analysis.harmful import harmful_summary, harmful_table, read_rows
+def write_harmful_tables(rows: Sequence[str], runs_csv: str, out: str, summary_out: str) -> None:
+    """harmful.csv (with each run's validity from runs.csv) and harmful_summary.csv from `cmt harmful` row
+    files."""
+    import pandas as pd
 
-    table = harmful_table(read_rows(rows))
+    from cmt.analysis.harmful import harmful_summary, harmful_table, read_rows, with_validity
+
+    table = with_validity(harmful_table(read_rows(rows)), pd.read_csv(runs_csv))
     write_csv(out, table)
     write_csv(summary_out, harmful_summary(table))
 

@@ -100,7 +100,7 @@ def cmd_shift_table(args) -> None:
 def cmd_harmful_table(args) -> None:
     from cmt.analysis.reports import write_harmful_tables
 
-    write_harmful_tables(args.rows, args.out, args.summary)
+    write_harmful_tables(args.rows, args.runs, args.out, args.summary)
 
 
 def cmd_diagnose_table(args) -> None:
@@ -205,6 +205,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
         "harmful-table", "harmful.csv and harmful_summary.csv from `cmt harmful` rows", cmd_harmful_table
     )
     p.add_argument("--rows", nargs="+", required=True)
+    p.add_argument("--runs", required=True, help="runs.csv: each run's validity")
     p.add_argument("--out", required=True)
     p.add_argument("--summary", required=True)
     return listed
