@@ -12,8 +12,9 @@ Evidence per run, all of it available before retraining (`cmt.phases.diagnose` m
   above a threshold (the median fragility of the organisms in the table).
 
 A predictor gives +1, −1, or 0 (abstain: the evidence is undefined or its CI contains 0), and `p_positive`, its
-probability that Δ > 0 (0.5 when abstaining; a normal approximation from the CI for shift and η, 0 or 1 for
-fragility). `combined` takes the shift term where it decides, else the η slope.
+probability that Δ > 0: for shift and η a normal approximation from the CI, also when the sign abstains (0.5 only
+when the estimate or its CI is undefined); 0 or 1 for fragility (0.5 when undefined). `combined` takes the shift
+term where it decides, else the η slope, else abstains with 0.5.
 
 Observed sign: +1 or −1 when the run's paired-bootstrap CI of Δ excludes 0, else 0 (no detectable effect).
 The summary counts main, valid, non-control runs: coverage (the share given a prediction), hit rate over runs with both a

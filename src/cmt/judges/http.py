@@ -186,7 +186,8 @@ class ChatClient:
         return delay
 
     def complete(self, messages: list[dict], max_tokens: int) -> Reply:
-        """One chat completion, retried on 429/5xx/timeouts/connection errors/malformed JSON."""
+        """One chat completion, retried on the statuses in RETRY_STATUS, timeouts, connection errors and malformed
+        JSON."""
         payload = json.dumps(
             {
                 "model": self.settings.model,
