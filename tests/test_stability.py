@@ -117,6 +117,22 @@ def test_the_table_joins_each_run_with_its_organism_fragility_and_level():
     )
 
 
+def test_an_unreliable_fragility_is_no_point():
+    """shift.csv keeps an unreliable KL estimate beside its flag; the stability table, like the correlations,
+    does not use it."""
+    runs, shift = _runs_and_shift()
+    shift["fragility_reliable"] = ~((shift["organism"] == "sy_varied") & (shift["seed"] == 1))
+    table = stability_table(runs, shift, SPECS)
+    flagged = table[(table["organism"] == "sy_varied") & (table["seed"] == 1)]
+    assert len(flagged) == 4 and flagged["fragility"].isna().all() and flagged["fragility_se"].isna().all()
+    assert table.loc[table["organism"] == "sy_fixed", "fragility"].notna().all()
+    summary = stability_summary(table, n_boot=200).set_index(["generator", "level", "family"])
+    assert summary.loc[("sycophancy", "varied", "baseline"), "mean_fragility"] == 3.0
+    assert (
+        summary.loc[("sycophancy", "varied", "baseline"), "n_spearman"] == 3
+    )  # of 4 (model, organism, seed)
+
+
 def test_the_summary_means_and_the_rank_correlation_by_hand_and_scipy():
     runs, shift = _runs_and_shift()
     summary = stability_summary(stability_table(runs, shift, SPECS), n_boot=200)

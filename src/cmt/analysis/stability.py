@@ -35,11 +35,20 @@ SUMMARY_COLUMNS = ["generator", "level", "family", "n_runs", "n_valid", "mean_de
 def stability_table(
     runs: pd.DataFrame, shift: pd.DataFrame, specs: dict[str, tuple[str, str]]
 ) -> pd.DataFrame:
-    """One row per main run of a swept organism, with its generator, level and the organism's fragility."""
+    """One row per main run of a swept organism, with its generator, level and the organism's fragility (NaN
+    where shift.csv flags the estimate as not reliable, as the shift correlations leave it out)."""
     main = runs[runs["main_run"].astype(bool) & runs["organism"].isin(specs)].copy()
     fragility = shift.drop_duplicates(["model", "organism", "seed"])[
         ["model", "organism", "seed", "fragility", "fragility_se"]
     ]
+    if "fragility_reliable" in shift.columns:
+        reliable = (
+            shift.loc[fragility.index, "fragility_reliable"].astype("boolean").fillna(False).astype(bool)
+        )
+        fragility = fragility.assign(
+            fragility=fragility["fragility"].where(reliable),
+            fragility_se=fragility["fragility_se"].where(reliable),
+        )
     table = main.merge(fragility, on=["model", "organism", "seed"], how="left")
     table["generator"] = table["organism"].map(lambda o: specs[o][0])
     table["level"] = table["organism"].map(lambda o: specs[o][1])
