@@ -78,6 +78,37 @@ def test_every_command_takes_the_job_options_the_rules_pass():
         assert parser.description, f"{name} has no description for its --help"
 
 
+def test_the_judges_transport_joins_each_llm_judge_of_a_job(monkeypatch):
+    """The rules pass the judge's transport keys apart (--judge-transport, no rerun trigger); the command puts
+    them back into every LLM judge it builds, the harmful slot's too, and leaves a programmatic judge alone."""
+    seen = {}
+    monkeypatch.setattr(
+        "cmt.phases.evaluate.evaluate", lambda *args: seen.update(judge=args[7], harmful=args[8])
+    )
+    judge = '{"kind": "llm", "model": "j", "temperature": 0}'
+    transport = '{"base_url": "http://judge:8000/v1", "concurrency": 3, "temperature": 1}'
+    harmful = '{"requests": "r.jsonl", "scorer": "strongreject", "judge": ' + judge + "}"
+    argv = ["evaluate", "--model", "m", "--organism", "sycophancy", "--stage", "base", "--model-dir", "d",
+            "--data-dir", "d", "--out", "o.parquet", "--model-settings", "{}", "--eval-settings", "{}",
+            "--judge-settings", judge, "--judge-transport", transport, "--harmful-settings", harmful,
+            "--harmful-out", "o.harmful.parquet", "--seed", "0"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    args.func(args)
+    # A key of --judge-settings wins over the same key in the transport (there is none in the rules' split).
+    merged = {
+        "kind": "llm",
+        "model": "j",
+        "temperature": 0,
+        "base_url": "http://judge:8000/v1",
+        "concurrency": 3,
+    }
+    assert seen["judge"] == merged and seen["harmful"]["judge"] == merged
+    args = build_parser().parse_args([*argv[: argv.index("--judge-settings")], "--judge-settings",
+                                      '{"kind": "programmatic"}', *argv[argv.index("--judge-transport"):]])  # fmt: skip
+    args.func(args)
+    assert seen["judge"] == {"kind": "programmatic"}
+
+
 def test_version_is_the_installed_one():
     r = subprocess.run([str(CMT), "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == f"cmt {cmt.__version__}\n"

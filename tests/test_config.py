@@ -58,6 +58,31 @@ def test_unknown_method_lists_valid_names():
     assert str(method_names()) in error  # every valid name, from the registry
 
 
+def test_a_misspelt_method_is_an_unknown_key_of_the_schema():
+    """`methods` is closed: a typo stops the config check (and Snakemake's validate) with the key named."""
+    config = load(REPO / "config" / "config.yaml")
+    config["methods"]["self_certanty"] = config["methods"].pop("self_certainty")
+    (error,) = config_errors(config, SCHEMA)
+    assert "config key methods" in error and "'self_certanty'" in error and "self_certainty" in error
+    assert check_workflow_config(config, SCHEMA) == [error]  # one line, not a second one from the registry
+
+
+def test_a_misspelt_induction_strength_generator_is_named():
+    """toy.induction_strength is keyed by the toy generators; any other key would be ignored without a word."""
+    config = load(REPO / "config" / "config.yaml")
+    config["toy"]["induction_strength"]["sycophncy"] = 0.5
+    (error,) = check_workflow_config(config, SCHEMA)
+    assert "config key toy.induction_strength" in error and "'sycophncy'" in error
+    assert "emergent_misalignment" in error  # the allowed keys are listed
+
+
+def test_induction_strength_is_keyed_by_exactly_the_toy_generators():
+    from cmt.toy.world import TOY_ORGANISMS
+
+    toy = load(SCHEMA)["properties"]["toy"]["properties"]
+    assert sorted(toy["induction_strength"]["properties"]) == sorted(TOY_ORGANISMS)
+
+
 def test_the_schema_has_a_settings_subtree_for_exactly_the_registered_methods():
     """A method module without its schema subtree, or a subtree without a module, fails here."""
     schema = load(SCHEMA)
@@ -276,7 +301,7 @@ CHECKS = [
     ("unknown method",
      lambda c, t: set_key(c, "methods.gsd", {}),
      lambda c, t: c["methods"].pop("gsd"),
-     ["config key methods", "'gsd'", "valid"]),
+     ["config key methods", "'gsd'", "allowed"]),
     ("k-scaling of an unknown method",
      lambda c, t: c["kscaling"]["methods"].append("self_certinty"),
      lambda c, t: c["kscaling"]["methods"].remove("self_certinty"),
@@ -370,7 +395,7 @@ def test_each_workflow_check_fails_then_passes(name, breaks, fixes, words, tmp_p
 def test_every_problem_is_reported_at_once():
     config = load(REPO / "config" / "config.yaml")
     config["seeds"] = "0"  # schema
-    config["methods"]["gsd"] = {}  # registry
+    config["methods"]["gsd"] = {}  # an unknown key of the schema's methods, which are the registry's
     assert len(check_workflow_config(config, SCHEMA)) == 2
     config = load(REPO / "config" / "config.yaml")
     del config["toy"]["harmful"], config["reward_model"]  # two checks beyond the schema

@@ -2,13 +2,15 @@
 
 import json
 import math
+from modulefinder import ModuleFinder
+from pathlib import Path
 
 import pytest
 
 from cmt.data.splits import Example
 from cmt.generation import Completion, Generator, SamplingParams, SequenceScore
 from cmt.methods import LabelContext, argmax_first
-from cmt.methods.registry import FAMILIES, get_method, method_names
+from cmt.methods.registry import FAMILIES, get_method, method_files, method_names
 from cmt.toy import sycophancy
 
 
@@ -68,6 +70,23 @@ def test_every_method_has_a_module_and_family():
         assert module.SPEC.family in FAMILIES
     with pytest.raises(ValueError, match="valid"):
         get_method("nope")
+
+
+def test_a_methods_files_are_every_module_of_the_package_it_imports():
+    """method_files (the code inputs of a method's jobs) against the standard library's own import finder, which
+    follows every import of the module, inside functions too, and the imports of what it imports."""
+    import cmt.methods
+
+    package_dir = Path(cmt.methods.__file__).parent
+    for name in method_names():
+        finder = ModuleFinder(path=[str(package_dir.parents[1])])  # only src/: other packages stay unread
+        finder.run_script(str(package_dir / f"{name}.py"))
+        imported = {Path(module.__file__) for key, module in finder.modules.items()
+                    if key == "cmt.methods" or key.startswith("cmt.methods.")}  # fmt: skip
+        files = method_files(name)
+        assert files[0] == package_dir / f"{name}.py"
+        assert set(files) == imported | {files[0]}, name
+    assert package_dir / "rejection_sampling.py" in method_files("dual_decoding")  # its select_by_reward
 
 
 def test_argmax_first_breaks_ties_to_the_first_and_skips_nan():

@@ -1,5 +1,6 @@
 # The config, checked once before anything reads it, and the wildcard values it allows.
 import os
+import re
 
 from snakemake.utils import validate
 
@@ -51,13 +52,19 @@ def model_seeds(model):
 ALL_SEEDS = sorted({s for m in config["models"] for s in model_seeds(m)}, key=int)
 
 
+def any_of(names):
+    """A wildcard regex matching exactly these names (nothing when there are none). Escaped: model names may
+    hold dots (Qwen2.5-7B), which would otherwise match any character."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
 wildcard_constraints:
-    model="|".join(config["models"]),
-    model_a="|".join(config["models"]),
-    model_b="|".join(config["models"]),
-    organism="|".join(config["organisms"]),
-    method="|".join(config["methods"]),
-    seed="|".join(ALL_SEEDS),
+    model=any_of(config["models"]),
+    model_a=any_of(config["models"]),
+    model_b=any_of(config["models"]),
+    organism=any_of(config["organisms"]),
+    method=any_of(config["methods"]),
+    seed=any_of(ALL_SEEDS),
     k=r"[1-9][0-9]*",
-    split="|".join(SPLITS),
+    split=any_of(SPLITS),
     stage="base|phase1",

@@ -37,22 +37,19 @@ rule diagnose:
         key_check=get_candidates_key_check,
         model_dir=get_model_dir,
         data_dir=get_data_dir,
-        candidates=lambda wildcards, input: (
-            f"--candidates {' '.join(input.candidates)}" if input.candidates else ""
-        ),
-        fragility=lambda wildcards, input: (
-            f"--fragility {input.fragility}" if input.fragility else ""
-        ),
+        candidates=lambda wildcards, input: paths_arg("--candidates", input.candidates),
+        fragility=lambda wildcards, input: paths_arg("--fragility", input.fragility),
         model_settings=get_generation_settings,
         judge_settings=get_judge_settings,
+        judge_transport=get_judge_transport,
         n_boot=config["analysis"]["n_boot"],
     shell:
         "{params.key_check}cmt diagnose --model {wildcards.model} --organism {wildcards.organism}"
-        " --seed {wildcards.seed} --model-dir {params.model_dir} --adapter $(dirname {input.adapter})"
-        " --data-dir {params.data_dir} --labels {input.labels} {params.candidates} {params.fragility}"
+        ' --seed {wildcards.seed} --model-dir {params.model_dir:q} --adapter "$(dirname {input.adapter:q})"'
+        " --data-dir {params.data_dir:q} --labels {input.labels:q} {params.candidates} {params.fragility}"
         " --model-settings {params.model_settings:q} --judge-settings {params.judge_settings:q}"
-        " --n-boot {params.n_boot} --rows-out {output.rows} --out {output.evidence}"
-        " --threads {threads} --log {log} --job 'diagnose {wildcards}'"
+        " {params.judge_transport} --n-boot {params.n_boot} --rows-out {output.rows:q}"
+        " --out {output.evidence:q} --threads {threads} --log {log:q} --job 'diagnose {wildcards}'"
 
 
 rule diagnose_table:

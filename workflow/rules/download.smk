@@ -1,7 +1,5 @@
 # Base models given as `source: {hub: ORG/NAME, revision: REV}` (and the reward model, where its source has that
 # form): downloaded once into resources/models/<name>/, from which every job loads them offline.
-import re
-
 from cmt.models.download import hub_downloads
 
 HUB_DOWNLOADS = hub_downloads(config)
@@ -18,8 +16,8 @@ rule download_model:
     log:
         "logs/download_model/{name}.log",
     wildcard_constraints:
-        # Exactly the Hub-sourced names (they contain dots, hence the escaping).
-        name="|".join(re.escape(name) for name in HUB_DOWNLOADS) or "(?!)",
+        # Exactly the Hub-sourced names (any_of escapes their dots).
+        name=any_of(HUB_DOWNLOADS),
     conda:
         "../envs/train.yml"
     params:
@@ -29,6 +27,6 @@ rule download_model:
     # HF_HUB_OFFLINE=0: every other job runs offline; this one must reach the Hub. The token is read from the
     # environment by cmt and never appears on the command line or in the log.
     shell:
-        "HF_HUB_OFFLINE=0 cmt download-model --repo {params.repo} --revision {params.revision:q}"
-        " --out $(dirname {output}) --chat-template {params.chat_template}"
-        " --log {log} --job 'download_model {wildcards}'"
+        "HF_HUB_OFFLINE=0 cmt download-model --repo {params.repo:q} --revision {params.revision:q}"
+        ' --out "$(dirname {output:q})" --chat-template {params.chat_template:q}'
+        " --log {log:q} --job 'download_model {wildcards}'"

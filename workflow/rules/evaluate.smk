@@ -30,15 +30,17 @@ rule evaluate:
         data_dir=get_data_dir,
         adapter=get_eval_adapter_arg,
         model_settings=get_generation_settings,
-        eval_settings=settings_json(config["eval"]),
-        judge_settings=get_judge_settings,
+        eval_settings=get_stage_eval_settings,
+        judge_settings=get_eval_judge_settings,
+        judge_transport=get_eval_judge_transport,
         harmful=get_harmful_settings(),
     shell:
         "{params.key_check}cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage {wildcards.stage}"
-        " {params.adapter} --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output.rows}"
+        " {params.adapter} --model-dir {params.model_dir:q} --data-dir {params.data_dir:q} --out {output.rows:q}"
         " --model-settings {params.model_settings:q} --eval-settings {params.eval_settings:q}"
-        " --judge-settings {params.judge_settings:q} {params.harmful} --harmful-out {output.harmful}"
-        " --seed {wildcards.seed} --threads {threads} --log {log} --job 'evaluate {wildcards}'"
+        " --judge-settings {params.judge_settings:q} {params.judge_transport} {params.harmful}"
+        " --harmful-out {output.harmful:q} --seed {wildcards.seed} --threads {threads} --log {log:q}"
+        " --job 'evaluate {wildcards}'"
 
 
 # Every retrained model of one method (all its k) in one job.
@@ -76,15 +78,16 @@ for method in config["methods"]:
             data_dir=get_data_dir,
             adapters=lambda wildcards, input: dirnames(input.adapters),
             model_settings=get_generation_settings,
-            eval_settings=settings_json(config["eval"]),
-            judge_settings=get_judge_settings,
+            eval_settings=eval_settings("phase3"),
+            judge_settings=get_eval_judge_settings,
+            judge_transport=get_eval_judge_transport,
             harmful=get_harmful_settings(),
             harmful_ks=f"--harmful-ks {main_k(method)}" if harmful_enabled() else "",
         shell:
             "{params.key_check}cmt evaluate --model {wildcards.model} --organism {wildcards.organism} --stage phase3"
             " --method {params.method} --ks {params.ks} --adapter {params.adapters}"
-            " --model-dir {params.model_dir} --data-dir {params.data_dir} --out {output.rows}"
+            " --model-dir {params.model_dir:q} --data-dir {params.data_dir:q} --out {output.rows:q}"
             " --model-settings {params.model_settings:q} --eval-settings {params.eval_settings:q}"
-            " --judge-settings {params.judge_settings:q} {params.harmful} --harmful-out {output.harmful}"
-            " {params.harmful_ks} --seed {wildcards.seed} --threads {threads} --log {log}"
-            " --job 'evaluate_{params.method} {wildcards}'"
+            " --judge-settings {params.judge_settings:q} {params.judge_transport} {params.harmful}"
+            " --harmful-out {output.harmful:q} {params.harmful_ks} --seed {wildcards.seed} --threads {threads}"
+            " --log {log:q} --job 'evaluate_{params.method} {wildcards}'"

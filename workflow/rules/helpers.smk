@@ -1,6 +1,7 @@
 # Helpers of the rules: where a model or dataset is, the settings each job gets as params (canonical JSON, so a
 # changed setting reruns exactly the jobs that read it) and resources. The judge and harmful slot: judges.smk.
 import json
+import shlex
 from types import SimpleNamespace
 
 from cmt.organisms import toy_source
@@ -8,18 +9,41 @@ from cmt.toy.world import CHECK_GENERATORS
 
 
 def settings_json(obj):
-    """A config subtree as canonical JSON: a deterministic param and a shell-safe CLI argument."""
+    """A config subtree as canonical JSON: a deterministic param. Not shell-safe (user text may hold a quote):
+    the rules pass it as {params.x:q}, or through `option_arg`."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def option_arg(option, value):
+    """`OPTION VALUE` with the value shell-quoted, for a param that is a whole optional argument."""
+    return f"{option} {shlex.quote(str(value))}"
+
+
+def paths_arg(option, paths):
+    """`OPTION PATH...` with each path shell-quoted, or nothing without paths."""
+    return " ".join([option, *map(shlex.quote, paths)]) if paths else ""
+
+
+class NoTrigger:
+    """A param value that reaches the command but is no rerun trigger: Snakemake records the params of a job
+    (its params trigger) only where they are builtin values (str, numbers, lists, dicts; Snakemake 9's
+    persistence._serialize_param) and skips any other object. For what a job needs but that cannot change its
+    outputs: the LLM judge's transport settings and the guard on its key (judges.smk).
+    """
+
+    def __init__(self, text):
+        self.text = text
+
+    def __str__(self):
+        return self.text
+
+    def __format__(self, spec):
+        return format(self.text, spec)
 
 
 def is_toy(source):
     """`toy`, or a toy variant {toy: GENERATOR, stability: LEVEL}."""
     return source == "toy" or (isinstance(source, dict) and "toy" in source)
-
-
-def any_of(names):
-    """A wildcard regex matching exactly these names (nothing when there are none)."""
-    return "|".join(names) or "(?!)"
 
 
 # Job priorities for Snakemake's scheduler (docs/pipeline.md, "Job order"). The induction gates first, so that a
@@ -30,8 +54,8 @@ PRIORITY = {"reward_model": 100, "gate": 40}
 
 
 def dirnames(paths):
-    """Space-separated parent directories (adapter dirs from their adapter_config.json paths)."""
-    return " ".join(str(Path(p).parent) for p in paths)
+    """Space-separated, shell-quoted parent directories (adapter dirs from their adapter_config.json paths)."""
+    return " ".join(shlex.quote(str(Path(p).parent)) for p in paths)
 
 
 # ---------------------------------------------------------------- models
@@ -62,7 +86,7 @@ def get_pretrain_report(wildcards):
 
 def get_pretrain_report_arg(wildcards, input):
     return (
-        f"--pretrain-report {input.pretrain_report}"
+        option_arg("--pretrain-report", input.pretrain_report)
         if "pretrain_report" in input.keys()
         else ""
     )
@@ -253,8 +277,17 @@ def get_toy_harmful_outputs():
     )
 
 
+# Toy keys only pretraining reads (cmt.toy.pretrain): the world's data never depends on them.
+PRETRAIN_ONLY_TOY_KEYS = ("tokenizer", "model", "pretrain")
+
+
 def get_toy_settings():
-    return settings_json(config.get("toy", {}))
+    """toy_data's settings: the toy subtree without the keys only pretraining reads, so that a changed model
+    size or pretraining schedule retrains the base without writing the world again."""
+    toy = config.get("toy", {})
+    return settings_json(
+        {key: value for key, value in toy.items() if key not in PRETRAIN_ONLY_TOY_KEYS}
+    )
 
 
 def get_pretrain_settings(wildcards):

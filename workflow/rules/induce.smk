@@ -33,11 +33,12 @@ rule induce:
         data_dir=get_data_dir,
         settings=get_phase1_settings,
         until=get_induce_until_args,
+        judge_transport=get_induce_judge_transport,
     shell:
-        "cmt induce --model-dir {params.model_dir} --data-dir {params.data_dir}"
+        "cmt induce --model-dir {params.model_dir:q} --data-dir {params.data_dir:q}"
         " --out results/organisms/{wildcards.model}/{wildcards.organism}/seed{wildcards.seed}/adapter"
-        " --settings {params.settings:q} --seed {wildcards.seed} {params.until}"
-        " --threads {threads} --log {log} --job 'induce {wildcards}'"
+        " --settings {params.settings:q} --seed {wildcards.seed} {params.until} {params.judge_transport}"
+        " --threads {threads} --log {log:q} --job 'induce {wildcards}'"
 
 
 # A checkpoint: with analysis.induction_gate.on_fail exclude, the cells it finds outside the band are never
@@ -62,6 +63,6 @@ checkpoint induction_report:
         gate=get_gate_arg(),
         pretrain_report=get_pretrain_report_arg,
     shell:
-        "cmt induction-report --base {input.base} --phase1 {input.phase1}"
-        " --min-delta {params.min_delta} {params.gate} {params.pretrain_report} --out {output} --log {log}"
+        "cmt induction-report --base {input.base:q} --phase1 {input.phase1:q}"
+        " --min-delta {params.min_delta} {params.gate} {params.pretrain_report} --out {output:q} --log {log:q}"
         " --job 'induction_report {wildcards}'"

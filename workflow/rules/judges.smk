@@ -4,6 +4,46 @@
 
 # ---------------------------------------------------------------- the LLM judge
 
+# The judge block's keys that change no verdict: where requests go and how they are sent, retried, cached and
+# authenticated. A verdict is fixed by the judge model, its sampling (temperature, max_tokens), the rubric and
+# the thresholds that turn replies into M; the judge's cache keys a reply on all but the thresholds
+# (cmt.judges.llm), so a job rerun after a transport change would get the same replies from the cache. These keys
+# reach the jobs through --judge-transport, a NoTrigger param, so editing them never reruns a job.
+JUDGE_TRANSPORT_KEYS = (
+    "base_url",  # another endpoint serving the same judge model (the cache does not key on it either)
+    "api_key_env",
+    "timeout",
+    "max_retries",  # retries of failed requests and re-asks of unparsed replies: whether, not what, it answers
+    "concurrency",
+    "backoff_base",
+    "backoff_max",
+    "retry_after_max",
+    "cache_dir",
+)
+# Read by the evaluations only (cmt.phases.evaluate.check_parse_failure_rate): too many unparsed verdicts fail
+# the job. Other judging jobs get it as transport.
+JUDGE_EVALUATION_KEYS = ("max_parse_failure_rate",)
+
+
+def llm_judge_settings(evaluation=False):
+    """The judge block's keys that can change a job's outputs, as its hashed --judge-settings (kind llm)."""
+    unread = JUDGE_TRANSPORT_KEYS + (() if evaluation else JUDGE_EVALUATION_KEYS)
+    return {
+        "kind": "llm",
+        **{k: v for k, v in config["judge"].items() if k not in unread},
+    }
+
+
+def judge_transport_arg(needed, evaluation=False):
+    """--judge-transport: the rest of the judge block, which a job that calls the LLM judge needs to reach it
+    but which changes none of its outputs: a NoTrigger, no rerun trigger. Nothing for the other jobs.
+    """
+    if not needed:
+        return NoTrigger("")
+    hashed = llm_judge_settings(evaluation)
+    rest = {k: v for k, v in config["judge"].items() if k not in hashed}
+    return NoTrigger(option_arg("--judge-transport", settings_json(rest)))
+
 
 def organism_judge(organism):
     """The organism's judge entry: programmatic, llm, {programmatic: NAME} or {llm: RUBRIC_FILE}."""
@@ -25,9 +65,10 @@ def get_judge_rubric_file(wildcards):
     return judge_rubric_file(wildcards.organism)
 
 
-def judge_settings_of(organism):
-    """The organism's judge as a param: a programmatic scorer, or the config's LLM judge block (with the
-    organism's own rubric file where it brings one)."""
+def judge_settings_of(organism, evaluation=False):
+    """The organism's judge as a param: a programmatic scorer, or the LLM judge's verdict keys (with the
+    organism's own rubric file where it brings one); `evaluation`: with the keys only evaluations read.
+    """
     judge = organism_judge(organism)
     if not llm_judged(organism):
         named = judge.get("programmatic") if isinstance(judge, dict) else None
@@ -39,14 +80,18 @@ def judge_settings_of(organism):
         return {"kind": "programmatic", **({"scorer": named} if named else {})}
     rubric = judge_rubric_file(organism)
     return {
-        "kind": "llm",
-        **config["judge"],
+        **llm_judge_settings(evaluation),
         **({"rubric_file": rubric[0]} if rubric else {}),
     }
 
 
 def get_judge_settings(wildcards):
     return settings_json(judge_settings_of(wildcards.organism))
+
+
+def get_judge_transport(wildcards):
+    """The judge's transport, for the jobs that judge the organism's replies (candidates, diagnose)."""
+    return judge_transport_arg(llm_judged(wildcards.organism))
 
 
 def get_induce_until_inputs(wildcards):
@@ -61,19 +106,29 @@ def get_induce_until_inputs(wildcards):
     ]
 
 
+def induce_asks_judge(wildcards):
+    """induce_until checks M during Phase 1, with the LLM judge for an LLM-judged organism."""
+    until = config["organisms"][wildcards.organism].get("induce_until")
+    return bool(until) and llm_judged(wildcards.organism)
+
+
 def get_induce_until_args(wildcards):
     """induce's --organism and --judge-settings, for an organism whose Phase 1 stops at a target M."""
     if not config["organisms"][wildcards.organism].get("induce_until"):
         return ""
     judge = settings_json(judge_settings_of(wildcards.organism))
-    return f"--organism {wildcards.organism} --judge-settings '{judge}'"
+    return f"--organism {wildcards.organism} " + option_arg("--judge-settings", judge)
+
+
+def get_induce_judge_transport(wildcards):
+    return judge_transport_arg(induce_asks_judge(wildcards))
 
 
 def label_judge_arg(method):
     """--judge-settings for the one labeller that may ask the LLM judge (multi_view with checker judge)."""
     if not label_asks_judge(method):
         return ""
-    return f"--judge-settings '{settings_json({'kind': 'llm', **config['judge']})}'"
+    return option_arg("--judge-settings", settings_json(llm_judge_settings()))
 
 
 def label_asks_judge(method):
@@ -85,19 +140,30 @@ def key_check(needed):
     (judge.api_key_env) in its environment, the job stops at once with one line naming it. Only those jobs
     need the key; a dry run, the DAG and --lint never do. The key is never a param, so it never appears in a
     command line, log or manifest; Slurm jobs get it from the environment snakemake runs in (sbatch
-    --export=ALL)."""
+    --export=ALL). A NoTrigger: the variable's name is transport, and renaming it reruns nothing.
+    """
     env = (config.get("judge") or {}).get("api_key_env")
     if not (needed and env):
-        return ""
-    return f': "${{{env}:?is not set: this job calls the LLM judge (judge.api_key_env), export it and rerun}}"; '
+        return NoTrigger("")
+    return NoTrigger(
+        f': "${{{env}:?is not set: this job calls the LLM judge (judge.api_key_env), export it and rerun}}"; '
+    )
 
 
-def get_eval_key_check(wildcards):
+def evaluate_asks_judge(wildcards):
     """An evaluation calls the judge for an LLM-judged organism and for StrongREJECT-scored harmful rows."""
     strongreject = (
         harmful_enabled() and config["eval"]["harmful"]["scorer"] == "strongreject"
     )
-    return key_check(llm_judged(wildcards.organism) or strongreject)
+    return llm_judged(wildcards.organism) or strongreject
+
+
+def get_eval_key_check(wildcards):
+    return key_check(evaluate_asks_judge(wildcards))
+
+
+def get_eval_judge_transport(wildcards):
+    return judge_transport_arg(evaluate_asks_judge(wildcards), evaluation=True)
 
 
 def get_candidates_key_check(wildcards):
@@ -112,13 +178,14 @@ def harmful_enabled():
 
 
 def get_harmful_settings():
-    """The eval.harmful block (with the LLM judge for strongreject) as a CLI argument, or nothing."""
+    """The eval.harmful block (with the LLM judge's verdict keys for strongreject; its transport comes with
+    --judge-transport) as a CLI argument, or nothing."""
     if not harmful_enabled():
         return ""
     settings = dict(config["eval"]["harmful"])
     if settings["scorer"] == "strongreject":
-        settings["judge"] = {"kind": "llm", **config["judge"]}
-    return f"--harmful-settings '{settings_json(settings)}'"
+        settings["judge"] = llm_judge_settings()
+    return option_arg("--harmful-settings", settings_json(settings))
 
 
 def get_harmful_requests():
@@ -152,3 +219,22 @@ def get_eval_adapter(wildcards):
 
 def get_eval_adapter_arg(wildcards, input):
     return f"--adapter {dirnames(input.adapter)}" if input.adapter else ""
+
+
+def get_eval_judge_settings(wildcards):
+    """An evaluation's judge: the organism's, with the keys only evaluations read."""
+    return settings_json(judge_settings_of(wildcards.organism, evaluation=True))
+
+
+def eval_settings(stage):
+    """What an evaluation reads of the eval block: the subset size, and the sampled policy in Phase 1 only
+    (cmt.phases.evaluate). The harmful slot comes with --harmful-settings."""
+    block = config["eval"]
+    policy = block.get("policy_samples") if stage == "phase1" else None
+    return settings_json(
+        {"size": block.get("size"), **({"policy_samples": policy} if policy else {})}
+    )
+
+
+def get_stage_eval_settings(wildcards):
+    return eval_settings(wildcards.stage)

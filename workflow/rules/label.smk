@@ -4,7 +4,6 @@
 # Both kinds share one rule body and differ only in the split read, the files written and a few arguments. One job
 # per method covers all of its k (one process, one file per k): editing a method's module or config subtree
 # reruns that method's jobs only.
-import shlex
 
 
 def label_outputs(method):
@@ -14,14 +13,9 @@ def label_outputs(method):
     }
 
 
-def label_args(method):
-    """The labeller's manifests, and the LLM judge for multi_view's checker judge."""
-    judge = label_judge_arg(method)
-
-    def inner(wildcards, output):
-        return " ".join(["--manifest", *output.manifests, judge]).strip()
-
-    return inner
+def label_manifests(wildcards, output):
+    """The labeller's manifests (a param function of `output`: paths only, as such params are no trigger)."""
+    return paths_arg("--manifest", output.manifests)
 
 
 def candidates_outputs(method):
@@ -29,14 +23,15 @@ def candidates_outputs(method):
 
 
 def candidates_args(method):
-    """The eval subset, the prompts kept for eta(s) and the organism's judge, which gives every candidate its
-    M."""
+    """The eval subset (its size, all that candidates reads of the eval block), the prompts kept for eta(s)
+    and the organism's judge, which gives every candidate its M."""
 
     def inner(wildcards):
         prompts = config["analysis"]["eta_prompts"]
         return (
-            f"--eval-settings {shlex.quote(settings_json(config['eval']))}"
-            f" --judge-settings {shlex.quote(get_judge_settings(wildcards))}"
+            option_arg("--eval-settings", eval_settings("phase3"))
+            + " "
+            + option_arg("--judge-settings", get_judge_settings(wildcards))
             + (f" --prompts {prompts}" if prompts is not None else "")
         )
 
@@ -49,7 +44,10 @@ PHASE2 = {
         "command": "label",
         "split": "consistency",
         "outputs": label_outputs,
-        "args": label_args,
+        "output_args": label_manifests,
+        # the LLM judge, for multi_view's checker judge
+        "args": label_judge_arg,
+        "judge_transport": lambda method: judge_transport_arg(label_asks_judge(method)),
         "key_check": lambda method: key_check(label_asks_judge(method)),
     },
     "candidates_eval": {
@@ -57,7 +55,9 @@ PHASE2 = {
         "command": "candidates",
         "split": "eval",
         "outputs": candidates_outputs,
+        "output_args": "",
         "args": candidates_args,
+        "judge_transport": lambda method: get_judge_transport,
         "key_check": lambda method: get_candidates_key_check,
     },
 }
@@ -102,10 +102,15 @@ for kind, method in [(k, m) for k, spec in PHASE2.items() for m in spec["methods
             method_settings=method_settings(method),
             model_settings=get_generation_settings,
             reward_model=get_reward_model_arg,
+            reward_model_settings=reward_model_settings_of(method),
+            output_args=PHASE2[kind]["output_args"],
             args=PHASE2[kind]["args"](method),
+            judge_transport=PHASE2[kind]["judge_transport"](method),
         shell:
             "{params.key_check}cmt {params.command} --method {params.method} --ks {params.ks}"
-            " --organism {wildcards.organism} --model-dir {params.model_dir} --adapter $(dirname {input.adapter})"
-            " {params.reward_model} --data-dir {params.data_dir} --out {output.rows} {params.args}"
-            " --method-settings {params.method_settings:q} --model-settings {params.model_settings:q}"
-            " --seed {wildcards.seed} --threads {threads} --log {log} --job '{params.kind}_{params.method} {wildcards}'"
+            " --organism {wildcards.organism} --model-dir {params.model_dir:q}"
+            ' --adapter "$(dirname {input.adapter:q})" {params.reward_model} {params.reward_model_settings}'
+            " --data-dir {params.data_dir:q} --out {output.rows:q} {params.output_args} {params.args}"
+            " {params.judge_transport} --method-settings {params.method_settings:q}"
+            " --model-settings {params.model_settings:q} --seed {wildcards.seed} --threads {threads}"
+            " --log {log:q} --job '{params.kind}_{params.method} {wildcards}'"

@@ -1,6 +1,6 @@
 # The consistency methods as the rules see them, all read from the method registry (cmt.methods.registry):
 # which rules a method gets, its k values, its own code and settings, and its reward model.
-from cmt.methods.registry import get_method, get_spec
+from cmt.methods.registry import get_method, get_spec, method_files
 
 # Phase-2 labellers get label_<m> and retrain_<m>; Phase-3 losses (act, bct) get retrain_<m> on the act_bct
 # pairs; selecting methods also get candidates_eval_<m> (every candidate on eval prompts, for eta(s)).
@@ -13,20 +13,16 @@ def uses_reward_model(method):
     return get_spec(method).uses_reward_model
 
 
-def method_source(method):
-    """The method's own module: editing it reruns only that method's jobs."""
-    return SRC / "methods" / f"{method}.py"
-
-
 def method_code(method):
-    """The code a method's own jobs depend on beyond the shared pipeline: its module, plus the reward-model
-    scorer for the reranking methods and the paired losses for act/bct. Editing one reruns exactly the
-    methods that use it."""
-    code = [method_source(method)]
+    """The code a method's own jobs depend on beyond the shared pipeline: its module and every module of
+    cmt.methods it imports (found in their import statements, cmt.methods.registry.method_files), plus the
+    reward-model scorer for the reranking methods and the Phase-3 trainer for act/bct. Editing one reruns
+    exactly the methods that use it."""
+    code = list(method_files(method, SRC / "methods"))
     if uses_reward_model(method):
         code.append(SRC / "models" / "reward_model.py")
     if get_spec(method).phase3_loss:
-        code += [SRC / "methods" / "losses.py", SRC / "phases" / "consistency.py"]
+        code.append(SRC / "phases" / "consistency.py")
     return code
 
 
@@ -155,10 +151,28 @@ def get_reward_model_files_of(method):
 
 
 def get_reward_model_arg(wildcards, input):
-    """--reward-model DIR and its settings (batch size, dtype), for the methods that rerank."""
+    """--reward-model DIR, for the methods that rerank. A param function of `input` is no params trigger
+    (Snakemake leaves such params to the input trigger), so it carries the folder, never a setting.
+    """
     if not input.reward_model:
         return ""
-    settings = settings_json(
-        {k: config["reward_model"][k] for k in ("batch_size", "dtype")}
+    return option_arg("--reward-model", Path(input.reward_model[0]).parent)
+
+
+def get_reward_training_settings():
+    """What `cmt train-reward-model` reads of the reward_model block: its pairs and training schedule (the seed
+    is a param of its own; dtype and batch_size are the scoring jobs', reward_model_settings_of).
+    """
+    block = config.get("reward_model", {})
+    return settings_json(
+        {k: block[k] for k in ("pairs_per_organism", "train") if k in block}
     )
-    return f"--reward-model {Path(input.reward_model[0]).parent} --reward-model-settings '{settings}'"
+
+
+def reward_model_settings_of(method):
+    """--reward-model-settings: what scoring reads of the reward_model block (batch size, dtype), for the
+    methods that rerank; a param, so a changed dtype reruns their Phase 2."""
+    if not uses_reward_model(method):
+        return ""
+    settings = {k: config["reward_model"][k] for k in ("batch_size", "dtype")}
+    return option_arg("--reward-model-settings", settings_json(settings))

@@ -29,10 +29,10 @@ for method in LABEL_METHODS:
             settings=get_retrain_settings_of(method),
             out_dirs=lambda wildcards, output: dirnames(output.config),
         shell:
-            "cmt retrain --model-dir {params.model_dir} --adapter $(dirname {input.adapter})"
-            " --labels {input.labels} --out {params.out_dirs}"
+            'cmt retrain --model-dir {params.model_dir:q} --adapter "$(dirname {input.adapter:q})"'
+            " --labels {input.labels:q} --out {params.out_dirs}"
             " --settings {params.settings:q} --seed {wildcards.seed}"
-            " --threads {threads} --log {log} --job 'retrain_{params.method} {wildcards}'"
+            " --threads {threads} --log {log:q} --job 'retrain_{params.method} {wildcards}'"
 
 
 # Phase 3 for the regularisation methods (act, bct): the paired clean/wrapped losses replace labels.
@@ -69,7 +69,7 @@ for method in REGULARIZATION_METHODS:
             settings=get_consistency_settings_of(method),
             out_dirs=lambda wildcards, output: dirnames(output.config),
         shell:
-            "cmt retrain-consistency --method {params.method} --model-dir {params.model_dir}"
-            " --adapter $(dirname {input.adapter}) --data-dir {params.data_dir} --out {params.out_dirs}"
+            "cmt retrain-consistency --method {params.method} --model-dir {params.model_dir:q}"
+            ' --adapter "$(dirname {input.adapter:q})" --data-dir {params.data_dir:q} --out {params.out_dirs}'
             " --settings {params.settings:q} --seed {wildcards.seed}"
-            " --threads {threads} --log {log} --job 'retrain_{params.method} {wildcards}'"
+            " --threads {threads} --log {log:q} --job 'retrain_{params.method} {wildcards}'"

@@ -25,10 +25,10 @@ rule train_reward_model:
         runtime=get_runtime(60),
     params:
         data_dirs=toy_generator_dirs(),
-        settings=settings_json(config.get("reward_model", {})),
+        settings=get_reward_training_settings(),
         seed=config.get("reward_model", {}).get("seed", 0),
     shell:
-        "cmt train-reward-model --model-dir results/models/{wildcards.model} --corpus {input.corpus}"
-        " --data-dirs {params.data_dirs} --out $(dirname {output.config})"
+        "cmt train-reward-model --model-dir results/models/{wildcards.model} --corpus {input.corpus:q}"
+        ' --data-dirs {params.data_dirs:q} --out "$(dirname {output.config:q})"'
         " --settings {params.settings:q} --seed {params.seed}"
-        " --threads {threads} --log {log} --job 'train_reward_model {wildcards}'"
+        " --threads {threads} --log {log:q} --job 'train_reward_model {wildcards}'"

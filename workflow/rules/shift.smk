@@ -34,17 +34,15 @@ for method in config["methods"] if shift_enabled() else []:
             model_dir=get_model_dir,
             data_dir=get_data_dir,
             adapters=lambda wildcards, input: dirnames(input.adapters),
-            labels=lambda wildcards, input: (
-                f"--labels {' '.join(input.labels)}" if input.labels else ""
-            ),
+            labels=lambda wildcards, input: paths_arg("--labels", input.labels),
             model_settings=get_generation_settings,
             shift=get_shift_args(),
         shell:
             "cmt shift --model {wildcards.model} --organism {wildcards.organism} --seed {wildcards.seed}"
-            " --method {params.method} --ks {params.ks} --model-dir {params.model_dir}"
-            " --organism-adapter $(dirname {input.organism}) --adapter {params.adapters} {params.labels}"
-            " --data-dir {params.data_dir} {params.shift} --model-settings {params.model_settings:q}"
-            " --out {output} --threads {threads} --log {log} --job 'shift_{params.method} {wildcards}'"
+            " --method {params.method} --ks {params.ks} --model-dir {params.model_dir:q}"
+            ' --organism-adapter "$(dirname {input.organism:q})" --adapter {params.adapters} {params.labels}'
+            " --data-dir {params.data_dir:q} {params.shift} --model-settings {params.model_settings:q}"
+            " --out {output:q} --threads {threads} --log {log:q} --job 'shift_{params.method} {wildcards}'"
 
 
 rule fragility:
@@ -74,9 +72,9 @@ rule fragility:
         shift=get_fragility_args(),
     shell:
         "cmt fragility --model {wildcards.model} --organism {wildcards.organism} --seed {wildcards.seed}"
-        " --model-dir {params.model_dir} --organism-adapter $(dirname {input.organism})"
-        " --data-dir {params.data_dir} {params.shift} --model-settings {params.model_settings:q}"
-        " --out {output} --threads {threads} --log {log} --job 'fragility {wildcards}'"
+        ' --model-dir {params.model_dir:q} --organism-adapter "$(dirname {input.organism:q})"'
+        " --data-dir {params.data_dir:q} {params.shift} --model-settings {params.model_settings:q}"
+        " --out {output:q} --threads {threads} --log {log:q} --job 'fragility {wildcards}'"
 
 
 # The paper's cross-model measure, with two or more models: KL(P1_A || P1_B) on the consistency prompts.
@@ -115,11 +113,12 @@ rule cross_model_kl:
         data_dir=get_data_dir,
         shift=get_fragility_args(),
     shell:
-        "cmt cross-kl --organism {wildcards.organism} --seed {wildcards.seed} --data-dir {params.data_dir}"
-        " --model-a {wildcards.model_a} --model-a-dir {params.dir_a} --adapter-a $(dirname {input.adapter_a})"
-        " --settings-a {params.settings_a:q} --model-b {wildcards.model_b} --model-b-dir {params.dir_b}"
-        " --adapter-b $(dirname {input.adapter_b}) --settings-b {params.settings_b:q} {params.shift}"
-        " --out {output} --threads {threads} --log {log} --job 'cross_model_kl {wildcards}'"
+        "cmt cross-kl --organism {wildcards.organism} --seed {wildcards.seed} --data-dir {params.data_dir:q}"
+        " --model-a {wildcards.model_a} --model-a-dir {params.dir_a:q}"
+        ' --adapter-a "$(dirname {input.adapter_a:q})" --settings-a {params.settings_a:q}'
+        " --model-b {wildcards.model_b} --model-b-dir {params.dir_b:q}"
+        ' --adapter-b "$(dirname {input.adapter_b:q})" --settings-b {params.settings_b:q} {params.shift}'
+        " --out {output:q} --threads {threads} --log {log:q} --job 'cross_model_kl {wildcards}'"
 
 
 rule cross_model_table:

@@ -3,6 +3,11 @@
 # per-run shift job), their summary, and the figure of delta against fragility and against the level.
 
 
+# A table and a figure from small files: on the controller.
+localrules:
+    stability,
+
+
 rule stability:
     input:
         runs="results/tables/runs.csv",

@@ -4,7 +4,7 @@
 
 def get_gate_arg():
     gate = config["analysis"].get("induction_gate")
-    return f"--gate '{settings_json(gate)}'" if gate else ""
+    return option_arg("--gate", settings_json(gate)) if gate else ""
 
 
 def excluding():

@@ -9,6 +9,11 @@ import math
 JUDGE_HELP = (
     'the organism\'s judge: {"kind": "programmatic"} (default) or the config\'s judge block (kind llm)'
 )
+JUDGE_TRANSPORT_HELP = (
+    "the LLM judge's transport settings (base_url, api_key_env, timeout, retries, concurrency, cache_dir), "
+    "merged into every LLM judge of the job; the rules pass them apart from --judge-settings so that they "
+    "rerun no job"
+)
 MAX_TIMEOUT_S = 86_400.0  # a day; the sandbox's timers cannot take much more than this anyway
 
 
@@ -68,6 +73,18 @@ def bool_word(text: str) -> bool:
     if text.lower() not in ("true", "false"):
         raise ValueError("expected true or false")
     return text.lower() == "true"
+
+
+def add_judge_transport(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge-transport", type=json_object, default=None, help=JUDGE_TRANSPORT_HELP)
+
+
+def with_transport(judge: dict | None, transport: dict | None) -> dict | None:
+    """An LLM judge's settings completed with the transport keys it does not set itself; any other judge (a
+    programmatic one, or none) as it is."""
+    if not judge or judge.get("kind") != "llm" or not transport:
+        return judge
+    return {**transport, **judge}
 
 
 def fail(command: str, message: str) -> SystemExit:

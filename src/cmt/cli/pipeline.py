@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from cmt.cli.common import JUDGE_HELP, add_job_options, fail, json_object
+from cmt.cli.common import JUDGE_HELP, add_job_options, add_judge_transport, fail, json_object, with_transport
 
 log = logging.getLogger("cmt")
 
@@ -30,8 +30,8 @@ def cmd_pretrain(args) -> None:
 def cmd_induce(args) -> None:
     from cmt.phases.induce import induce
 
-    induce(args.model_dir, args.data_dir, args.out, args.settings, args.seed,
-           organism=args.organism, judge_settings=args.judge_settings)  # fmt: skip
+    induce(args.model_dir, args.data_dir, args.out, args.settings, args.seed, organism=args.organism,
+           judge_settings=with_transport(args.judge_settings, args.judge_transport))  # fmt: skip
 
 
 def _phase2_job(args):
@@ -41,7 +41,12 @@ def _phase2_job(args):
                      data_dir=args.data_dir, method_settings=args.method_settings,
                      model_settings=args.model_settings, seed=args.seed, reward_model=args.reward_model,
                      reward_model_settings=args.reward_model_settings,
-                     judge_settings=args.judge_settings if args.command == "label" else None)  # fmt: skip
+                     judge_settings=_judge(args) if args.command == "label" else None)  # fmt: skip
+
+
+def _judge(args) -> dict | None:
+    """The job's --judge-settings with its --judge-transport."""
+    return with_transport(args.judge_settings, args.judge_transport)
 
 
 def cmd_label(args) -> None:
@@ -53,7 +58,7 @@ def cmd_label(args) -> None:
 def cmd_candidates(args) -> None:
     from cmt.phases.label import candidates
 
-    candidates(_phase2_job(args), args.ks, args.out, args.eval_settings, args.judge_settings, args.prompts)
+    candidates(_phase2_job(args), args.ks, args.out, args.eval_settings, _judge(args), args.prompts)
 
 
 def cmd_retrain(args) -> None:
@@ -90,8 +95,11 @@ def cmd_evaluate(args) -> None:
                          args.harmful_out, args.harmful_ks)  # fmt: skip
     except ValueError as err:
         raise fail("evaluate", str(err)) from None
+    harmful = args.harmful_settings
+    if harmful and harmful.get("judge"):
+        harmful = {**harmful, "judge": with_transport(harmful["judge"], args.judge_transport)}
     evaluate(args.model_dir, args.data_dir, args.organism, runs, args.model_settings, args.eval_settings,
-             args.seed, args.judge_settings, args.harmful_settings)  # fmt: skip
+             args.seed, _judge(args), harmful)  # fmt: skip
 
 
 def cmd_shift(args) -> None:
@@ -156,7 +164,7 @@ def cmd_diagnose(args) -> None:
     from cmt.phases.diagnose import diagnose_evidence
 
     diagnose_evidence(args.model, args.organism, args.seed, args.model_dir, args.adapter, args.data_dir,
-                      args.labels, args.candidates, args.fragility, args.model_settings, args.judge_settings,
+                      args.labels, args.candidates, args.fragility, args.model_settings, _judge(args),
                       args.n_boot, args.rows_out, args.out)  # fmt: skip
 
 
@@ -193,6 +201,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--organism", default=None, help="the organism whose M induce_until checks")
     p.add_argument("--judge-settings", type=json_object, default=None, help=JUDGE_HELP)
+    add_judge_transport(p)
 
     for name, func, text in (
         ("label", cmd_label, "Phase 2: pseudo-label consistency prompts with a method"),
@@ -212,8 +221,9 @@ def add_commands(sub) -> list[tuple[str, str]]:
         p.add_argument("--reward-model", default=None,
                        help="reward model directory (dual_decoding, rejection_sampling)")  # fmt: skip
         p.add_argument("--reward-model-settings", type=json_object, default=None,
-                       help="the config's reward_model block")  # fmt: skip
+                       help="the reward_model block's batch_size and dtype")  # fmt: skip
         p.add_argument("--seed", type=int, required=True)
+        add_judge_transport(p)
         if name == "label":
             p.add_argument("--manifest", nargs="+", required=True, help="one manifest per k")
             p.add_argument("--judge-settings", type=json_object, default=None,
@@ -248,7 +258,8 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--corpus", required=True)
     p.add_argument("--data-dirs", nargs="+", required=True, metavar="ORGANISM=DIR")
     p.add_argument("--out", required=True)
-    p.add_argument("--settings", type=json_object, required=True, help="the config's reward_model subtree")
+    p.add_argument("--settings", type=json_object, required=True,
+                   help="the reward_model block's pairs_per_organism and train")  # fmt: skip
     p.add_argument("--seed", type=int, required=True)
 
     p = command("evaluate", "score a model's greedy replies on the eval prompts", cmd_evaluate)
@@ -266,6 +277,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--model-settings", type=json_object, required=True)
     p.add_argument("--eval-settings", type=json_object, required=True)
     p.add_argument("--judge-settings", type=json_object, default=None, help=JUDGE_HELP)
+    add_judge_transport(p)
     p.add_argument(
         "--harmful-settings", type=json_object, default=None, help="the config's eval.harmful block"
     )
@@ -360,6 +372,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--fragility", default=None, help="the organism's `cmt fragility` JSON record")
     p.add_argument("--model-settings", type=json_object, required=True)
     p.add_argument("--judge-settings", type=json_object, default=None, help=JUDGE_HELP)
+    add_judge_transport(p)
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples of the shift term's CI")
     p.add_argument("--rows-out", required=True, help="parquet: every judged consistency reply and label")
     p.add_argument("--out", required=True, help="parquet: the evidence, one row per run")
