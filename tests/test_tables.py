@@ -344,6 +344,23 @@ def test_n_effective_counts_identical_label_sets_once():
     assert main.loc["all", "n_runs"] == 4 and main.loc["all", "n_effective"] == 3
 
 
+def test_the_run_level_tests_count_a_repeated_label_set_once():
+    """gst and multi_view chose the same labels on one organism: one model trained twice, with one delta. The
+    counts keep both runs (the paper counts runs); the run-level tests see it once. Counted twice, the sign test
+    would be binomtest(3, 4) = 0.625; once, binomtest(2, 3) = 1.0."""
+    from scipy.stats import binomtest, wilcoxon
+
+    deltas = {"gst": -0.1, "multi_view": -0.1, "self_refinement": -0.2, "act": 0.1}
+    runs = pd.DataFrame([run_row("toy", 0, m, 1, d) for m, d in deltas.items()]).assign(
+        label_set=["h1", "h1", "h2", ""]
+    )
+    main = main_table(runs, n_boot=200).set_index("family").loc["all"]
+    assert (main["n_suppressed"], main["n_amplified"], main["n_effective"]) == (3, 1, 3)
+    assert main["p_sign"] == pytest.approx(binomtest(2, 3, 0.5).pvalue) == pytest.approx(1.0)
+    assert main["p_wilcoxon"] == pytest.approx(wilcoxon([-10.0, -20.0, 10.0]).pvalue)
+    assert main["mean_delta_pp"] == pytest.approx(-7.5)  # the mean stays over runs, as the paper's
+
+
 def test_controls_pass_only_with_the_ci_on_the_expected_side():
     rows = [
         {**run_row("toy", 0, "oracle_aligned", 1, -0.3), "delta_pp_ci_low": -45.0, "delta_pp_ci_high": -12.0},

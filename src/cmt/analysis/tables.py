@@ -76,25 +76,34 @@ def _valid(runs: pd.DataFrame) -> pd.Series:
     return runs["valid"].astype(bool) if "valid" in runs.columns else pd.Series(True, index=runs.index)
 
 
-def n_effective(runs: pd.DataFrame) -> int:
-    """Runs that are independent in their labels: runs of one organism (model, organism, seed) that trained on a
-    byte-identical label set count once; runs without a recorded label set count one each."""
+def effective_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that are independent in their labels: of the runs of one organism (model, organism, seed) that
+    trained on a byte-identical label set, the first (two methods that chose the same labels trained one model
+    twice: on the default grid gst and self_certainty did, with the same delta); runs without a recorded label
+    set each count."""
     if "label_set" not in runs.columns:
-        return len(runs)
+        return runs
     label_set = runs["label_set"].fillna("").astype(str)
-    unrecorded = int((label_set == "").sum())
-    recorded = runs[label_set != ""]
-    return unrecorded + len(recorded[["model", "organism", "seed", "label_set"]].drop_duplicates())
+    recorded = label_set != ""
+    repeated = recorded & runs.assign(_set=label_set).duplicated(["model", "organism", "seed", "_set"])
+    return runs[~repeated]
+
+
+def n_effective(runs: pd.DataFrame) -> int:
+    """len(effective_runs(runs))."""
+    return len(effective_runs(runs))
 
 
 def _delta_summary(group: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """Counts, mean delta (pp) with its (model, seed)-cluster bootstrap CI, the run-level sign test (the
-    paper's), the cluster-level sign-flip test, and n_effective, over the valid runs that have a delta."""
+    paper's, over the effective runs: a run that repeats another's labels is the same model, not another draw),
+    the cluster-level sign-flip test, and n_effective, over the valid runs that have a delta."""
     has_delta = group["delta_pp"].notna()
     valid = _valid(group)
     counted = group[has_delta & valid]
     delta = counted["delta_pp"].to_numpy(dtype=float)
     n_sup, n_amp = int((delta < 0).sum()), int((delta > 0).sum())
+    effective = effective_runs(counted)["delta_pp"]
     clusters = _cluster_ids(counted)
     ci = cluster_bootstrap_ci(delta, clusters, n_boot, seed)
     return {
@@ -107,9 +116,9 @@ def _delta_summary(group: pd.DataFrame, n_boot: int, seed: int) -> dict:
         "mean_delta_pp_ci_low": ci[0],
         "mean_delta_pp_ci_high": ci[1],
         "n_clusters": int(clusters.nunique()),
-        "p_sign": sign_test(n_sup, n_amp),
+        "p_sign": sign_test(int((effective < 0).sum()), int((effective > 0).sum())),
         "p_cluster": cluster_sign_flip_p(delta, clusters, seed),
-        "n_effective": n_effective(counted),
+        "n_effective": len(effective),
         "n_invalid": int((has_delta & ~valid).sum()),
         "n_no_delta": int((~has_delta).sum()),
     }
@@ -148,7 +157,7 @@ def main_table(runs: pd.DataFrame, seed: int = 0, n_boot: int = 2000) -> pd.Data
                     "organism": organism,
                     "family": family,
                     **_delta_summary(group, n_boot, seed),
-                    "p_wilcoxon": wilcoxon_p(runs.loc[in_family & counted, "delta_pp"]),
+                    "p_wilcoxon": wilcoxon_p(effective_runs(runs[in_family & counted])["delta_pp"]),
                     "mean_delta_pp_base": _mean(base),
                     "mean_delta_pp_instruct": _mean(inst),
                     "n_base": len(base),
