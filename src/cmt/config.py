@@ -366,7 +366,8 @@ def check_workflow_config(config: dict, schema_path: str | Path) -> list[str]:
 
     First the schema (every violation with its key path, an unknown method name among them) and the method
     registry (k-scaling of an unknown method or of one that does not select); when those pass, the checks
-    across keys and on the local folders the config names. Relative paths are read from the working directory, as the jobs read them.
+    across keys and on the local folders the config names. Relative paths are read from the working directory,
+    as the jobs read them.
     """
     errors = config_errors(config, schema_path) + _method_errors(config)
     return errors or _semantic_errors(config)

@@ -253,7 +253,8 @@ def cluster_sign_flip_p(values, clusters, seed: int = 0, n_resamples: int = 100_
     values are symmetric about 0 as a whole. Wraps `scipy.stats.permutation_test` on the cluster sums: exact up
     to EXACT_SIGN_FLIP_CLUSTERS clusters (C clusters cannot give p below 2 / 2^C, 0.25 for three seeds), else
     `n_resamples` random flips drawn from `seed` (the paper's grid has 27 (model, seed) clusters); scipy then
-    doubles the smaller one-sided p, each counting the observed assignment, so p is never 0. NaN values are dropped; no cluster gives NaN.
+    doubles the smaller one-sided p, each counting the observed assignment, so p is never 0. NaN values are
+    dropped; no cluster gives NaN.
     """
     from scipy.stats import permutation_test
 
