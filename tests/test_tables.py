@@ -7,7 +7,7 @@ from scipy.stats import wilcoxon
 
 from cmt.analysis.runs import read_evals, runs_table
 from cmt.analysis.stats import holm_adjust, paired_bootstrap_diff_ci, sign_test
-from cmt.analysis.tables import controls_table, kscaling_table, main_table, methods_table, n_effective
+from cmt.analysis.tables import controls_table, effective_runs, kscaling_table, main_table, methods_table
 from cmt.cli import main as cli_main
 from cmt.runtime.io import write_parquet
 
@@ -335,10 +335,10 @@ def test_p_cluster_on_the_paper_grids_27_clusters():
 def test_n_effective_counts_identical_label_sets_once():
     rows = [run_row("toy", 0, m, 1, -0.1) for m in ("gst", "multi_view", "self_refinement", "act")]
     runs = pd.DataFrame(rows).assign(label_set=["h1", "h1", "h2", ""])
-    assert n_effective(runs) == 3  # gst and multi_view share h1; act has no labels and counts once
+    assert len(effective_runs(runs)) == 3  # gst and multi_view share h1; act has no labels and counts once
     other_seed = runs.assign(seed=1)
     assert (
-        n_effective(pd.concat([runs, other_seed])) == 6
+        len(effective_runs(pd.concat([runs, other_seed]))) == 6
     )  # the same hash on another organism is another draw
     main = main_table(runs).set_index("family")
     assert main.loc["all", "n_runs"] == 4 and main.loc["all", "n_effective"] == 3

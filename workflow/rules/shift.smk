@@ -200,5 +200,4 @@ rule harmful_table:
         runtime=10,
     shell:
         "cmt harmful-table --rows {input.rows} --runs {input.runs} --out {output.table}"
-        " --summary {output.summary}"
-        " --log {log} --job 'harmful_table'"
+        " --summary {output.summary} --log {log} --job 'harmful_table'"

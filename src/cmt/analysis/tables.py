@@ -89,11 +89,6 @@ def effective_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[~repeated]
 
 
-def n_effective(runs: pd.DataFrame) -> int:
-    """len(effective_runs(runs))."""
-    return len(effective_runs(runs))
-
-
 def _delta_summary(group: pd.DataFrame, n_boot: int, seed: int) -> dict:
     """Counts, mean delta (pp) with its (model, seed)-cluster bootstrap CI, the run-level sign test (the
     paper's, over the effective runs: a run that repeats another's labels is the same model, not another draw),

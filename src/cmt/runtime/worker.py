@@ -307,8 +307,8 @@ def serve(path: str, entry: str, parent_pid: int | None = None, idle_seconds: fl
 def start(directory: str, entry: str, preload: str | None = None) -> tuple[object, str]:
     """Start a server for this process (Snakemake) in the background, running jobs with `entry`
     ("module:function"); returns (Popen, socket path). `directory`: a new empty folder, which the server removes
-    when it stops. `preload`: a library the server (and so every job it
-    forks) starts with, as the jobs' shells preload it (cmt.runtime.allocator)."""
+    when it stops. `preload`: a library the server (and so every job it forks) starts with, as the jobs' shells
+    preload it (cmt.runtime.allocator)."""
     import subprocess
 
     from cmt.runtime.allocator import with_preload
