@@ -267,8 +267,9 @@ def kscaling_figure(kscaling: pd.DataFrame, methods: pd.DataFrame, induction: pd
 
 
 def delta_vs_shift_figure(shift: pd.DataFrame):
-    """One panel per shift measure: each main run's delta (pp) against the measure (the runs shift_correlations
-    counts, plus invalid ones crossed out in red; no control), organism by colour, method by marker."""
+    """One panel per shift measure: each main run's delta (pp) against the measure (valid runs, plus invalid ones
+    crossed out in red; no control), organism by colour, method by marker. shift_correlations counts the runs of
+    a run-level measure and, for fragility, each organism once."""
     _require_columns(shift, ["organism", "method", "delta_pp"], "shift.csv")
     shift = shift[_flag(shift, "main_run", True)]
     shift = shift[[family_of(m) != "control" for m in shift["method"]]]
