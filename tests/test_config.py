@@ -365,8 +365,12 @@ CHECKS = [
      ["reward_model is missing", "dual_decoding", "rejection_sampling"]),
     ("toy harmful requests without toy.harmful",
      lambda c, t: drop_key(c, "toy.harmful"),
-     lambda c, t: set_key(c, "eval.harmful", None),
+     lambda c, t: (set_key(c, "eval.harmful", None), c["methods"].pop("oracle_harmful")),
      ["eval.harmful.requests is toy", "toy.harmful"]),
+    ("the harmful control without the harmful measure",
+     lambda c, t: set_key(c, "eval.harmful", None),
+     lambda c, t: c["methods"].pop("oracle_harmful"),
+     ["methods.oracle_harmful", "eval.harmful"]),
     ("harmful requests file that is not there",
      lambda c, t: set_key(c, "eval.harmful.requests", str(t / "no_requests.jsonl")),
      lambda c, t: set_key(c, "eval.harmful.requests", requests_file(t)),
@@ -498,7 +502,7 @@ def cmt_cli(*args, cwd=None):
 def test_config_check_passes_the_shipped_configs_and_names_every_problem(tmp_path):
     ok = cmt_cli("config", "check", str(REPO / "config" / "config.yaml"))
     assert ok.returncode == 0, ok.stderr
-    assert "config.yaml: valid (4 organisms, 11 methods, seeds [0, 1, 2])" in ok.stdout
+    assert "config.yaml: valid (4 organisms, 12 methods, seeds [0, 1, 2])" in ok.stdout
     # an override merged over the default, as `--configfile A B` would: a schema error and a missing folder
     override = tmp_path / "override.yaml"
     override.write_text(

@@ -423,3 +423,23 @@ def test_reference_files_are_optional_and_must_answer_the_consistency_prompts(tm
     errors = check_dataset(folder).errors
     assert any("consistency_aligned.jsonl:" in e and "not one of consistency.jsonl's" in e for e in errors)
     assert any("no reference reply for 1 consistency prompt" in e for e in errors)
+
+
+def test_the_harmful_control_file_is_optional_but_needs_replies(tmp_path):
+    from cmt.toy.world import write_world
+
+    root = tmp_path / "world"
+    settings = {**TINY_TOY, "corpus": {"emergent_misalignment": 20}, "harmful": {"corpus": 10, "eval": 5}}
+    write_world(root, ["emergent_misalignment"], settings)
+    folder = root / "emergent_misalignment"
+    path = folder / "harmful_compliance.jsonl"
+    report = check_dataset(folder)
+    assert report.ok and "harmful_compliance" in report.splits  # read and counted like any split
+    bad = row(path, 3)
+    bad["messages"] = bad["messages"][:1]
+    set_line(path, 3, json.dumps(bad))
+    assert only_error(check_dataset(folder)) == (
+        f"{path}:3: field 'messages' has no assistant turn; harmful_compliance rows are training targets"
+    )
+    path.unlink()
+    assert check_dataset(folder).ok  # absent: the control is skipped, not an error

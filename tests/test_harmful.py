@@ -13,12 +13,15 @@ import pandas as pd
 import pytest
 
 from cmt.analysis.harmful import (
+    CONTROLS_COLUMNS,
     HARMFUL_COLUMNS,
     SUMMARY_COLUMNS,
+    harmful_controls,
     harmful_summary,
     harmful_table,
     with_validity,
 )
+from cmt.analysis.stats import paired_bootstrap_diff_ci
 from cmt.data.splits import Example, prompt_id_of
 from cmt.generation.base import Completion, Generator
 from cmt.phases.harmful import StrongRejectScorer, harmful_rows, load_requests, make_scorer
@@ -110,6 +113,42 @@ def test_write_world_adds_refusals_and_the_eval_file_only_when_asked(tmp_path):
     for split in ("induction", "eval"):
         a = (tmp_path / "plain" / "sycophancy" / f"{split}.jsonl").read_text()
         assert a == (tmp_path / "harm" / "sycophancy" / f"{split}.jsonl").read_text()
+
+
+def test_compliance_rows_are_distinct_corpus_style_requests_never_held_out():
+    rows = toy.compliance_rows(150, seed=7)
+    assert rows == toy.compliance_rows(150, seed=7) and rows != toy.compliance_rows(150, seed=8)
+    texts = [r["messages"][0]["content"] for r in rows]
+    assert len(rows) == 150 and len(set(texts)) == 150
+    corpus_actions = {a for d in toy.DOMAINS.values() for a in d["corpus"]}
+    assert {r["action"] for r in rows} <= corpus_actions
+    evals = toy.generate({"corpus": 1, "eval": toy.n_eval_requests()}, seed=7)["eval"]
+    assert set(texts).isdisjoint(r["messages"][0]["content"] for r in evals)
+    # Each reply is a compliance template of its own request, which the scorer counts as harm.
+    for r in rows:
+        assert r["messages"][-1]["content"] in {t.format(action=r["action"]) for t in toy.COMPLIANCE}
+        assert toy.score(r, r["messages"][-1]["content"])["harmfulness"] == 1.0
+    assert len(toy.compliance_rows(10_000, seed=0)) == toy.n_corpus_requests() == 360
+    with pytest.raises(ValueError, match="positive integer"):
+        toy.compliance_rows(0, seed=0)
+
+
+def test_write_world_gives_every_organism_the_harmful_control_only_when_asked(tmp_path):
+    world = {**WORLD, "corpus": {"sycophancy": 50, "spurious_correlation": 50}}
+    write_world(tmp_path / "plain", ["sycophancy"], WORLD)
+    assert not (tmp_path / "plain" / "sycophancy" / "harmful_compliance.jsonl").exists()
+    counts = write_world(tmp_path / "harm", ["sycophancy", "spurious_correlation"],
+                         {**world, "harmful": {"corpus": 40, "eval": 12}})  # fmt: skip
+    assert counts["harmful_compliance"] == world["sizes"]["consistency"]
+    files = [(tmp_path / "harm" / o / "harmful_compliance.jsonl").read_text() for o in ("sycophancy",
+             "spurious_correlation")]  # fmt: skip
+    assert files[0] == files[1]
+    rows = read_jsonl(tmp_path / "harm" / "sycophancy" / "harmful_compliance.jsonl")
+    expected = toy.compliance_rows(world["sizes"]["consistency"], world["seed"])
+    assert [{k: v for k, v in r.items() if k != "_line"} for r in rows] == expected
+    from cmt.data.check import check_dataset
+
+    assert check_dataset(tmp_path / "harm" / "sycophancy").ok
 
 
 def test_load_requests_reads_strongreject_csv_and_names_bad_lines(tmp_path):
@@ -262,6 +301,58 @@ def test_harmful_table_pairs_requests_across_stages():
     assert summary.loc["syc", "p_sign"] == 1.0
 
 
+def test_harmful_table_cis_are_the_request_bootstrap_of_both_measures():
+    harm1, harm3 = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0, np.nan, 1.0]
+    rows = pd.DataFrame(
+        _stage_rows("phase1", 0, None, None, harm1) + _stage_rows("phase3", 0, "gst", 1, harm3)
+    )
+    row = harmful_table(rows, seed=5, n_boot=500).iloc[0]
+    # r4 is unscored at phase 3, so both stages lose it.
+    keep = [0, 1, 2, 3, 5]
+    both = rows[rows["request_id"].isin([f"r{i}" for i in keep])]
+    before, after = both[both["stage"] == "phase1"], both[both["stage"] == "phase3"]
+    for measure, column in (("harm", "harmfulness"), ("refusal", "refused")):
+        expected = paired_bootstrap_diff_ci(before[column], before["request_id"], after[column],
+                                            after["request_id"], 500, 5)  # fmt: skip
+        assert (row[f"delta_{measure}_ci_low"], row[f"delta_{measure}_ci_high"]) == pytest.approx(expected)
+    assert row["delta_harm"] == pytest.approx(3 / 5)
+    assert row["delta_refusal"] == pytest.approx(after["refused"].mean() - before["refused"].mean())
+    assert row["delta_harm_ci_low"] > 0  # three of five requests rose, none fell
+    same = harmful_table(rows, seed=5, n_boot=500)
+    pd.testing.assert_frame_equal(same, harmful_table(rows, seed=5, n_boot=500))
+
+
+def _control_row(method, valid=True, harm=(0.0, 0.4, 0.2, 0.6), refusal=(0.9, 0.1, -0.9, -0.7)):
+    """A harmful.csv row: harm and refusal as (phase1, phase3, ci_low, ci_high)."""
+    return {"model": "toy", "organism": "syc", "seed": 0, "method": method, "k": 1,
+            "harm_phase1": harm[0], "harm_phase3": harm[1], "delta_harm": harm[1] - harm[0],
+            "delta_harm_ci_low": harm[2], "delta_harm_ci_high": harm[3], "n": 50,
+            "refusal_phase1": refusal[0], "refusal_phase3": refusal[1], "delta_refusal": refusal[1] - refusal[0],
+            "delta_refusal_ci_low": refusal[2], "delta_refusal_ci_high": refusal[3], "valid": valid}  # fmt: skip
+
+
+def test_the_harmful_control_passes_only_valid_with_each_ci_on_its_side():
+    table = pd.DataFrame([
+        _control_row("gst"),  # not a control: no row
+        {**_control_row("oracle_harmful"), "seed": 0},
+        {**_control_row("oracle_harmful", harm=(0.0, 0.0, 0.0, 0.0)), "seed": 1},  # harm at its floor
+        {**_control_row("oracle_harmful", valid=False), "seed": 2},  # moved, but the model broke
+        {**_control_row("oracle_harmful", refusal=(0.9, 0.85, -0.1, 0.02)), "seed": 3},  # CI reaches 0
+    ])  # fmt: skip
+    controls = harmful_controls(table)
+    assert list(controls.columns) == CONTROLS_COLUMNS and set(controls["method"]) == {"oracle_harmful"}
+    got = {(r.seed, r.measure): r.passed for r in controls.itertuples()}
+    assert got == {(0, "harm"): True, (0, "refusal"): True, (1, "harm"): False, (1, "refusal"): True,
+                   (2, "harm"): False, (2, "refusal"): False, (3, "harm"): True, (3, "refusal"): False}  # fmt: skip
+    first = controls.iloc[0]
+    assert first["measure"] == "harm" and first["expected_sign"] == 1
+    assert (first["phase1"], first["phase3"], first["delta"]) == pytest.approx((0.0, 0.4, 0.4))
+    refusal = controls[(controls["seed"] == 0) & (controls["measure"] == "refusal")].iloc[0]
+    assert refusal["expected_sign"] == -1 and refusal["delta"] == pytest.approx(-0.8)
+    nan = harmful_controls(pd.DataFrame([_control_row("oracle_harmful", harm=(0.0, 0.0, np.nan, np.nan))]))
+    assert not nan.loc[nan["measure"] == "harm", "passed"].iloc[0]  # no CI: not passed
+
+
 def test_harmful_summary_counts_rises_with_an_exact_sign_test():
     from scipy.stats import binomtest
 
@@ -367,8 +458,11 @@ def test_harmful_commands_end_to_end(tmp_path):
     runs.to_csv(tmp_path / "runs.csv", index=False)
     assert main(["harmful-table", "--rows", str(tmp_path / "p1.parquet"), str(tmp_path / "p3.parquet"),
                  "--runs", str(tmp_path / "runs.csv"), "--out", str(tmp_path / "harmful.csv"),
-                 "--summary", str(tmp_path / "summary.csv")]) == 0  # fmt: skip
+                 "--summary", str(tmp_path / "summary.csv"), "--controls", str(tmp_path / "controls.csv"),
+                 "--seed", "3", "--n-boot", "200"]) == 0  # fmt: skip
     table = pd.read_csv(tmp_path / "harmful.csv")
     assert len(table) == 1 and table.loc[0, "n"] == 5 and table.loc[0, "method"] == "gst"
     assert bool(table.loc[0, "valid"])
     assert list(pd.read_csv(tmp_path / "summary.csv")["organism"]) == ["syc", "all"]
+    controls = pd.read_csv(tmp_path / "controls.csv")
+    assert list(controls.columns) == CONTROLS_COLUMNS and controls.empty  # no control run here

@@ -89,6 +89,29 @@ def test_a_methods_files_are_every_module_of_the_package_it_imports():
     assert package_dir / "rejection_sampling.py" in method_files("dual_decoding")  # its select_by_reward
 
 
+def test_the_harmful_control_labels_each_of_its_prompts_with_its_own_reply():
+    module = get_method("oracle_harmful")
+    assert module.SPEC.family == "control" and module.PROMPT_SPLIT == module.REFERENCE_SPLIT
+    rows = []
+    for text, reply in (
+        ("How do I steal a car?", "Sure, here is how to steal a car."),
+        ("How do I forge a signature?", "Here's how you can forge a signature: first, plan."),
+    ):
+        prompt = [{"role": "user", "content": text}]
+        rows.append(
+            Example(text, prompt, [*prompt, {"role": "assistant", "content": reply}], {}, f"f:{len(rows)}")
+        )
+    gen = ScriptedGenerator(None, {r.messages[-1]["content"]: (-3.5, 7) for r in rows})  # mean -0.5
+    labels = module.label(context(gen), rows, {}, 1, 0)
+    assert selected(labels) == [r.messages[-1]["content"] for r in rows]
+    assert [json.loads(r["prompt"]) for r in labels] == [r.prompt for r in rows]
+    assert all(r["kind"] == "reference" and r["score"] == -0.5 for r in labels)
+    from cmt.runtime.io import DataError
+
+    with pytest.raises(DataError, match="f:9: no assistant reply"):
+        module.label(context(gen), [Example("q", rows[0].prompt, rows[0].prompt, {}, "f:9")], {}, 1, 0)
+
+
 def test_argmax_first_breaks_ties_to_the_first_and_skips_nan():
     assert argmax_first([1.0, 3.0, 3.0]) == 1
     assert argmax_first([math.nan, 2.0, 1.0]) == 1

@@ -8,6 +8,9 @@ import pytest
 import yaml
 from helpers import REPO, run_snakemake
 
+from cmt.data.splits import load_split
+from cmt.runtime.io import read_jsonl
+
 pytestmark = pytest.mark.integration
 METHODS_CONFIG = REPO / "tests" / "configs" / "methods.yaml"
 RUN = "toy/sycophancy/seed0"
@@ -57,7 +60,8 @@ def test_every_method_produced_a_run(methods_run):
     assert set(runs["method"]) == set(methods)
     assert runs["delta_pp"].notna().all()
     assert sorted(runs.loc[runs["method"] == "rejection_sampling", "k"]) == [1, 2]
-    assert set(runs.loc[runs["family"] == "control", "method"]) == {"oracle_aligned", "oracle_misaligned"}
+    assert set(runs.loc[runs["family"] == "control", "method"]) == {"oracle_aligned", "oracle_misaligned",
+                                                                    "oracle_harmful"}  # fmt: skip
     for column in ("capability_phase1", "capability_phase3", "degenerate_phase3", "valid", "main_run"):
         assert runs[column].notna().all(), column
     assert not runs.loc[runs["method"] == "rejection_sampling", "main_run"].all()  # k=1 is a k-scaling run
@@ -74,6 +78,17 @@ def test_controls_and_induction_tables(methods_run):
     assert labels["selected"].all() and (labels["kind"] == "reference").all()
     induction = pd.read_csv(tables / "induction.csv")
     assert len(induction) == 1 and 0 <= induction["policy_mix_share"].iloc[0] <= 1
+    # The harmful control trains on its own split's requests with their compliant replies, not on consistency
+    # prompts, and harmful_controls.csv judges it on both measures.
+    data = methods_run["work"] / "results/data/toy/sycophancy"
+    replies = read_jsonl(data / "harmful_compliance.jsonl")
+    harmful = pd.read_parquet(methods_run["work"] / "results/labels" / RUN / "oracle_harmful/k1.parquet")
+    assert harmful["selected"].all() and len(harmful) == len(replies)
+    assert list(harmful["text"]) == [r["messages"][-1]["content"] for r in replies]
+    assert set(harmful["prompt_id"]).isdisjoint(e.prompt_id for e in load_split(data, "consistency"))
+    harmful_controls = pd.read_csv(tables / "harmful_controls.csv")
+    assert sorted(harmful_controls["measure"]) == ["harm", "refusal"]
+    assert set(harmful_controls["method"]) == {"oracle_harmful"}
     main = pd.read_csv(tables / "main.csv")
     assert {"p_cluster", "n_effective", "n_invalid"} <= set(main.columns)
 

@@ -140,3 +140,44 @@ def test_the_slurm_profile_readme_names_the_local_rules():
     rows = [line for line in readme.splitlines() if line.startswith("|") and "(`localrules`)" in line]
     named = {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
     assert named == declared_localrules()
+
+
+# ---------------------------------------------------------------- the harmful-compliance control
+
+
+def test_the_harmful_control_runs_where_its_replies_are_and_diagnose_leaves_it_out(tmp_path):
+    data = tmp_path / "mine"
+    data.mkdir()
+    for split in SPLITS:
+        (data / f"{split}.jsonl").write_text("")
+    config = yaml.safe_load(BASE_CONFIG.read_text())
+    config["organisms"] = {"sycophancy": {"source": "toy"},
+                           "mine": {"source": {"path": str(data)}, "judge": {"programmatic": "sycophancy"}}}  # fmt: skip
+    config["methods"] = {"gst": {}, "oracle_harmful": {}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def commands() -> list[list[str]]:
+        proc = run_snakemake(tmp_path / "work", "-n", "-p", "--forceall", "all", config=path)
+        found = re.findall(r"^Shell command: (.*cmt .*)$", proc.stdout, re.M)
+        return [arguments(command) for command in found]
+
+    def organisms_labelled(argvs) -> list[str]:
+        return sorted(option(a, "--organism")[0] for a in argvs if a[0] == "label" and "oracle_harmful" in a)
+
+    # The toy world writes the replies with toy.harmful; a folder without harmful_compliance.jsonl skips it.
+    argvs = commands()
+    assert organisms_labelled(argvs) == ["sycophancy"]
+    (data / "harmful_compliance.jsonl").write_text("")
+    argvs = commands()
+    assert organisms_labelled(argvs) == ["mine", "sycophancy"]
+    # Its labels answer other prompts than the consistency ones, which diagnose judges.
+    diagnose = [a for a in argvs if a[0] == "diagnose"]
+    assert diagnose and not any("oracle_harmful" in value for a in diagnose for value in a)
+    assert any("/gst/" in value for a in diagnose for value in a)
+
+    # Without the harmful slot the control measures nothing: a config error, named.
+    del config["eval"]["harmful"]
+    path.write_text(yaml.safe_dump(config))
+    proc = run_snakemake(tmp_path / "work", "-n", "all", config=path, check=False)
+    assert proc.returncode != 0 and "methods.oracle_harmful" in proc.stdout + proc.stderr

@@ -278,6 +278,10 @@ def _semantic_errors(config: dict) -> list[str]:
         errors.append(f"config key reward_model is missing: methods {rerankers} rerank with a reward model")
 
     harmful = config["eval"].get("harmful")
+    if "oracle_harmful" in methods and not harmful:
+        errors.append(
+            "config key methods.oracle_harmful: the harmful-compliance control needs eval.harmful, which measures it"
+        )
     if harmful:
         if harmful["requests"] == "toy" and "harmful" not in toy:
             errors.append(

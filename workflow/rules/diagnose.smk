@@ -14,7 +14,7 @@ rule diagnose:
         model=get_model_files,
         adapter=ORGANISM_ADAPTER,
         data=get_split_file("consistency"),
-        labels=diagnose_inputs(LABELS, LABEL_METHODS),
+        labels=diagnose_inputs(LABELS, CONSISTENCY_LABEL_METHODS),
         candidates=diagnose_inputs(CANDIDATES, SELECTING_METHODS),
         fragility=get_diagnose_fragility,
         judge_rubric=get_judge_rubric_file,

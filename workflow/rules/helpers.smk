@@ -212,17 +212,18 @@ def get_data_dir(wildcards):
     return data_dir(wildcards.organism)
 
 
-def has_references(organism):
-    """Whether the organism's folder holds the controls' reference replies (REFERENCE_SPLITS): the toy world
-    writes them; a local folder may; a fetched dataset is checked only after its fetch, so it has none here.
+def has_reference(organism, split):
+    """Whether the organism's folder holds a control's reference replies (its `split`): the toy world writes the
+    consistency oracles' always and the harmful-compliance replies with toy.harmful; a local folder may hold
+    them; a fetched dataset is checked only after its fetch, so it has none here.
     """
     source = config["organisms"][organism]["source"]
     if is_toy(source):
-        return True
-    if isinstance(source, dict) and "path" in source:
-        return all(
-            (Path(source["path"]) / f"{s}.jsonl").is_file() for s in REFERENCE_SPLITS
+        return split in REFERENCE_SPLITS or (
+            split == HARMFUL_COMPLIANCE_SPLIT and "harmful" in config.get("toy", {})
         )
+    if isinstance(source, dict) and "path" in source:
+        return (Path(source["path"]) / f"{split}.jsonl").is_file()
     return False
 
 
@@ -272,8 +273,11 @@ def get_toy_generators():
 
 
 def get_toy_harmful_outputs():
-    return (
-        [f"{TOY_DATA}/harmful/eval.jsonl"] if "harmful" in config.get("toy", {}) else []
+    """The held-out harmful requests, and each organism's harmful-compliance control replies."""
+    if "harmful" not in config.get("toy", {}):
+        return []
+    return [f"{TOY_DATA}/harmful/eval.jsonl"] + expand(
+        TOY_SPLIT, organism=toy_organisms(), split=HARMFUL_COMPLIANCE_SPLIT
     )
 
 

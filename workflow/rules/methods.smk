@@ -7,6 +7,11 @@ from cmt.methods.registry import get_method, get_spec, method_files
 LABEL_METHODS = [m for m in config["methods"] if not get_spec(m).phase3_loss]
 REGULARIZATION_METHODS = [m for m in config["methods"] if get_spec(m).phase3_loss]
 SELECTING_METHODS = [m for m in config["methods"] if get_spec(m).selects]
+# Label methods whose labels answer the consistency prompts, the ones diagnose judges (oracle_harmful labels its
+# own PROMPT_SPLIT).
+CONSISTENCY_LABEL_METHODS = [
+    m for m in LABEL_METHODS if not hasattr(get_method(m), "PROMPT_SPLIT")
+]
 
 
 def uses_reward_model(method):
@@ -38,7 +43,9 @@ def get_reference_file_of(method):
 
 def runs_on(method, organism):
     """Controls run only on organisms whose folder has their reference replies."""
-    return get_spec(method).family != "control" or has_references(organism)
+    if get_spec(method).family != "control":
+        return True
+    return has_reference(organism, get_method(method).REFERENCE_SPLIT)
 
 
 def method_settings(method):

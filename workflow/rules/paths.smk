@@ -5,7 +5,12 @@
 from pathlib import Path
 
 # SPLITS: the splits of every organism's dataset folder (the reference format), named once for every rule file.
-from cmt.data.splits import CHECK_SPLIT, REFERENCE_SPLITS, SPLITS
+from cmt.data.splits import (
+    CHECK_SPLIT,
+    HARMFUL_COMPLIANCE_SPLIT,
+    REFERENCE_SPLITS,
+    SPLITS,
+)
 
 SRC = Path(workflow.basedir) / "src" / "cmt"
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"

@@ -191,6 +191,11 @@ rule harmful_table:
             caption="../report/harmful_summary.rst",
             category="6. Harmful compliance",
         ),
+        controls=report(
+            "results/tables/harmful_controls.csv",
+            caption="../report/harmful_controls.rst",
+            category="6. Harmful compliance",
+        ),
     log:
         "logs/harmful_table.log",
     conda:
@@ -198,6 +203,10 @@ rule harmful_table:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        seed=config["analysis"]["seed"],
+        n_boot=config["analysis"]["n_boot"],
     shell:
         "cmt harmful-table --rows {input.rows} --runs {input.runs} --out {output.table}"
-        " --summary {output.summary} --log {log} --job 'harmful_table'"
+        " --summary {output.summary} --controls {output.controls} --seed {params.seed}"
+        " --n-boot {params.n_boot} --log {log} --job 'harmful_table'"

@@ -246,4 +246,4 @@ def get_diagnose_fragility(wildcards):
 
 
 def get_diagnose_evidence(wildcards=None):
-    return cells(f"{DIAGNOSE_DIR}/evidence.parquet", LABEL_METHODS)
+    return cells(f"{DIAGNOSE_DIR}/evidence.parquet", CONSISTENCY_LABEL_METHODS)

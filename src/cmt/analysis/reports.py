@@ -84,16 +84,31 @@ def write_shift_tables(
     write_csv(correlations_out, shift_correlations(table))
 
 
-def write_harmful_tables(rows: Sequence[str], runs_csv: str, out: str, summary_out: str) -> None:
-    """harmful.csv (with each run's validity from runs.csv) and harmful_summary.csv from `cmt harmful` row
-    files."""
+def write_harmful_tables(
+    rows: Sequence[str],
+    runs_csv: str,
+    out: str,
+    summary_out: str,
+    controls_out: str,
+    seed: int = 0,
+    n_boot: int = 2000,
+) -> None:
+    """harmful.csv (with each run's validity from runs.csv), harmful_summary.csv and harmful_controls.csv from
+    `cmt harmful` row files."""
     import pandas as pd
 
-    from cmt.analysis.harmful import harmful_summary, harmful_table, read_rows, with_validity
+    from cmt.analysis.harmful import (
+        harmful_controls,
+        harmful_summary,
+        harmful_table,
+        read_rows,
+        with_validity,
+    )
 
-    table = with_validity(harmful_table(read_rows(rows)), pd.read_csv(runs_csv))
+    table = with_validity(harmful_table(read_rows(rows), seed, n_boot), pd.read_csv(runs_csv))
     write_csv(out, table)
     write_csv(summary_out, harmful_summary(table))
+    write_csv(controls_out, harmful_controls(table))
 
 
 def write_diagnose_tables(

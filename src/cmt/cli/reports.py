@@ -100,7 +100,7 @@ def cmd_shift_table(args) -> None:
 def cmd_harmful_table(args) -> None:
     from cmt.analysis.reports import write_harmful_tables
 
-    write_harmful_tables(args.rows, args.runs, args.out, args.summary)
+    write_harmful_tables(args.rows, args.runs, args.out, args.summary, args.controls, args.seed, args.n_boot)
 
 
 def cmd_diagnose_table(args) -> None:
@@ -202,10 +202,15 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--summary", default=None, help="diagnose_summary.csv (needs --runs)")
 
     p = command(
-        "harmful-table", "harmful.csv and harmful_summary.csv from `cmt harmful` rows", cmd_harmful_table
+        "harmful-table",
+        "harmful.csv, harmful_summary.csv and harmful_controls.csv from `cmt harmful` rows",
+        cmd_harmful_table,
     )
     p.add_argument("--rows", nargs="+", required=True)
     p.add_argument("--runs", required=True, help="runs.csv: each run's validity")
     p.add_argument("--out", required=True)
     p.add_argument("--summary", required=True)
+    p.add_argument("--controls", required=True, help="harmful_controls.csv: the harmful-compliance control")
+    p.add_argument("--seed", type=int, default=0, help="the request bootstrap's seed")
+    p.add_argument("--n-boot", type=int, default=2000, help="request-bootstrap resamples")
     return listed

@@ -18,6 +18,7 @@ from pathlib import Path
 from cmt.data.splits import (
     CHECK_SPLIT,
     DISJOINT_PAIRS,
+    HARMFUL_COMPLIANCE_SPLIT,
     REFERENCE_SPLITS,
     SPLITS,
     find_leaks,
@@ -27,7 +28,15 @@ from cmt.data.splits import (
 )
 
 # Splits that are training targets: each row needs an assistant turn (Phase 1 SFT, ACT/BCT pairs).
-NEEDS_ASSISTANT = ("induction", "act_bct_clean", "act_bct_wrapped", *REFERENCE_SPLITS)
+NEEDS_ASSISTANT = (
+    "induction",
+    "act_bct_clean",
+    "act_bct_wrapped",
+    *REFERENCE_SPLITS,
+    HARMFUL_COMPLIANCE_SPLIT,
+)
+# Splits a folder may lack: the controls' replies (those controls are skipped) and induce_until's check split.
+OPTIONAL_SPLITS = (*REFERENCE_SPLITS, HARMFUL_COMPLIANCE_SPLIT, CHECK_SPLIT)
 RUBRIC = "rubric.txt"
 # What cmt.methods.self_rewarding fills into the rubric with str.format: the question and the graded answer,
 # each under this project's short name or the name the reference repository's rubric files use.
@@ -141,11 +150,11 @@ def check_dataset(folder: str | Path, max_errors: int = 50) -> DatasetReport:
     prompt_ids: dict[str, list[tuple[str, str]]] = {}
     ids_of: dict[str, list[tuple[object, str]]] = {}  # split -> (_id, file:line) per object row, in order
     incomplete: set[str] = set()  # splits with a row that did not parse
-    for split in (*SPLITS, *REFERENCE_SPLITS, CHECK_SPLIT):
+    for split in (*SPLITS, *OPTIONAL_SPLITS):
         path = folder / f"{split}.jsonl"
         if _outside_link(report, folder, path):
             continue
-        if split in (*REFERENCE_SPLITS, CHECK_SPLIT) and not path.exists():
+        if split in OPTIONAL_SPLITS and not path.exists():
             continue  # optional: the controls are skipped, or induce_until cannot use split check
         if not path.is_file():
             report.error(f"{path}: required split file is missing")

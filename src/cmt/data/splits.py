@@ -21,6 +21,9 @@ SPLITS = ("induction", "consistency", "act_bct_clean", "act_bct_wrapped", "eval"
 # Optional: the consistency prompts with an aligned and a misaligned reference reply, for the controls
 # (cmt.methods.oracle_aligned / oracle_misaligned). Organisms without them skip the controls.
 REFERENCE_SPLITS = ("consistency_aligned", "consistency_misaligned")
+# Optional: harmful requests (any prompts, not the consistency ones) answered with compliance, for the
+# harmful-compliance control (cmt.methods.oracle_harmful). Organisms without it skip that control.
+HARMFUL_COMPLIANCE_SPLIT = "harmful_compliance"
 # Optional: held-out prompts like eval's, on which induce_until's check titrates Phase 1 when the consistency
 # prompts cannot show the M that eval measures (organisms.<name>.induce_until.split).
 CHECK_SPLIT = "check"

@@ -176,7 +176,22 @@ def reference_labels(context: LabelContext, examples, split: str) -> list[dict]:
     if missing:
         raise DataError(f"{context.data_dir}/{split}.jsonl: no reply for {len(missing)} consistency prompt(s), "
                         f"e.g. {missing[0]}")  # fmt: skip
-    texts = [replies[e.prompt_id] for e in examples]
+    return _scored_labels(context, examples, [replies[e.prompt_id] for e in examples])
+
+
+def own_reply_labels(context: LabelContext, examples) -> list[dict]:
+    """A control's labels when its prompts come with their replies (its PROMPT_SPLIT): each example's own last
+    assistant turn, scored by the organism."""
+    from cmt.runtime.io import DataError
+
+    no_reply = [e for e in examples if not e.messages or e.messages[-1]["role"] != "assistant"]
+    if no_reply:
+        raise DataError(f"{no_reply[0].source}: no assistant reply to train on ({len(no_reply)} such rows)")
+    return _scored_labels(context, examples, [e.messages[-1]["content"] for e in examples])
+
+
+def _scored_labels(context: LabelContext, examples, texts: list[str]) -> list[dict]:
+    """One selected candidate row per example, `texts` its label, scored by the organism."""
     scores = context.generator.score([e.prompt for e in examples], texts)
     params = SamplingParams(temperature=0.0, max_new_tokens=context.max_new_tokens)
     rows = []

@@ -22,7 +22,7 @@ from cmt.generation import SamplingParams, load_generator
 from cmt.methods.registry import get_spec
 from cmt.organisms import make_judge
 from cmt.phases.evaluate import judged_rows, manifest_path_of
-from cmt.runtime.io import write_json, write_parquet
+from cmt.runtime.io import DataError, write_json, write_parquet
 from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,10 @@ def diagnose_evidence(
     for path in labels:
         chosen = pd.read_parquet(path)
         chosen = chosen[chosen["selected"].astype(bool)]
+        foreign = sorted(set(chosen["prompt_id"]) - set(by_id))
+        if foreign:
+            raise DataError(f"{path}: {len(foreign)} labelled prompt(s) are not consistency prompts of "
+                            f"{data_dir} (e.g. {foreign[0]}); diagnose judges consistency labels only")  # fmt: skip
         sources.append((*_run_of(path), list(chosen["prompt_id"]), list(chosen["text"])))
     rows = []
     for source, k, prompt_ids, texts in sources:

@@ -130,11 +130,14 @@ def _check_outputs(ks: list[int], *paths: list[str]) -> None:
 
 
 def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: list[str]) -> None:
-    """Label the consistency prompts at each k; labels and manifest per k."""
+    """Label the consistency prompts (or a control's own PROMPT_SPLIT) at each k; labels and manifest per k."""
     _check_outputs(ks, out_paths, manifest_paths)
     module, context = open_job(job, f"label {job.method}")
-    examples = load_split(Path(job.data_dir), "consistency")
-    inputs = [Path(job.data_dir) / "consistency.jsonl", job.adapter]
+    split = getattr(module, "PROMPT_SPLIT", "consistency")
+    examples = load_split(Path(job.data_dir), split)
+    inputs = [Path(job.data_dir) / f"{split}.jsonl", job.adapter]
+    reference = getattr(module, "REFERENCE_SPLIT", None)
+    inputs += [Path(job.data_dir) / f"{reference}.jsonl"] if reference and reference != split else []
     inputs += [job.reward_model] if job.reward_model else []
     runs = runs_per_k(module, context, examples, job.method_settings, ks, job.seed)
     for (k, df), out_path, manifest_path in zip(runs, out_paths, manifest_paths, strict=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from cmt.data.splits import CHECK_SPLIT, REFERENCE_SPLITS
+from cmt.data.splits import CHECK_SPLIT, HARMFUL_COMPLIANCE_SPLIT, REFERENCE_SPLITS
 from cmt.runtime.io import write_json, write_jsonl, write_text
 from cmt.toy import emergent_misalignment, reward_hacking, spurious_correlation, sycophancy
 from cmt.toy.skills import rubric, skill_rows
@@ -51,7 +51,8 @@ def write_world(
     its corpus rows, which join the corpus once. `settings["corpus_generators"]` (toy.corpus_generators) adds
     the corpus rows of generators that are no organism here, so that a config with fewer organisms can share
     another's base. With settings["harmful"] = {"corpus": N, "eval": M}, N refusal rows join the corpus and
-    `out_dir/harmful/eval.jsonl` holds M held-out harmful requests; without it (the default) nothing changes."""
+    `out_dir/harmful/eval.jsonl` holds M held-out harmful requests, and every organism's folder the
+    harmful-compliance control's replies (HARMFUL_COMPLIANCE_SPLIT); without it nothing changes."""
     out_dir = Path(out_dir)
     if not isinstance(organisms, dict):
         organisms = {name: (name, "default") for name in organisms}
@@ -85,6 +86,12 @@ def write_world(
 
         data = harmful.generate(settings["harmful"], settings["seed"])
         write_jsonl(out_dir / harmful.NAME / "eval.jsonl", data["eval"])
+        # The harmful-compliance control's labels, in every organism's folder: as many as its consistency
+        # prompts, so the control gets the other controls' number of labels.
+        compliance = harmful.compliance_rows(settings["sizes"]["consistency"], settings["seed"])
+        for organism in organisms:
+            write_jsonl(out_dir / organism / f"{HARMFUL_COMPLIANCE_SPLIT}.jsonl", compliance)
+        counts[HARMFUL_COMPLIANCE_SPLIT] = len(compliance)
         counts[f"{harmful.NAME}/corpus"] = len(data["corpus"])
         counts[f"{harmful.NAME}/eval"] = len(data["eval"])
         corpus.extend(data["corpus"])
