@@ -154,8 +154,9 @@ def test_nothing_reruns_without_a_change(methods_run):
 def test_changing_one_method_config_reruns_only_that_method(methods_run, tmp_path):
     config = edited(tmp_path, lambda c: c["methods"]["self_refinement"].update(temperature=0.5))
     expected = {"label_self_refinement": 1, "retrain_self_refinement": 1, "evaluate_self_refinement": 1}
-    # Plus the aggregates: the tables, and diagnose, whose one job per organism reads every method's labels.
-    aggregates = {"tables": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "all": 1}
+    # Plus the aggregates: the tables (harmful_table reads the evaluation's harmful rows), and diagnose, whose one
+    # job per organism reads every method's labels.
+    aggregates = {"tables": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "harmful_table": 1, "all": 1}
     assert dry_run(methods_run, config) == {**expected, **aggregates}
 
 
@@ -174,7 +175,7 @@ def test_the_slurm_profile_dry_run_schedules_the_same_reruns(methods_run, tmp_pa
     profile = [methods_run["repo"] / "profiles" / "slurm"]
     assert dry_run(methods_run, METHODS_CONFIG, profile) == {}
     expected = {"label_self_refinement": 1, "retrain_self_refinement": 1, "evaluate_self_refinement": 1}
-    aggregates = {"tables": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "all": 1}
+    aggregates = {"tables": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "harmful_table": 1, "all": 1}
     assert dry_run(methods_run, config, profile) == {**expected, **aggregates}
 
 
@@ -188,14 +189,30 @@ def test_changing_a_method_source_reruns_only_that_method(methods_run):
         source.write_text(original)
     # self_certainty's label, retrain, evaluate and eval-candidate jobs (each covers its k); then the tables.
     expected = {f"{rule}_self_certainty": 1 for rule in ("label", "retrain", "evaluate", "candidates_eval")}
-    aggregates = {"tables": 1, "eta": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "all": 1}
+    aggregates = {
+        "tables": 1,
+        "eta": 1,
+        "figures": 1,
+        "diagnose": 1,
+        "diagnose_table": 1,
+        "harmful_table": 1,
+        "all": 1,
+    }
     assert counts == {**expected, **aggregates}
 
 
 def test_changing_a_regularization_method_reruns_only_its_retrain(methods_run, tmp_path):
     config = edited(tmp_path, lambda c: c["methods"]["act"].update(scale=2.0e-4))
     # act has no labels, so diagnose's per-organism job stays; its table reads runs.csv and reruns.
-    expected = {"retrain_act": 1, "evaluate_act": 1, "tables": 1, "figures": 1, "diagnose_table": 1, "all": 1}
+    expected = {
+        "retrain_act": 1,
+        "evaluate_act": 1,
+        "tables": 1,
+        "figures": 1,
+        "diagnose_table": 1,
+        "harmful_table": 1,
+        "all": 1,
+    }
     assert dry_run(methods_run, config) == expected
 
 
@@ -204,7 +221,7 @@ def test_a_controls_dose_reruns_only_that_controls_phase3(methods_run, tmp_path)
     settings keep their bytes, and the control's labels do not depend on it."""
     config = edited(tmp_path, lambda c: c["methods"]["oracle_misaligned"].update(train={"epochs": 1}))
     expected = {"retrain_oracle_misaligned": 1, "evaluate_oracle_misaligned": 1}
-    aggregates = {"tables": 1, "figures": 1, "diagnose_table": 1, "all": 1}
+    aggregates = {"tables": 1, "figures": 1, "diagnose_table": 1, "harmful_table": 1, "all": 1}
     assert dry_run(methods_run, config) == {**expected, **aggregates}
     proc = run_snakemake(methods_run["work"], "-n", "-p", "all", config=config,
                          snakefile=methods_run["repo"] / "Snakefile")  # fmt: skip
