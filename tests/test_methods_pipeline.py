@@ -164,8 +164,10 @@ def test_changing_eta_prompts_reruns_only_the_eval_candidates(methods_run, tmp_p
     config = edited(tmp_path, lambda c: c["analysis"].update(eta_prompts=20))
     selecting = {"self_certainty", "dual_decoding", "self_rewarding", "rejection_sampling"}
     expected = {f"candidates_eval_{m}": 1 for m in selecting}
-    # Plus what reads the candidates: eta, diagnose and the tables (every Phase-3 job stays as it is).
-    aggregates = {"eta": 1, "tables": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "all": 1}
+    # Plus what reads the candidates: eta, diagnose and the tables, and harmful_table, which reads runs.csv
+    # (every Phase-3 job stays as it is).
+    aggregates = {"eta": 1, "tables": 1, "figures": 1, "diagnose": 1, "diagnose_table": 1, "harmful_table": 1,
+                  "all": 1}  # fmt: skip
     assert dry_run(methods_run, config) == {**expected, **aggregates}
 
 
