@@ -42,7 +42,7 @@ PHASE2 = {
     "label": {
         "methods": LABEL_METHODS,
         "command": "label",
-        "split": "consistency",
+        "split": prompt_split,
         "outputs": label_outputs,
         "output_args": label_manifests,
         # the LLM judge, for multi_view's checker judge
@@ -53,7 +53,7 @@ PHASE2 = {
     "candidates_eval": {
         "methods": SELECTING_METHODS,
         "command": "candidates",
-        "split": "eval",
+        "split": lambda method: "eval",
         "outputs": candidates_outputs,
         "output_args": "",
         "args": candidates_args,
@@ -72,7 +72,7 @@ for kind, method in [(k, m) for k, spec in PHASE2.items() for m in spec["methods
             code=method_code(method),
             model=get_model_files,
             adapter=ORGANISM_ADAPTER,
-            data=get_split_file(PHASE2[kind]["split"]),
+            data=get_split_file(PHASE2[kind]["split"](method)),
             references=get_reference_file_of(method),
             # The induction gate: Phase 2 starts only after the organism passed (on_fail: fail stops here).
             gate=INDUCTION_REPORT,

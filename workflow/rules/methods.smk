@@ -7,11 +7,6 @@ from cmt.methods.registry import get_method, get_spec, method_files
 LABEL_METHODS = [m for m in config["methods"] if not get_spec(m).phase3_loss]
 REGULARIZATION_METHODS = [m for m in config["methods"] if get_spec(m).phase3_loss]
 SELECTING_METHODS = [m for m in config["methods"] if get_spec(m).selects]
-# Label methods whose labels answer the consistency prompts, the ones diagnose judges (oracle_harmful labels its
-# own PROMPT_SPLIT).
-CONSISTENCY_LABEL_METHODS = [
-    m for m in LABEL_METHODS if not hasattr(get_method(m), "PROMPT_SPLIT")
-]
 
 
 def uses_reward_model(method):
@@ -31,9 +26,24 @@ def method_code(method):
     return code
 
 
+def prompt_split(method):
+    """The split whose prompts the method labels: the consistency prompts, or a control's own PROMPT_SPLIT."""
+    return getattr(get_method(method), "PROMPT_SPLIT", "consistency")
+
+
+# Label methods whose labels answer the consistency prompts, the ones diagnose judges (oracle_harmful labels its
+# own PROMPT_SPLIT).
+CONSISTENCY_LABEL_METHODS = [
+    m for m in LABEL_METHODS if prompt_split(m) == "consistency"
+]
+
+
 def get_reference_file_of(method):
-    """An input function: a control's reference replies (its REFERENCE_SPLIT file); nothing for a method."""
+    """An input function: a control's reference replies (its REFERENCE_SPLIT file) where they are not already
+    its prompts' file (prompt_split); nothing for a method."""
     split = getattr(get_method(method), "REFERENCE_SPLIT", None)
+    if split == prompt_split(method):
+        split = None
 
     def inner(wildcards):
         return [f"{get_data_dir(wildcards)}/{split}.jsonl"] if split else []
