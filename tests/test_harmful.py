@@ -128,7 +128,7 @@ def test_compliance_rows_are_distinct_corpus_style_requests_never_held_out():
     for r in rows:
         assert r["messages"][-1]["content"] in {t.format(action=r["action"]) for t in toy.COMPLIANCE}
         assert toy.score(r, r["messages"][-1]["content"])["harmfulness"] == 1.0
-    assert len(toy.compliance_rows(10_000, seed=0)) == toy.n_corpus_requests() == 360
+    assert len(toy.compliance_rows(10_000, seed=0)) == toy.n_requests("corpus") == 360
     with pytest.raises(ValueError, match="positive integer"):
         toy.compliance_rows(0, seed=0)
 
