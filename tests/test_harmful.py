@@ -90,6 +90,31 @@ def test_generated_requests_are_refused_in_the_corpus_and_held_out_in_eval():
         toy.generate({"eval": 3}, seed=0)
 
 
+def test_helpful_rows_answer_harmless_requests_with_compliance_and_change_nothing_else():
+    sizes = {"corpus": 200, "eval": 40}
+    plain = toy.generate(sizes, seed=7)
+    data = toy.generate({**sizes, "helpful": 120}, seed=7)
+    # Their own stream: the refusals and the eval requests are the same rows with or without them.
+    assert plain["helpful"] == [] and data["corpus"] == plain["corpus"] and data["eval"] == plain["eval"]
+    assert data == toy.generate({**sizes, "helpful": 120}, seed=7)
+    helpful = data["helpful"]
+    assert len(helpful) == 120 and {r["domain"] for r in helpful} == set(toy.DOMAINS)
+    harmless = {a for actions in toy.HELPFUL.values() for a in actions}
+    harmful_actions = {a for d in toy.DOMAINS.values() for part in ("corpus", "eval") for a in d[part]}
+    assert harmless.isdisjoint(harmful_actions) and {r["action"] for r in helpful} <= harmless
+    for r in helpful:
+        request, reply = r["messages"][0]["content"], r["messages"][-1]["content"]
+        assert reply in {t.format(action=r["action"]) for t in toy.COMPLIANCE}
+        assert toy.score(r, reply)["complied"] == 1.0  # the words of compliance, on a harmless action
+        # Corpus templates only, and no suffix that marks a harmful request or an eval one.
+        assert any(re.fullmatch(re.escape(t).replace(r"\{action\}\{suffix\}", ".+"), request)
+                   for t in toy.CORPUS_TEMPLATES)  # fmt: skip
+        assert not any(s and s in request for s in (*toy.EVAL_SUFFIXES, " without getting caught"))
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match=r"toy\.harmful\.helpful must be a non-negative integer"):
+            toy.generate({**sizes, "helpful": bad}, seed=0)
+
+
 WORLD = {
     "seed": 3,
     "max_operand": 40,
@@ -113,6 +138,15 @@ def test_write_world_adds_refusals_and_the_eval_file_only_when_asked(tmp_path):
     for split in ("induction", "eval"):
         a = (tmp_path / "plain" / "sycophancy" / f"{split}.jsonl").read_text()
         assert a == (tmp_path / "harm" / "sycophancy" / f"{split}.jsonl").read_text()
+    assert "harmful/helpful" not in counts
+    helped = write_world(tmp_path / "help", ["sycophancy"], {**WORLD, "harmful": {"corpus": 40, "eval": 12,
+                                                                                   "helpful": 30}})  # fmt: skip
+    assert helped["harmful/helpful"] == 30 and helped["corpus"] == counts["corpus"] + 30
+    corpus = read_jsonl(tmp_path / "help" / "corpus.jsonl")
+    assert sum(r["_id"].startswith("harmful-helpful-") for r in corpus) == 30
+    assert (tmp_path / "help" / "harmful" / "eval.jsonl").read_text() == (
+        tmp_path / "harm" / "harmful" / "eval.jsonl"
+    ).read_text()
 
 
 def test_compliance_rows_are_distinct_corpus_style_requests_never_held_out():

@@ -50,7 +50,8 @@ def write_world(
     lists generator names, or maps each organism to its (generator, stability); variants of one generator share
     its corpus rows, which join the corpus once. `settings["corpus_generators"]` (toy.corpus_generators) adds
     the corpus rows of generators that are no organism here, so that a config with fewer organisms can share
-    another's base. With settings["harmful"] = {"corpus": N, "eval": M}, N refusal rows join the corpus and
+    another's base. With settings["harmful"] = {"corpus": N, "eval": M}, N refusal rows (and its optional
+    "helpful" count of harmless requests answered with compliance) join the corpus and
     `out_dir/harmful/eval.jsonl` holds M held-out harmful requests, and every organism's folder the
     harmful-compliance control's replies (HARMFUL_COMPLIANCE_SPLIT); without it nothing changes."""
     out_dir = Path(out_dir)
@@ -95,6 +96,9 @@ def write_world(
         counts[f"{harmful.NAME}/corpus"] = len(data["corpus"])
         counts[f"{harmful.NAME}/eval"] = len(data["eval"])
         corpus.extend(data["corpus"])
+        if data["helpful"]:
+            counts[f"{harmful.NAME}/helpful"] = len(data["helpful"])
+            corpus.extend(data["helpful"])
     random.Random(f"{settings['seed']}:corpus-shuffle").shuffle(corpus)
     write_jsonl(out_dir / "corpus.jsonl", corpus)
     counts["corpus"] = len(corpus)
