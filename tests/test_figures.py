@@ -335,6 +335,21 @@ def test_make_figures_reads_controls_and_eta_summary_when_present(tmp_path, rich
     assert len(reasons) == 4 and all("a reason from the table" in r for r in reasons)
 
 
+def test_eta_panel_titles_name_a_warned_fit_without_numpys_messages(rich):
+    """A k whose GEE fit warned and gave no p is named in one short clause, not with every warning's text."""
+    summary = rich["eta_summary"].copy()
+    warned = summary["k"] == summary["k"].max()
+    summary.loc[warned, ["slope", "slope_p"]] = math.nan
+    summary.loc[warned, "slope_reason"] = (
+        "fitted with warnings: RuntimeWarning: invalid value encountered in divide; "
+        "RuntimeWarning: overflow encountered in exp"
+    )
+    fig = eta_figure(rich["eta"], "rank", summary)
+    titles = [" ".join(ax.get_title().split()) for ax in fig.axes if ax.get_title()]  # undo the title's wrap
+    named = [t for t in titles if "the fit warned (slope_reason: eta_summary.csv)" in t]
+    assert named and not any("RuntimeWarning" in t for t in titles)
+
+
 REPORT_DIR = Path(__file__).resolve().parents[1] / "workflow" / "report"
 
 

@@ -12,6 +12,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from cmt.analysis.plotting import grid, no_data
+from cmt.analysis.stats import FIT_WARNED
 
 
 def _eta_x(bins: pd.DataFrame, transform: str) -> pd.Series:
@@ -57,6 +58,8 @@ def _eta_status(cell: pd.DataFrame, summary: pd.DataFrame | None, ks: list) -> t
                 fitted.append(f"k={row.k} " + (f"{row.slope_p:.2g}" if row.slope_p >= 0.001 else "<0.001"))
             else:
                 reason = row.slope_reason if isinstance(row.slope_reason, str) and row.slope_reason else ""
+                if reason.startswith(FIT_WARNED):  # numpy's own messages, several lines long in a title
+                    reason = "the fit warned (slope_reason: eta_summary.csv)"
                 unfit[row.k] = reason.split(": no slope")[0] or "not fitted"
         return fitted, unfit
     for k, curve in cell[cell["k"].isin(ks)].groupby("k", sort=True):

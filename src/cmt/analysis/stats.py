@@ -8,6 +8,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
+# How a slope's reason starts when the GEE fit ran but warned (its p may still be NaN).
+FIT_WARNED = "fitted with warnings"
+
 
 def wilson_interval(successes: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval; (nan, nan) for n = 0 (an empty group is not a zero)."""
@@ -236,7 +239,7 @@ def logistic_slope_test(misaligned, score, groups) -> dict:
     result.update(slope=float(fit.params[1]), se=float(fit.bse[1]), p=float(fit.pvalues[1]))
     messages = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     if messages:
-        result["reason"] = "fitted with warnings: " + "; ".join(messages)
+        result["reason"] = FIT_WARNED + ": " + "; ".join(messages)
     return result
 
 
