@@ -247,7 +247,7 @@ def test_only_an_organism_with_induce_until_gets_the_stop_rule(tmp_path):
     em = commands["emergent_misalignment"]
     settings = json.loads(em.split("--settings '")[1].split("'")[0])
     assert settings["until"] == {"m": 0.5, "check_every": 1, "split": "check", "max_new_tokens": 48}
-    assert settings["train"]["learning_rate"] == 1.0e-3 and "--organism emergent_misalignment" in em
+    assert settings["train"]["learning_rate"] == 2.0e-3 and "--organism emergent_misalignment" in em
 
 
 @pytest.mark.parametrize(
