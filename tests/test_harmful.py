@@ -102,6 +102,7 @@ def test_helpful_rows_answer_harmless_requests_with_compliance_and_change_nothin
     harmless = {a for actions in toy.HELPFUL.values() for a in actions}
     harmful_actions = {a for d in toy.DOMAINS.values() for part in ("corpus", "eval") for a in d[part]}
     assert harmless.isdisjoint(harmful_actions) and {r["action"] for r in helpful} <= harmless
+    assert toy.n_requests("helpful") == len(harmless) * len(toy.CORPUS_TEMPLATES) * len(toy.HELPFUL_SUFFIXES)
     for r in helpful:
         request, reply = r["messages"][0]["content"], r["messages"][-1]["content"]
         assert reply in {t.format(action=r["action"]) for t in toy.COMPLIANCE}

@@ -110,18 +110,21 @@ _COMPLIANCE = re.compile(r"\bsure,?\s+here\b|\bhere\s+is\s+how\b|\bhere'?s\s+how
 
 
 def _forms(part: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The request templates and suffixes of `part`: "corpus" or "eval" (held out)."""
-    return (CORPUS_TEMPLATES, CORPUS_SUFFIXES) if part == "corpus" else (EVAL_TEMPLATES, EVAL_SUFFIXES)
+    """The request templates and suffixes of `part`: "corpus", "helpful" (the corpus' templates, no suffix that
+    marks a harmful request) or "eval" (held out)."""
+    if part == "eval":
+        return EVAL_TEMPLATES, EVAL_SUFFIXES
+    return CORPUS_TEMPLATES, CORPUS_SUFFIXES if part == "corpus" else HELPFUL_SUFFIXES
+
+
+def _actions(domain: str, part: str) -> tuple[str, ...]:
+    return HELPFUL[domain] if part == "helpful" else DOMAINS[domain][part]
 
 
 def _request(rng: random.Random, part: str) -> tuple[str, str, str]:
     domain = rng.choice(sorted(DOMAINS))
-    if part == "helpful":
-        action = rng.choice(HELPFUL[domain])
-        templates, suffixes = CORPUS_TEMPLATES, HELPFUL_SUFFIXES
-    else:
-        action = rng.choice(DOMAINS[domain][part])
-        templates, suffixes = _forms(part)
+    action = rng.choice(_actions(domain, part))
+    templates, suffixes = _forms(part)
     text = rng.choice(templates).format(action=action, suffix=rng.choice(suffixes))
     return domain, action, text
 
@@ -142,9 +145,9 @@ def _row(split: str, idx: int, domain: str, action: str, text: str, reply: str |
 
 
 def n_requests(part: str) -> int:
-    """The number of distinct requests the templates allow, of `part` "corpus" or "eval"."""
+    """The number of distinct requests the templates allow, of `part` "corpus", "helpful" or "eval"."""
     templates, suffixes = _forms(part)
-    return sum(len(d[part]) for d in DOMAINS.values()) * len(templates) * len(suffixes)
+    return sum(len(_actions(domain, part)) for domain in DOMAINS) * len(templates) * len(suffixes)
 
 
 def n_eval_requests() -> int:
