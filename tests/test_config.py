@@ -34,6 +34,13 @@ def test_shipped_configs_are_valid(path):
     assert config_errors(load(path), SCHEMA) == []
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "config" / "overrides").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_overrides_are_valid_over_the_default_config(path):
+    config = load_config_files([REPO / "config" / "config.yaml", path])
+    assert config_errors(config, SCHEMA) == [] and check_workflow_config(config, SCHEMA) == []
+    assert config != load(REPO / "config" / "config.yaml")  # it overrides something
+
+
 def test_unknown_key_is_named_with_allowed_keys():
     config = load(REPO / "config" / "config.yaml")
     config["models"]["toy"]["phase1"]["learning_rat"] = 1e-3
