@@ -2,17 +2,21 @@
 # Time the default toy grid (what `make demo` runs) from a cold start: no results/, base pretraining included.
 # The venv must already exist: this measures the pipeline, not pip. Prints the wall time, then where the time
 # went: jobs and summed job seconds per rule family (from Snakemake's benchmark files), and the startup share.
-# Usage: benchmarks/demo_cold.sh [workdir] [configfile]   (defaults: a fresh temporary directory, config/config.yaml)
+# Usage: benchmarks/demo_cold.sh [workdir] [configfile...]   (defaults: a fresh temporary directory,
+# config/config.yaml; several config files merge as Snakemake merges them, e.g. config/config.yaml
+# config/overrides/six_seeds.yaml)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="${1:-$(mktemp -d)}"
-config="${2:-$repo/config/config.yaml}"
+shift || true
+configs=("$@")
+[ ${#configs[@]} -gt 0 ] || configs=("$repo/config/config.yaml")
 mkdir -p "$work"
 # The host's speed today on a fixed workload, before and after: it drifts more than most changes save.
 "$repo/.venv/bin/python" "$repo/benchmarks/host_speed.py" | sed 's/^host_speed/host_speed_before/'
 start=$(date +%s.%N)
 PATH="$repo/.venv/bin:$PATH" "$repo/.venv/bin/snakemake" -s "$repo/Snakefile" --directory "$work" \
-    --configfile "$config" --replace-workflow-config --cores all >"$work/snakemake.out" 2>&1
+    --configfile "${configs[@]}" --replace-workflow-config --cores all >"$work/snakemake.out" 2>&1
 end=$(date +%s.%N)
 printf 'default_grid_cold_seconds %.1f\ncores %s\nworkdir %s\n' "$(echo "$end - $start" | bc)" "$(nproc)" "$work"
 "$repo/.venv/bin/python" "$repo/benchmarks/host_speed.py" | sed 's/^host_speed/host_speed_after/'
