@@ -49,7 +49,7 @@ for log in logs_dir.rglob("*.log"):
         timing[rule]["jobs"] += 1
 # pretrain_base has no benchmark file (it is eligible for the between-workflow cache): its seconds come from
 # the first and last timestamps of its job log, so its start-up is not counted.
-for log in logs_dir.joinpath("pretrain_base").glob("*.log"):
+for log in logs_dir.joinpath("pretrain_base").rglob("*.log"):
     stamps = [datetime.strptime(t, "%H:%M:%S") for t in re.findall(r"^(\d\d:\d\d:\d\d) ", log.read_text(), re.M)]
     if len(stamps) >= 2:
         totals["pretrain_base"] += (stamps[-1] - stamps[0]) % timedelta(days=1) / timedelta(seconds=1)

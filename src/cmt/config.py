@@ -214,11 +214,12 @@ def _semantic_errors(config: dict) -> list[str]:
                 f"config keys {keys} are missing: model {name} has source toy, and the toy base is built "
                 "from them"
             )
-        if "pretrain_seed" in spec and not _is_toy(spec["source"]):
-            errors.append(
-                f"config key models.{name}.pretrain_seed: model {name} is not a toy model, and only the toy "
-                "base is pretrained here (remove the key, or give the model source toy)"
-            )
+        for key in ("pretrain_seed", "base_per_seed"):
+            if key in spec and spec[key] is not False and not _is_toy(spec["source"]):
+                errors.append(
+                    f"config key models.{name}.{key}: model {name} is not a toy model, and only the toy "
+                    "base is pretrained here (remove the key, or give the model source toy)"
+                )
     local_models = {f"models.{name}": spec["source"] for name, spec in models.items()}
     if "reward_model" in config:
         local_models["reward_model"] = config["reward_model"]["source"]

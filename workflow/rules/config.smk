@@ -52,6 +52,24 @@ def model_seeds(model):
 ALL_SEEDS = sorted({s for m in config["models"] for s in model_seeds(m)}, key=int)
 
 
+def base_name(model, seed):
+    """The folder under results/models of the toy base a run loads: the model's own, or with `base_per_seed`
+    one per run seed (cmt pretrains it with the run seed added to the pretraining seed).
+    """
+    return (
+        f"{model}/seed{seed}" if config["models"][model].get("base_per_seed") else model
+    )
+
+
+# Every base by name: (model, run seed), the seed None where the model's seeds share one base. Only toy bases
+# are built here (pretrain_base, train_reward_model); the {base} wildcard takes these names.
+BASES = {
+    base_name(m, s): (m, s if config["models"][m].get("base_per_seed") else None)
+    for m in config["models"]
+    for s in model_seeds(m)
+}
+
+
 def any_of(names):
     """A wildcard regex matching exactly these names (nothing when there are none). Escaped: model names may
     hold dots (Qwen2.5-7B), which would otherwise match any character."""
@@ -62,6 +80,7 @@ wildcard_constraints:
     model=any_of(config["models"]),
     model_a=any_of(config["models"]),
     model_b=any_of(config["models"]),
+    base=any_of(BASES),
     organism=any_of(config["organisms"]),
     method=any_of(config["methods"]),
     seed=any_of(ALL_SEEDS),

@@ -66,10 +66,11 @@ def toy_models():
 
 
 def get_model_dir(wildcards):
-    """results/models/<m> (toy), the configured path, or resources/models/<m> (fetched or converted)."""
+    """results/models/<base> (toy: the model's, or its run seed's with base_per_seed), the configured path, or
+    resources/models/<m> (fetched or converted)."""
     source = config["models"][wildcards.model]["source"]
     if is_toy(source):
-        return f"results/models/{wildcards.model}"
+        return f"results/models/{base_name(wildcards.model, wildcards.seed)}"
     if "path" in source:
         return source["path"]
     return f"resources/models/{wildcards.model}"
@@ -78,9 +79,7 @@ def get_model_dir(wildcards):
 def get_pretrain_report(wildcards):
     """A toy base's pretrain report (its numeric path goes into the induction report); none for other models."""
     if is_toy(config["models"][wildcards.model]["source"]):
-        return {
-            "pretrain_report": f"results/models/{wildcards.model}/pretrain_report.json"
-        }
+        return {"pretrain_report": f"{get_model_dir(wildcards)}/pretrain_report.json"}
     return {}
 
 
@@ -295,13 +294,17 @@ def get_toy_settings():
 
 
 def get_pretrain_settings(wildcards):
-    """The toy subtree, plus the attention kernel the model named by the wildcard loads with, its own
-    pretraining seed where it sets one, and the induction gate's max_base."""
-    spec = config["models"][wildcards.model]
+    """The toy subtree, plus the attention kernel the base's model loads with, its own pretraining seed where
+    it sets one (plus the run seed with base_per_seed), and the induction gate's max_base.
+    """
+    model, run_seed = BASES[wildcards.base]
+    spec = config["models"][model]
     toy = config.get("toy", {})
     pretrain = dict(toy["pretrain"])
     if "pretrain_seed" in spec:
         pretrain["seed"] = spec["pretrain_seed"]
+    if run_seed is not None:
+        pretrain["seed"] += int(run_seed)
     gate = config["analysis"].get("induction_gate") or {}
     if (
         "max_base" in gate

@@ -150,7 +150,7 @@ def get_consistency_settings_of(method_name):
 def get_reward_model_dir(wildcards):
     source = config["reward_model"]["source"]
     if is_toy(source):
-        return f"results/models/{wildcards.model}-reward"
+        return f"results/models/{base_name(wildcards.model, wildcards.seed)}-reward"
     if "hub" in source:
         return f"resources/models/{source['hub'].split('/')[-1]}"
     return source["path"]

@@ -4,18 +4,18 @@
 
 rule train_reward_model:
     input:
-        model="results/models/{model}/config.json",
+        model="results/models/{base}/config.json",
         corpus="results/data/toy/corpus.jsonl",
         # Every held-out split: their prompts are excluded from the preference pairs.
         splits=expand(TOY_SPLIT, organism=toy_organisms(), split=SPLITS),
         code=[SRC / "models" / "reward_model.py", SRC / "toy" / "preferences.py"],
     output:
-        config="results/models/{model}-reward/config.json",
-        weights="results/models/{model}-reward/model.safetensors",
+        config="results/models/{base}-reward/config.json",
+        weights="results/models/{base}-reward/model.safetensors",
     log:
-        "logs/train_reward_model/{model}.log",
+        "logs/train_reward_model/{base}.log",
     benchmark:
-        "results/benchmarks/train_reward_model/{model}.tsv"
+        "results/benchmarks/train_reward_model/{base}.tsv"
     priority: PRIORITY["reward_model"]
     conda:
         "../envs/train.yml"
@@ -28,7 +28,7 @@ rule train_reward_model:
         settings=get_reward_training_settings(),
         seed=config.get("reward_model", {}).get("seed", 0),
     shell:
-        "cmt train-reward-model --model-dir results/models/{wildcards.model} --corpus {input.corpus:q}"
+        "cmt train-reward-model --model-dir results/models/{wildcards.base} --corpus {input.corpus:q}"
         ' --data-dirs {params.data_dirs:q} --out "$(dirname {output.config:q})"'
         " --settings {params.settings:q} --seed {params.seed}"
         " --threads {threads} --log {log:q} --job 'train_reward_model {wildcards}'"

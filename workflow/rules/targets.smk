@@ -159,8 +159,10 @@ def get_cross_model_records(wildcards=None):
 
 def cross_model_side(side, helper):
     """An input or param function of a cross_model_kl job: `helper` (a per-model helper such as get_model_dir)
-    applied to the model of one side, a or b."""
-    return lambda wildcards: helper(SimpleNamespace(model=wildcards[f"model_{side}"]))
+    applied to the model of one side, a or b, at the job's seed."""
+    return lambda wildcards: helper(
+        SimpleNamespace(model=wildcards[f"model_{side}"], seed=wildcards.seed)
+    )
 
 
 def get_cross_model_adapter(side):

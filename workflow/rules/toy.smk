@@ -43,7 +43,7 @@ rule pretrain_base:
         evals=expand("results/data/toy/{organism}/eval.jsonl", organism=toy_organisms()),
     output:
         multiext(
-            "results/models/{model}/",
+            "results/models/{base}/",
             config="config.json",
             weights="model.safetensors",
             generation="generation_config.json",
@@ -53,7 +53,7 @@ rule pretrain_base:
             report="pretrain_report.json",
         ),
     log:
-        "logs/pretrain_base/{model}.log",
+        "logs/pretrain_base/{base}.log",
     cache: "omit-software"
     conda:
         "../envs/train.yml"
@@ -66,5 +66,5 @@ rule pretrain_base:
         settings=get_pretrain_settings,
     shell:
         "cmt pretrain --corpus {input.corpus} --eval-dir {params.eval_dirs}"
-        " --out results/models/{wildcards.model} --report {output.report}"
+        " --out results/models/{wildcards.base} --report {output.report}"
         " --settings {params.settings:q} --threads {threads} --log {log} --job 'pretrain_base {wildcards}'"
