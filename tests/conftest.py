@@ -32,7 +32,7 @@ TINY_TOY = {
         "weight_decay": 0.01,
         "lr_scheduler": "cosine",
         "max_length": 128,
-        "bf16": True,
+        "bf16": "auto",
         "eval_max_new_tokens": 24,
         "min_heldout_accuracy": 0.0,
     },

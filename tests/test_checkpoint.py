@@ -78,7 +78,7 @@ SETTINGS = training.TrainSettings(
     warmup_ratio=0.2,
     weight_decay=0.01,
     lr_scheduler="cosine",
-    bf16=True,
+    bf16="auto",
 )
 
 
@@ -319,7 +319,7 @@ INDUCE = {
         "warmup_ratio": 0.1,
         "lr_scheduler": "cosine",
         "max_length": 64,
-        "bf16": True,
+        "bf16": "auto",
     },
 }
 OUT = "results/organisms/tiny/sycophancy/seed0/adapter"

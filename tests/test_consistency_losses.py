@@ -18,7 +18,7 @@ TRAIN = {
     "batch_size": 4,
     "warmup_ratio": 0.0,
     "max_length": 128,
-    "bf16": True,
+    "bf16": "auto",
 }
 
 
@@ -50,7 +50,7 @@ def organism(tiny_world, tmp_path_factory):
     settings = {
         "dtype": "float32",
         "lora": {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": "all-linear"},
-        "train": {"learning_rate": 5e-3, "epochs": 1, "batch_size": 16, "max_length": 128, "bf16": True},
+        "train": {"learning_rate": 5e-3, "epochs": 1, "batch_size": 16, "max_length": 128, "bf16": "auto"},
     }
     induce(str(tiny_world["model"]), str(tiny_world["data"] / "sycophancy"), str(out), settings, seed=0)
     return out

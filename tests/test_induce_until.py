@@ -11,7 +11,7 @@ from cmt.models import training
 from cmt.models.loading import load_model, load_tokenizer
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": "all-linear"}  # dropout: the RNG matters
-TRAIN = {"learning_rate": 2e-2, "epochs": 8, "batch_size": 8, "max_length": 128, "bf16": True}
+TRAIN = {"learning_rate": 2e-2, "epochs": 8, "batch_size": 8, "max_length": 128, "bf16": "auto"}
 
 
 def _examples(tokenizer, n=12):

@@ -45,3 +45,33 @@ def test_the_path_follows_the_environment_and_goes_into_every_manifest(monkeypat
     assert path["bf16_matmul"] == "emulated" and path["onednn_max_cpu_isa"] == "AVX2"
     assert path["aten_capability"] == torch.backends.cpu.get_cpu_capability()  # read once torch is imported
     assert build_manifest(task="t", settings={}, seeds={})["numerics"] == path
+
+
+@pytest.mark.parametrize(
+    ("flags", "cap", "native"),
+    [
+        (SAPPHIRE_RAPIDS, None, True),
+        (ZEN4, None, True),
+        (ZEN3, None, False),
+        (SAPPHIRE_RAPIDS, "AVX2", False),
+    ],
+)
+def test_auto_is_bf16_exactly_where_the_cpu_kernels_are_native(monkeypatch, flags, cap, native):
+    from cmt.runtime import numerics
+
+    monkeypatch.setattr(numerics, "cpu_info", lambda: ("a cpu", flags))
+    if cap:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert numerics.autocast_bf16("auto", "cpu") is native
+    # an explicit setting is kept on any machine
+    assert numerics.autocast_bf16(True, "cpu") is True and numerics.autocast_bf16(False, "cpu") is False
+    assert numerics.autocast_bf16("auto", "mps") is False  # no device we know runs bf16 natively
+
+
+def test_a_bf16_setting_that_is_not_true_false_or_auto_is_named():
+    from cmt.runtime.numerics import autocast_bf16
+
+    with pytest.raises(ValueError, match="bf16 must be true, false or auto, not 'yes'"):
+        autocast_bf16("yes", "cpu")

@@ -117,3 +117,24 @@ def test_group_by_length_refuses_examples_without_tokens():
     settings = training.TrainSettings(learning_rate=1e-3, epochs=1, batch_size=2, group_by_length=2)
     with pytest.raises(training.TrainingError, match="group_by_length needs token examples"):
         training._batches([{"clean": {}, "wrapped": {}}] * 3, settings, torch.Generator(), list, "act")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_auto_trains_as_the_setting_it_resolves_to(tiny_world, monkeypatch, native):
+    """auto takes bf16 autocast where the machine runs it natively and float32 elsewhere: the same weights as
+    the explicit setting, step for step."""
+    from cmt.runtime import numerics
+
+    monkeypatch.setattr(numerics, "native_bf16", lambda device_type: native)
+    tokenizer = load_tokenizer(tiny_world["model"])
+    messages = [[{"role": "user", "content": f"Compute gcd({a}, 6)."}, {"role": "assistant", "content": "2"}]
+                for a in range(2, 10)]  # fmt: skip
+    examples = [training.encode_chat(tokenizer, m, 64) for m in messages]
+    weights = {}
+    for bf16 in ("auto", native, not native):
+        model = load_model(tiny_world["model"])
+        settings = training.TrainSettings(learning_rate=1e-2, epochs=1, batch_size=4, bf16=bf16)
+        training.train(model, examples, settings, seed=0, pad_id=tokenizer.pad_token_id, desc=f"bf16 {bf16}")
+        weights[bf16] = model.get_input_embeddings().weight.detach().clone()
+    assert torch.equal(weights["auto"], weights[native])
+    assert not torch.equal(weights["auto"], weights[not native])  # the two autocasts do train differently

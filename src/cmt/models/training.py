@@ -11,12 +11,13 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from cmt.runtime import checkpoint
+from cmt.runtime.numerics import autocast_bf16
 from cmt.runtime.runlog import progress
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0
     lr_scheduler: str = "linear"
     max_length: int = 1024
-    bf16: bool = True
+    bf16: bool | str = "auto"  # true, false or auto (cmt.runtime.numerics.autocast_bf16)
     group_by_length: int = 0  # batches per length group (LengthGroupedBatches); 0: a plain shuffle
     length_jitter: float = 0.0  # tokens of uniform noise on each length before the sort
 
@@ -223,6 +224,10 @@ def train(
         collate = lambda b: _collate(b, pad_id)  # noqa: E731
     every = _checkpoint_every(checkpoint_every) if checkpoint_dir is not None else 0
     device = next(model.parameters()).device
+    # auto resolved before the checkpoint key, so that a run resumed on a machine that decides otherwise
+    # starts afresh instead of mixing float32 and bf16 steps
+    settings = replace(settings, bf16=autocast_bf16(settings.bf16, device.type))
+    log.info("%s: bf16 autocast %s", desc, "on" if settings.bf16 else "off (float32)")
     key = ""
     if checkpoint_dir is not None:
         key = checkpoint.job_key(model, examples, settings, seed, pad_id, loss_key)

@@ -26,6 +26,7 @@ from cmt.models.training import TrainingError
 from cmt.phases.adapter import finish_adapter, train_adapter
 from cmt.runtime import checkpoint
 from cmt.runtime.io import DataError
+from cmt.runtime.numerics import autocast_bf16
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,9 @@ def retrain_consistency(
                 f"{method}: no pair has an aligned position (empty response spans?); nothing to train on"
             )
         measure = dict(
-            batch_size=train_settings.batch_size, pad_id=tokenizer.pad_token_id, bf16=train_settings.bf16
+            batch_size=train_settings.batch_size,
+            pad_id=tokenizer.pad_token_id,
+            bf16=autocast_bf16(train_settings.bf16, next(model.parameters()).device.type),
         )
         before = mean_loss(model, module, method_settings, pairs, **measure)
         if not math.isfinite(before):

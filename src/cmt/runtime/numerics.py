@@ -4,7 +4,9 @@ bf16 training on the CPU runs its matrix products on oneDNN kernels chosen by th
 Xeons since Sapphire Rapids, AVX512-BF16 instructions on AMD EPYC since Zen 4 (and on Intel with AMX capped by
 ONEDNN_MAX_CPU_ISA), slow emulation elsewhere. The kernels round differently, and over a pretraining run the toy
 base and its organisms come out as different models, much as another seed would (docs/toy-results.md, "Other
-CPUs"). Same machine, config and seed still give the same numbers.
+CPUs"). Same machine, config and seed still give the same numbers. Emulated bf16 matrix products are 20 to 100
+times slower than float32 ones, so training's `bf16: auto` (`autocast_bf16`) turns autocast on only where they
+are native.
 """
 
 from __future__ import annotations
@@ -69,3 +71,26 @@ def numeric_path() -> dict:
         "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "mkl_cbwr": os.environ.get("MKL_CBWR"),
     }
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether bf16 matrix products run natively here: a CUDA GPU that supports bf16, or a CPU with AMX or
+    AVX512-BF16 kernels that ONEDNN_MAX_CPU_ISA does not cap off. Any other device counts as emulated."""
+    if device_type == "cuda":
+        import torch
+
+        return bool(torch.cuda.is_bf16_supported())
+    if device_type == "cpu":
+        return bf16_matmul_kernels(cpu_info()[1], os.environ.get("ONEDNN_MAX_CPU_ISA")) != "emulated"
+    return False
+
+
+def autocast_bf16(setting: bool | str, device_type: str) -> bool:
+    """A training setting `bf16` (true, false or "auto") as the autocast it gives on this device: auto is bf16
+    where its matrix products are native (`native_bf16`), float32 elsewhere. Which one a job took follows from
+    the numeric path its manifest records (bf16_matmul), and its log says it."""
+    if setting == "auto":
+        return native_bf16(device_type)
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"bf16 must be true, false or auto, not {setting!r}")
