@@ -3,8 +3,9 @@
 The development machine's speed moves by about 10% within an hour and by a quarter between days (the same
 pretraining took 139 s one day and 190 s another; docs/benchmarks.md), more than most speed changes save. This
 times the two operations the grid spends most of its time in, on the toy model's shapes with fixed random weights
-and data: a Phase-3 step (LoRA r 8 on every linear layer, 32 rows of 45 tokens, bf16 autocast) and greedy decoding
-(150 prompts of 30 tokens, 48 new tokens, nothing ends early). One thread, as a grid job has; the median of
+and data: a Phase-3 step (LoRA r 8 on every linear layer, 32 rows of 45 tokens, with the autocast the default config's
+`bf16: auto` takes here, named at the end of the line) and greedy decoding (150 prompts of 30 tokens, 48 new
+tokens, nothing ends early). One thread, as a grid job has; the median of
 `--repeats` rounds. `benchmarks/demo_cold.sh` prints its line before the grid, so that two grid times can be put
 side by side with the host speed of their day.
 
@@ -19,6 +20,8 @@ import time
 import warnings
 
 import torch
+
+from cmt.runtime.numerics import autocast_bf16
 
 # The toy model and LoRA of config/config.yaml as of 2026-12-06, fixed here on purpose: the reference workload
 # must not move when the config does, or days could not be compared.
@@ -47,7 +50,7 @@ def phase3_step_ms() -> float:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     start = time.perf_counter()
     for _ in range(STEPS):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast_bf16("auto", "cpu")):
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         optimizer.step()
@@ -79,6 +82,7 @@ def main() -> None:
     decodes = [decode_ms() for _ in range(args.repeats)]
     print(
         f"host_speed phase3_step_ms {statistics.median(steps):.1f} decode_ms {statistics.median(decodes):.0f}"
+        f" autocast {'bf16' if autocast_bf16('auto', 'cpu') else 'float32'}"
     )
 
 
