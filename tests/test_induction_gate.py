@@ -79,3 +79,16 @@ def test_the_gate_checks_the_interval_and_the_base():
     assert len(reasons) == 2
     assert "Wilson interval [0.080, 0.550]" in reasons[0] and "base M 0.150 above 0.1" in reasons[1]
     assert gate(report, None, None, None) == []  # no gate: nothing but induced is checked
+
+
+def test_a_gate_failure_on_a_float32_base_says_so(tmp_path):
+    """bf16: auto trains in float32 where bf16 is emulated; the hint must not claim bf16 kernels then."""
+    argv, _ = run_report(tmp_path, [1] * 60, GATE)
+    numerics = {"cpu": "AMD EPYC", "bf16_matmul": "emulated", "bf16_autocast": False}
+    pretrain_report = tmp_path / "pretrain_report.json"
+    pretrain_report.write_text(json.dumps({"steps": 1, "numerics": numerics}))
+    with pytest.raises(SystemExit) as stop:
+        cli_main([*argv, "--pretrain-report", str(pretrain_report)])
+    message = str(stop.value.code)
+    assert "trained in float32 (AMD EPYC, whose bf16 kernels are emulated)" in message
+    assert "bf16 matrix products on" not in message

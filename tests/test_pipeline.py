@@ -68,6 +68,8 @@ def test_induction_really_happened(mini_run):
     pretrain = json.loads((mini_run["workdir"] / "results/models/toy/pretrain_report.json").read_text())
     assert report["base_numerics"] == pretrain["numerics"]
     assert pretrain["numerics"]["bf16_matmul"] in ("amx", "avx512_bf16", "emulated")
+    # bf16: auto (the default) took bf16 autocast exactly where the kernels are native
+    assert pretrain["numerics"]["bf16_autocast"] is (pretrain["numerics"]["bf16_matmul"] != "emulated")
 
 
 def test_base_model_solves_the_aligned_task(mini_run):

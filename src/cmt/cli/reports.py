@@ -43,9 +43,13 @@ def toy_numerics_hint(numerics: dict | None) -> str:
     other organisms, so a failure may be the machine's, not the config's."""
     if not numerics:
         return ""
+    cpu = numerics.get("cpu") or "unknown CPU"
+    if numerics.get("bf16_autocast") is False:  # bf16: false, or auto where bf16 is emulated
+        trained = f"in float32 ({cpu}, whose bf16 kernels are {numerics.get('bf16_matmul')})"
+    else:
+        trained = f"with bf16 matrix products on {numerics.get('bf16_matmul')} kernels ({cpu})"
     return (
-        f". This toy base was trained with bf16 matrix products on {numerics.get('bf16_matmul')} kernels "
-        f"({numerics.get('cpu') or 'unknown CPU'}); the toy base and organisms depend on those kernels as on a "
+        f". This toy base was trained {trained}; the toy base and organisms depend on the arithmetic as on a "
         "seed. docs/toy-results.md ('Other CPUs') says on which kernels the default strengths were calibrated, "
         "what they give on others and how to calibrate for this machine"
     )

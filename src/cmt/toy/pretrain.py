@@ -12,7 +12,7 @@ from cmt.data.splits import load_split
 from cmt.models import training
 from cmt.models.loading import pick_device
 from cmt.runtime.io import atomic_dir, read_jsonl
-from cmt.runtime.numerics import numeric_path
+from cmt.runtime.numerics import autocast_bf16, numeric_path
 from cmt.toy.tokenizer import train_tokenizer
 from cmt.toy.world import toy_module
 
@@ -135,6 +135,10 @@ def pretrain(corpus_path: str, eval_dirs: dict[str, str], out_dir: str, settings
         "heldout_accuracy": {org: c["accuracy"] for org, c in check.items()},
         "heldout_misalignment": {org: c["misalignment"] for org, c in check.items()},
         "extra_epochs": extra,
-        # The base is a function of the kernels it was trained on, not only of config and seed.
-        "numerics": numeric_path(),
+        # The base is a function of the kernels it was trained on, not only of config and seed, and of whether
+        # bf16: auto took bf16 autocast on this machine.
+        "numerics": {
+            **numeric_path(),
+            "bf16_autocast": autocast_bf16(train_settings.bf16, next(model.parameters()).device.type),
+        },
     }
