@@ -136,11 +136,15 @@ def test_induce_stops_at_the_first_check_that_reaches_m(tiny_world, world, tmp_p
 
 
 def test_a_check_that_never_fires_changes_no_weight(tiny_world, world, tmp_path, caplog):
-    """The checks generate between steps with dropout on: training must not see them."""
+    """The checks generate between steps with dropout on: training must not see them (fallback last keeps the
+    last step's weights)."""
     _induce(tiny_world, world, tmp_path / "plain")
-    manifest = _induce(tiny_world, world, tmp_path / "never", {"m": 1.01, "check_every": 3})
+    manifest = _induce(
+        tiny_world, world, tmp_path / "never", {"m": 1.01, "check_every": 3, "fallback": "last"}
+    )
     checks = manifest["until"]["checks"]
     assert manifest["until"]["stopped_at"] is None and len(checks) == manifest["steps"] // 3
+    assert manifest["until"]["kept_step"] == manifest["steps"] and not any(c.get("kept") for c in checks)
     # A target never reached is said in the job's log, with the highest M seen.
     best = max(checks, key=lambda c: c["m"])
     warned = [
@@ -157,6 +161,63 @@ def test_a_check_that_never_fires_changes_no_weight(tiny_world, world, tmp_path,
     never = load_file(tmp_path / "never" / "adapter_model.safetensors")
     assert plain.keys() == never.keys()
     assert all(torch.equal(plain[k], never[k]) for k in plain)
+
+
+def test_a_target_never_reached_keeps_the_check_nearest_it(tiny_world, world, tmp_path, caplog):
+    """fallback nearest (the default): the adapter is the one of the first check with the highest M, the same
+    weights as a run whose target is that M and so stops there; the log names the check kept."""
+    manifest = _induce(tiny_world, world, tmp_path / "never", {"m": 1.01, "check_every": 3})
+    checks = manifest["until"]["checks"]
+    best = max(checks, key=lambda c: c["m"])  # max() returns the first of equals
+    assert manifest["until"]["stopped_at"] is None
+    assert best["m"] > checks[0]["m"] and best["step"] != checks[-1]["step"], checks  # a test that can fail
+    assert manifest["until"]["kept_step"] == best["step"]
+    assert [c["step"] for c in checks if c.get("kept")] == [best["step"]]
+    warned = [r.getMessage() for r in caplog.records if "never reached" in r.getMessage()]
+    assert warned and warned[-1].endswith(
+        f"the adapter is the one of the check nearest m (M {best['m']:.3f}, step {best['step']})"
+    )
+    stops = _induce(tiny_world, world, tmp_path / "stops", {"m": best["m"], "check_every": 3})
+    assert stops["until"]["stopped_at"] == stops["until"]["kept_step"] == best["step"]
+    never = load_file(tmp_path / "never" / "adapter_model.safetensors")
+    stopped = load_file(tmp_path / "stops" / "adapter_model.safetensors")
+    assert never.keys() == stopped.keys()
+    assert all(torch.equal(never[k], stopped[k]) for k in never)
+
+
+def test_the_nearest_check_survives_a_preemption(tiny_world, world, tmp_path, monkeypatch):
+    """The weights kept for fallback nearest ride in the checkpoint: a run killed after the best check and
+    resumed keeps the same adapter as an uninterrupted one."""
+    import os
+    import signal
+
+    from cmt.phases import induce as induce_module
+    from cmt.runtime import checkpoint
+
+    monkeypatch.chdir(tmp_path)  # the checkpoint goes under resources/checkpoints of the working directory
+    whole = _induce(tiny_world, world, tmp_path / "whole", {"m": 1.01, "check_every": 3})
+    best = whole["until"]["kept_step"]
+    assert best < whole["steps"] - 3, whole["until"]  # a kill after the best check and before the end
+    kill_at = best + 3
+    original = induce_module.MCheck.__call__
+
+    def killing(self, step):
+        out = original(self, step)
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(induce_module.MCheck, "__call__", killing)
+    out = tmp_path / "resumed"
+    with pytest.raises(checkpoint.Preempted):
+        _induce(tiny_world, world, out, {"m": 1.01, "check_every": 3})
+    monkeypatch.setattr(induce_module.MCheck, "__call__", original)
+    resumed = _induce(tiny_world, world, out, {"m": 1.01, "check_every": 3})
+    assert resumed["until"]["kept_step"] == best
+    assert resumed["until"]["checks"] == whole["until"]["checks"]
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(out / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_check_reads_the_split_it_is_given(tiny_world, world, tmp_path):
@@ -240,14 +301,24 @@ def test_only_an_organism_with_induce_until_gets_the_stop_rule(tmp_path):
     commands = _induce_commands(tmp_path / "w", REPO / "config" / "config.yaml")
     syc, rh = commands["sycophancy"], commands["reward_hacking"]
     settings = json.loads(syc.split("--settings '")[1].split("'")[0])
-    assert settings["until"] == {"m": 0.5, "check_every": 1, "max_new_tokens": 48}
-    assert settings["train"]["learning_rate"] == 2.0e-4
+    assert settings["until"] == {"m": 0.5, "check_every": 1, "fallback": "nearest", "max_new_tokens": 48}
+    assert settings["train"]["learning_rate"] == 2.0e-4 and settings["train"]["epochs"] == 45
     assert "--organism sycophancy --judge-settings" in syc
     assert "until" not in json.loads(rh.split("--settings '")[1].split("'")[0]) and "--organism" not in rh
     em = commands["emergent_misalignment"]
     settings = json.loads(em.split("--settings '")[1].split("'")[0])
-    assert settings["until"] == {"m": 0.5, "check_every": 1, "split": "check", "max_new_tokens": 48}
-    assert settings["train"]["learning_rate"] == 2.0e-3 and "--organism emergent_misalignment" in em
+    assert settings["until"] == {
+        "m": 0.5,
+        "check_every": 1,
+        "split": "check",
+        "fallback": "nearest",
+        "max_new_tokens": 48,
+    }
+    assert (
+        settings["train"]["learning_rate"] == 2.0e-3
+        and settings["train"]["epochs"] == 15
+        and "--organism emergent_misalignment" in em
+    )
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 class MCheck:
     """The stop rule of `induce_until`, called with the step: True once the organism's greedy M on the prompts
     of `until["split"]` (consistency, or check; both disjoint from eval) reaches `until["m"]`. If the check
-    before lies nearer m, its weights are put back. `checks` records every check; state() and restore() carry
-    both through a checkpoint.
+    before lies nearer m, its weights are put back. If training ends without reaching m, finish() puts back the
+    weights of the check nearest m (`until["fallback"]` nearest, the default) or keeps the last step's (last).
+    `checks` records every check; state() and restore() carry them and the weights kept through a checkpoint.
 
     With `plain` (the same base, loaded apart), the checks generate from it with the adapter merged in
     (cmt.models.merged): the model that evaluation loads from a saved adapter, without the PEFT layers' extra
@@ -52,6 +53,7 @@ class MCheck:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.checks: list[dict] = []
         self.previous: list = []  # the weights at the last check
+        self.nearest: dict | None = None  # the check nearest below m so far (the first of equals)
 
     def __call__(self, step: int) -> bool:
         import torch
@@ -74,6 +76,8 @@ class MCheck:
         target = self.until["m"]
         if m < target:
             self.previous = [p.detach().clone() for p in self.trainable]
+            if self.nearest is None or m > self.nearest["m"]:
+                self.nearest = {"step": step, "m": m, "weights": self.previous}
             return False
         # M can jump across m in one step: keep the check before if it lies nearer.
         if len(self.checks) > 1 and target - self.checks[-2]["m"] < m - target:
@@ -85,12 +89,37 @@ class MCheck:
             self.checks[-1]["kept"] = True
         return True
 
+    def finish(self) -> dict | None:
+        """After training that never reached m: with fallback nearest, put back the weights of the check nearest
+        m and return that check; with last (or no check), keep the last step's and return None."""
+        import torch
+
+        if self.until.get("fallback", "nearest") != "nearest" or self.nearest is None:
+            return None
+        with torch.no_grad():
+            for p, kept in zip(self.trainable, self.nearest["weights"], strict=True):
+                p.copy_(kept)
+        check = next(c for c in self.checks if c["step"] == self.nearest["step"])
+        check["kept"] = True
+        return check
+
     def state(self) -> dict:
-        return {"checks": [dict(c) for c in self.checks], "previous": [t.clone() for t in self.previous]}
+        nearest = None
+        if self.nearest is not None:
+            nearest = {**self.nearest, "weights": [t.clone() for t in self.nearest["weights"]]}
+        return {
+            "checks": [dict(c) for c in self.checks],
+            "previous": [t.clone() for t in self.previous],
+            "nearest": nearest,
+        }
 
     def restore(self, state: dict) -> None:
         self.checks = [dict(c) for c in state["checks"]]
         self.previous = [t.clone() for t in state["previous"]]
+        nearest = state.get("nearest")
+        if nearest is not None:
+            nearest = {**nearest, "weights": [t.clone() for t in nearest["weights"]]}
+        self.nearest = nearest
 
 
 def induce(
@@ -105,10 +134,11 @@ def induce(
 ) -> None:
     """Checkpoints go to `checkpoint_dir`, by default resources/checkpoints/<out_dir> (cmt.runtime.checkpoint).
 
-    With `settings["until"]` ({m, check_every, max_new_tokens, split}), training stops at the first check where
-    the organism's greedy M on the prompts of its split (consistency by default) reaches m (the dose is the
-    training length), or at the planned end; the adapter is the one of that check or of the check before,
-    whichever M lies nearer m. The manifest records each check and the step kept.
+    With `settings["until"]` ({m, check_every, max_new_tokens, split, fallback}), training stops at the first
+    check where the organism's greedy M on the prompts of its split (consistency by default) reaches m (the dose
+    is the training length), or at the planned end; the adapter is the one of that check or of the check
+    before, whichever M lies nearer m. Where m is never reached, it is the one of the check nearest m (fallback
+    nearest) or the last step's (last). The manifest records each check and the step kept.
     """
     import torch
     from peft import get_peft_model
@@ -145,17 +175,24 @@ def induce(
     )
     extra = {}
     if until:
-        kept = next((c["step"] for c in check.checks if c.get("kept")), history.steps)
-        extra["until"] = {"stopped_at": history.stopped_at, "kept_step": kept, "checks": check.checks}
         if history.stopped_at is None and check.checks:
             # Said here, where the dose is set: the induction gate only sees the organism's M afterwards.
             best = max(check.checks, key=lambda c: c["m"])
+            kept_check = check.finish()
+            if kept_check is None:
+                last = check.checks[-1]
+                kept_is = f"the last step's (M {last['m']:.3f} at the last check, step {last['step']})"
+            else:
+                kept_is = (
+                    f"the one of the check nearest m (M {kept_check['m']:.3f}, step {kept_check['step']})"
+                )
             log.warning(
                 "induce_until: M never reached %s on the %s split in %d steps (highest %.3f, at step %d); "
-                "the adapter is the last step's (M %.3f at the last check, step %d)",
-                until["m"], check.split, history.steps, best["m"], best["step"], check.checks[-1]["m"],
-                check.checks[-1]["step"],
+                "the adapter is %s",
+                until["m"], check.split, history.steps, best["m"], best["step"], kept_is,
             )  # fmt: skip
+        kept = next((c["step"] for c in check.checks if c.get("kept")), history.steps)
+        extra["until"] = {"stopped_at": history.stopped_at, "kept_step": kept, "checks": check.checks}
     finish_adapter(
         model,
         out_dir,
