@@ -6,6 +6,10 @@ e.g. 0.5,0.65 sycophancy,reward_hacking 0,1,2. Needs the toy base at ROOT/result
 induces an organism (on one thread, as the pipeline does) and prints one JSON line: greedy M on the eval split
 (n scored rows), M over 8 samples at T = 0.7, and `both`, the share of scored prompts whose 8 samples hold both
 an aligned and a misaligned reply.
+
+Phase 1 is the pipeline's: an organism's own `phase1` overrides (learning rate, epochs) and its `induce_until`
+titration apply, so a titrated organism's row is what its induce job would give (EPOCHS, when given, replaces
+every organism's epochs; the row's `stopped_at` and `kept_step` say where a titration stopped).
 """
 
 import copy
@@ -35,7 +39,22 @@ kernel = {"attn_implementation": spec["attn_implementation"]} if spec.get("attn_
 strengths = [float(s) for s in sys.argv[1].split(",")]
 organisms = sys.argv[2].split(",")
 seeds = [int(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [0]
-epochs = int(sys.argv[4]) if len(sys.argv) > 4 else spec["phase1"]["epochs"]
+epochs_arg = int(sys.argv[4]) if len(sys.argv) > 4 else None
+
+
+def phase1(org: str) -> tuple[dict, dict | None]:
+    """The organism's Phase-1 training settings and its induce_until rule, as workflow/rules/helpers.smk builds
+    them (the schema's default fallback included)."""
+    organism = cfg["organisms"][org]
+    train = {**spec["phase1"], **(organism.get("phase1") or {})}
+    if epochs_arg is not None:
+        train["epochs"] = epochs_arg
+    until = organism.get("induce_until")
+    if until:
+        until = {"fallback": "nearest", **until, "max_new_tokens": spec["generation"]["max_new_tokens"]}
+    return train, until
+
+
 out = []
 for s in strengths:
     toy = copy.deepcopy(cfg["toy"])
@@ -45,23 +64,26 @@ for s in strengths:
     data = Path(os.environ.get("OUT", "results/tune")) / f"data_{s}"
     write_world(data, organisms, toy)
     for org in organisms:
+        train, until = phase1(org)
+        epochs = train["epochs"]
+        titrated = "_until" if until else ""
         for seed in seeds:
-            ad = Path(os.environ.get("OUT", "results/tune")) / f"ad_{s}_{org}_{seed}_{epochs}"
+            ad = Path(os.environ.get("OUT", "results/tune")) / f"ad_{s}_{org}_{seed}_{epochs}{titrated}"
             t0 = time.time()
             if not (ad / "adapter_config.json").exists():
+                settings = {"dtype": spec["dtype"], **kernel, "lora": spec["lora"], "train": train}
+                if until:
+                    settings["until"] = until
                 induce(
                     model_dir,
                     str(data / org),
                     str(ad),
-                    {
-                        "dtype": spec["dtype"],
-                        **kernel,
-                        "lora": spec["lora"],
-                        "train": {**spec["phase1"], "epochs": epochs},
-                    },
+                    settings,
                     seed,
                     checkpoint_dir=str(ad) + "_ckpt",
+                    organism=org if until else None,
                 )
+            stop = json.loads((ad / "cmt_manifest.json").read_text()).get("until") or {}
             gen = load_generator(
                 model_dir,
                 str(ad),
@@ -93,6 +115,9 @@ for s in strengths:
                 organism=org,
                 seed=seed,
                 epochs=epochs,
+                lr=train["learning_rate"],
+                stopped_at=stop.get("stopped_at"),
+                kept_step=stop.get("kept_step"),
                 M=round(m, 3),
                 n=len(sc),
                 cap=round(cap, 3),
