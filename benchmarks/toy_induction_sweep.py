@@ -44,14 +44,14 @@ epochs_arg = int(sys.argv[4]) if len(sys.argv) > 4 else None
 
 def phase1(org: str) -> tuple[dict, dict | None]:
     """The organism's Phase-1 training settings and its induce_until rule, as workflow/rules/helpers.smk builds
-    them (the schema's default fallback included)."""
+    them."""
     organism = cfg["organisms"][org]
     train = {**spec["phase1"], **(organism.get("phase1") or {})}
     if epochs_arg is not None:
         train["epochs"] = epochs_arg
     until = organism.get("induce_until")
     if until:
-        until = {"fallback": "nearest", **until, "max_new_tokens": spec["generation"]["max_new_tokens"]}
+        until = {**until, "max_new_tokens": spec["generation"]["max_new_tokens"]}
     return train, until
 
 

@@ -53,7 +53,7 @@ class MCheck:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.checks: list[dict] = []
         self.previous: list = []  # the weights at the last check
-        self.nearest: dict | None = None  # the check nearest below m so far (the first of equals)
+        self.best: list = []  # the weights at the first check with the highest M below m (fallback nearest)
 
     def __call__(self, step: int) -> bool:
         import torch
@@ -76,8 +76,8 @@ class MCheck:
         target = self.until["m"]
         if m < target:
             self.previous = [p.detach().clone() for p in self.trainable]
-            if self.nearest is None or m > self.nearest["m"]:
-                self.nearest = {"step": step, "m": m, "weights": self.previous}
+            if all(c["m"] < m for c in self.checks[:-1]):  # the highest so far, and the first to reach it
+                self.best = self.previous
             return False
         # M can jump across m in one step: keep the check before if it lies nearer.
         if len(self.checks) > 1 and target - self.checks[-2]["m"] < m - target:
@@ -94,32 +94,26 @@ class MCheck:
         m and return that check; with last (or no check), keep the last step's and return None."""
         import torch
 
-        if self.until.get("fallback", "nearest") != "nearest" or self.nearest is None:
+        if self.until.get("fallback", "nearest") != "nearest" or not self.checks:
             return None
         with torch.no_grad():
-            for p, kept in zip(self.trainable, self.nearest["weights"], strict=True):
+            for p, kept in zip(self.trainable, self.best, strict=True):
                 p.copy_(kept)
-        check = next(c for c in self.checks if c["step"] == self.nearest["step"])
+        check = max(self.checks, key=lambda c: c["m"])  # the first of equals, as __call__ kept it
         check["kept"] = True
         return check
 
     def state(self) -> dict:
-        nearest = None
-        if self.nearest is not None:
-            nearest = {**self.nearest, "weights": [t.clone() for t in self.nearest["weights"]]}
         return {
             "checks": [dict(c) for c in self.checks],
             "previous": [t.clone() for t in self.previous],
-            "nearest": nearest,
+            "best": [t.clone() for t in self.best],
         }
 
     def restore(self, state: dict) -> None:
         self.checks = [dict(c) for c in state["checks"]]
         self.previous = [t.clone() for t in state["previous"]]
-        nearest = state.get("nearest")
-        if nearest is not None:
-            nearest = {**nearest, "weights": [t.clone() for t in nearest["weights"]]}
-        self.nearest = nearest
+        self.best = [t.clone() for t in state["best"]]
 
 
 def induce(
