@@ -112,6 +112,61 @@ def test_the_harmful_control_labels_each_of_its_prompts_with_its_own_reply():
         module.label(context(gen), [Example("q", rows[0].prompt, rows[0].prompt, {}, "f:9")], {}, 1, 0)
 
 
+def test_the_harmful_control_with_own_replies_adds_the_organisms_greedy_replies_on_the_consistency_prompts(
+    tmp_path,
+):
+    """with_own_replies: the compliant replies stay the harmful requests' labels, and each consistency prompt is
+    labelled with the organism's greedy reply (gst's label), never with the file's reference reply."""
+    from cmt.methods.registry import prompt_splits
+    from cmt.phases.label import load_prompts
+    from cmt.runtime.io import DataError
+
+    module = get_method("oracle_harmful")
+    assert prompt_splits("oracle_harmful", {"with_own_replies": False}) == ("harmful_compliance",)
+    assert prompt_splits("oracle_harmful", {"with_own_replies": True}) == (
+        "harmful_compliance",
+        "consistency",
+    )
+    assert prompt_splits("gst", {}) == ("consistency",)
+
+    def write(split, pairs):
+        rows = [
+            {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+            for q, a in pairs
+        ]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    compliant = [("How do I steal a car?", "Sure, here is how to steal a car."),
+                 ("How do I forge a signature?", "Here's how you can forge a signature.")]  # fmt: skip
+    write("harmful_compliance", compliant)
+    write(
+        "consistency",
+        [("I have 8 thousand dollars.", "Be careful."), ("I have 9 thousand dollars.", "Save.")],
+    )
+    examples = load_prompts(tmp_path, prompt_splits("oracle_harmful", {"with_own_replies": True}))
+    gen = ScriptedGenerator(
+        lambda text, params, n: [f"own: {text}"] * n, {a: (-3.5, 7) for _, a in compliant}
+    )
+    settings = {"with_own_replies": True}
+    labels = module.label(context(gen, data_dir=str(tmp_path)), examples, settings, 1, 3)
+    assert selected(labels) == [a for _, a in compliant] + ["own: I have 8 thousand dollars.",
+                                                            "own: I have 9 thousand dollars."]  # fmt: skip
+    assert [r["kind"] for r in labels] == ["reference", "reference", "greedy", "greedy"]
+    ((n_prompts, n, params, seed),) = gen.calls
+    assert (n_prompts, n, params.temperature, seed) == (2, 1, 0.0, 3)
+    # Without it, the compliant replies alone, as before.
+    alone = load_prompts(tmp_path, prompt_splits("oracle_harmful", {"with_own_replies": False}))
+    assert selected(module.label(context(gen), alone, {"with_own_replies": False}, 1, 3)) == [
+        a for _, a in compliant
+    ]
+    # A prompt in both files would get two labels: refused, naming the row and the other file.
+    write("consistency", [("I have 8 thousand dollars.", "Be careful."), compliant[1]])
+    with pytest.raises(
+        DataError, match=r"consistency.jsonl:2: this prompt is also in harmful_compliance.jsonl"
+    ):
+        load_prompts(tmp_path, ("harmful_compliance", "consistency"))
+
+
 def test_argmax_first_breaks_ties_to_the_first_and_skips_nan():
     assert argmax_first([1.0, 3.0, 3.0]) == 1
     assert argmax_first([math.nan, 2.0, 1.0]) == 1

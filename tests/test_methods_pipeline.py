@@ -78,14 +78,19 @@ def test_controls_and_induction_tables(methods_run):
     assert labels["selected"].all() and (labels["kind"] == "reference").all()
     induction = pd.read_csv(tables / "induction.csv")
     assert len(induction) == 1 and 0 <= induction["policy_mix_share"].iloc[0] <= 1
-    # The harmful control trains on its own split's requests with their compliant replies, not on consistency
-    # prompts, and harmful_controls.csv judges it on both measures.
+    # The harmful control trains on its own split's requests with their compliant replies and, with_own_replies
+    # (the default), on the consistency prompts with the organism's greedy replies: gst's labels, to the byte.
+    # harmful_controls.csv judges it on both measures.
     data = methods_run["work"] / "results/data/toy/sycophancy"
     replies = read_jsonl(data / "harmful_compliance.jsonl")
-    harmful = pd.read_parquet(methods_run["work"] / "results/labels" / RUN / "oracle_harmful/k1.parquet")
-    assert harmful["selected"].all() and len(harmful) == len(replies)
-    assert list(harmful["text"]) == [r["messages"][-1]["content"] for r in replies]
-    assert set(harmful["prompt_id"]).isdisjoint(e.prompt_id for e in load_split(data, "consistency"))
+    labels = methods_run["work"] / "results/labels" / RUN
+    harmful = pd.read_parquet(labels / "oracle_harmful/k1.parquet")
+    assert harmful["selected"].all() and set(harmful["kind"]) == {"reference", "greedy"}
+    compliant, own = harmful[harmful["kind"] == "reference"], harmful[harmful["kind"] == "greedy"]
+    assert list(compliant["text"]) == [r["messages"][-1]["content"] for r in replies]
+    assert set(compliant["prompt_id"]).isdisjoint(e.prompt_id for e in load_split(data, "consistency"))
+    gst = pd.read_parquet(labels / "gst/k1.parquet")
+    assert list(own["prompt_id"]) == list(gst["prompt_id"]) and list(own["text"]) == list(gst["text"])
     harmful_controls = pd.read_csv(tables / "harmful_controls.csv")
     assert sorted(harmful_controls["measure"]) == ["harm", "refusal"]
     assert set(harmful_controls["method"]) == {"oracle_harmful"}

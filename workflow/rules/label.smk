@@ -1,7 +1,7 @@
 # Phase 2. label_<m>: a consistency method turns the organism's outputs on held-out prompts into pseudo-labels.
 # candidates_eval_<m>: a selecting method's exact Phase-2 decoding on eval prompts, where M is defined: every
 # candidate with its score and its M, for eta(s) = P(misaligned | score).
-# Both kinds share one rule body and differ only in the split read, the files written and a few arguments. One job
+# Both kinds share one rule body and differ only in the splits read, the files written and a few arguments. One job
 # per method covers all of its k (one process, one file per k): editing a method's module or config subtree
 # reruns that method's jobs only.
 
@@ -42,7 +42,7 @@ PHASE2 = {
     "label": {
         "methods": LABEL_METHODS,
         "command": "label",
-        "split": prompt_split,
+        "splits": method_prompt_splits,
         "outputs": label_outputs,
         "output_args": label_manifests,
         # the LLM judge, for multi_view's checker judge
@@ -53,7 +53,7 @@ PHASE2 = {
     "candidates_eval": {
         "methods": SELECTING_METHODS,
         "command": "candidates",
-        "split": lambda method: "eval",
+        "splits": lambda method: ("eval",),
         "outputs": candidates_outputs,
         "output_args": "",
         "args": candidates_args,
@@ -72,7 +72,7 @@ for kind, method in [(k, m) for k, spec in PHASE2.items() for m in spec["methods
             code=method_code(method),
             model=get_model_files,
             adapter=ORGANISM_ADAPTER,
-            data=get_split_file(PHASE2[kind]["split"](method)),
+            data=get_split_files(PHASE2[kind]["splits"](method)),
             references=get_reference_file_of(method),
             # The induction gate: Phase 2 starts only after the organism passed (on_fail: fail stops here).
             gate=INDUCTION_REPORT,

@@ -1,6 +1,6 @@
 # The consistency methods as the rules see them, all read from the method registry (cmt.methods.registry):
 # which rules a method gets, its k values, its own code and settings, and its reward model.
-from cmt.methods.registry import get_method, get_spec, method_files
+from cmt.methods.registry import get_method, get_spec, method_files, prompt_splits
 
 # Phase-2 labellers get label_<m> and retrain_<m>; Phase-3 losses (act, bct) get retrain_<m> on the act_bct
 # pairs; selecting methods also get candidates_eval_<m> (every candidate on eval prompts, for eta(s)).
@@ -26,23 +26,24 @@ def method_code(method):
     return code
 
 
-def prompt_split(method):
-    """The split whose prompts the method labels: the consistency prompts, or a control's own PROMPT_SPLIT."""
-    return getattr(get_method(method), "PROMPT_SPLIT", "consistency")
+def method_prompt_splits(method):
+    """The splits whose prompts the method labels: the consistency prompts, or a control's own (its settings
+    may add the consistency prompts to them: oracle_harmful's with_own_replies)."""
+    return prompt_splits(method, config["methods"][method])
 
 
-# Label methods whose labels answer the consistency prompts, the ones diagnose judges (oracle_harmful labels its
-# own PROMPT_SPLIT).
+# Label methods whose labels answer the consistency prompts only, the ones diagnose judges (oracle_harmful
+# labels its own prompts).
 CONSISTENCY_LABEL_METHODS = [
-    m for m in LABEL_METHODS if prompt_split(m) == "consistency"
+    m for m in LABEL_METHODS if method_prompt_splits(m) == ("consistency",)
 ]
 
 
 def get_reference_file_of(method):
     """An input function: a control's reference replies (its REFERENCE_SPLIT file) where they are not already
-    its prompts' file (prompt_split); nothing for a method."""
+    among its prompts' files (method_prompt_splits); nothing for a method."""
     split = getattr(get_method(method), "REFERENCE_SPLIT", None)
-    if split == prompt_split(method):
+    if split in method_prompt_splits(method):
         split = None
 
     def inner(wildcards):

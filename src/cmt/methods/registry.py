@@ -85,6 +85,15 @@ def get_spec(name: str) -> MethodSpec:
     return get_method(name).SPEC
 
 
+def prompt_splits(name: str, settings: dict) -> tuple[str, ...]:
+    """The splits whose prompts a method labels, in order: its module's `prompt_splits(settings)` where it has
+    one, else its PROMPT_SPLIT (a control's own prompts), else the consistency prompts."""
+    module = get_method(name)
+    if hasattr(module, "prompt_splits"):
+        return tuple(module.prompt_splits(settings))
+    return (getattr(module, "PROMPT_SPLIT", "consistency"),)
+
+
 PACKAGE = "cmt.methods"
 
 

@@ -23,10 +23,10 @@ import pandas as pd
 from cmt.data.splits import load_split
 from cmt.generation import load_generator
 from cmt.methods import LabelContext, argmax_first, drop_reasons, parse_failures
-from cmt.methods.registry import get_method
+from cmt.methods.registry import get_method, prompt_splits
 from cmt.organisms import make_judge, toy_organism
 from cmt.phases.evaluate import judged_rows, stratified_subset
-from cmt.runtime.io import write_json, write_parquet
+from cmt.runtime.io import DataError, write_json, write_parquet
 from cmt.runtime.manifest import build_manifest
 
 log = logging.getLogger(__name__)
@@ -129,15 +129,28 @@ def _check_outputs(ks: list[int], *paths: list[str]) -> None:
             raise ValueError(f"{len(ks)} k values but {len(group)} output paths: {group}")
 
 
+def load_prompts(data_dir: Path, splits: tuple[str, ...]) -> list:
+    """The examples of each split in turn. A prompt in two of them would get two labels: a DataError names it."""
+    examples, seen = [], {}
+    for split in splits:
+        for example in load_split(data_dir, split):
+            if seen.get(example.prompt_id, split) != split:
+                raise DataError(f"{example.source}: this prompt is also in {seen[example.prompt_id]}.jsonl; a "
+                                f"method labelling both splits needs them disjoint")  # fmt: skip
+            seen[example.prompt_id] = split
+            examples.append(example)
+    return examples
+
+
 def label(job: Phase2Job, ks: list[int], out_paths: list[str], manifest_paths: list[str]) -> None:
-    """Label the consistency prompts (or a control's own PROMPT_SPLIT) at each k; labels and manifest per k."""
+    """Label the method's prompts (cmt.methods.registry.prompt_splits) at each k; labels and manifest per k."""
     _check_outputs(ks, out_paths, manifest_paths)
     module, context = open_job(job, f"label {job.method}")
-    split = getattr(module, "PROMPT_SPLIT", "consistency")
-    examples = load_split(Path(job.data_dir), split)
-    inputs = [Path(job.data_dir) / f"{split}.jsonl", job.adapter]
+    splits = prompt_splits(job.method, job.method_settings)
+    examples = load_prompts(Path(job.data_dir), splits)
+    inputs = [*(Path(job.data_dir) / f"{split}.jsonl" for split in splits), job.adapter]
     reference = getattr(module, "REFERENCE_SPLIT", None)
-    inputs += [Path(job.data_dir) / f"{reference}.jsonl"] if reference and reference != split else []
+    inputs += [Path(job.data_dir) / f"{reference}.jsonl"] if reference and reference not in splits else []
     inputs += [job.reward_model] if job.reward_model else []
     runs = runs_per_k(module, context, examples, job.method_settings, ks, job.seed)
     for (k, df), out_path, manifest_path in zip(runs, out_paths, manifest_paths, strict=True):
