@@ -181,3 +181,14 @@ def test_the_harmful_control_runs_where_its_replies_are_and_diagnose_leaves_it_o
     path.write_text(yaml.safe_dump(config))
     proc = run_snakemake(tmp_path / "work", "-n", "all", config=path, check=False)
     assert proc.returncode != 0 and "methods.oracle_harmful" in proc.stdout + proc.stderr
+
+
+def test_the_workflow_plans_the_default_grid_without_importing_torch(tmp_path):
+    """Every Snakemake start (each dry run, each Slurm job's own Snakemake) parses the workflow, which reads the
+    method registry; torch would add about 2 s to each. Python's import log (PYTHONPROFILEIMPORTTIME) of a dry
+    run of the default grid, every method in it, names no torch module."""
+    proc = run_snakemake(tmp_path, "-n", "all", config=REPO / "config" / "config.yaml",
+                         env={"PYTHONPROFILEIMPORTTIME": "1"})  # fmt: skip
+    imported = re.findall(r"^import time:.*\|\s*([\w.]+)$", proc.stderr, re.M)
+    assert "cmt.methods.registry" in imported and "snakemake" in imported
+    assert not [name for name in imported if name.split(".")[0] == "torch"]

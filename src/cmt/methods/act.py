@@ -16,20 +16,27 @@ See docs/act_bct.md and cmt.methods.losses.
 
 from __future__ import annotations
 
-from cmt.methods import losses as cl
+from typing import TYPE_CHECKING
+
+from cmt.methods.loss_settings import ALIGNMENTS, resolve_settings
 from cmt.methods.registry import MethodSpec
+
+if TYPE_CHECKING:
+    from cmt.methods.losses import Alignment, Forward
 
 SPEC = MethodSpec("act", "regularization", phase3_loss=True)
 
 DEFAULTS = {"scale": 1e-4, "alignment": "response"}
-CHOICES = {"alignment": cl.ALIGNMENTS}
+CHOICES = {"alignment": ALIGNMENTS}
 NEEDS_HIDDEN = True
 NEEDS_LOGITS = False
 
 
 def resolve(settings: dict | None) -> dict:
-    return cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings, positive=("scale",))
+    return resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings, positive=("scale",))
 
 
-def loss(clean: cl.Forward, wrapped: cl.Forward, alignment: cl.Alignment, settings: dict):
-    return cl.act_loss(clean.hidden, wrapped.hidden, alignment, scale=float(settings["scale"]))
+def loss(clean: Forward, wrapped: Forward, alignment: Alignment, settings: dict):
+    from cmt.methods.losses import act_loss  # torch: the Phase-3 job imports it, the workflow never does
+
+    return act_loss(clean.hidden, wrapped.hidden, alignment, scale=float(settings["scale"]))

@@ -24,21 +24,28 @@ See docs/act_bct.md and cmt.methods.losses.
 
 from __future__ import annotations
 
-from cmt.methods import losses as cl
+from typing import TYPE_CHECKING
+
+from cmt.methods.loss_settings import ALIGNMENTS, resolve_settings
 from cmt.methods.registry import MethodSpec
+
+if TYPE_CHECKING:
+    from cmt.methods.losses import Alignment, Forward
 
 SPEC = MethodSpec("bct", "regularization", phase3_loss=True)
 
 VARIANTS = ("logit", "sft")
 DEFAULTS = {"temperature": 1.0, "alignment": "response", "variant": "logit", "max_new_tokens": None}
-CHOICES = {"alignment": cl.ALIGNMENTS, "variant": VARIANTS}
+CHOICES = {"alignment": ALIGNMENTS, "variant": VARIANTS}
 NEEDS_HIDDEN = False
 NEEDS_LOGITS = True
 
 
 def resolve(settings: dict | None) -> dict:
-    return cl.resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings, positive=("temperature",))
+    return resolve_settings(SPEC.name, DEFAULTS, CHOICES, settings, positive=("temperature",))
 
 
-def loss(clean: cl.Forward, wrapped: cl.Forward, alignment: cl.Alignment, settings: dict):
-    return cl.bct_loss(clean.logits, wrapped.logits, alignment, temperature=float(settings["temperature"]))
+def loss(clean: Forward, wrapped: Forward, alignment: Alignment, settings: dict):
+    from cmt.methods.losses import bct_loss  # torch: the Phase-3 job imports it, the workflow never does
+
+    return bct_loss(clean.logits, wrapped.logits, alignment, temperature=float(settings["temperature"]))

@@ -39,32 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cmt.methods.loss_settings import ALIGNMENTS
 from cmt.models.training import IGNORE, encode_chat
-
-ALIGNMENTS = ("response", "reference")
-
-
-# ---------------------------------------------------------------- settings
-
-
-def resolve_settings(
-    method: str, defaults: dict, choices: dict[str, tuple], user: dict | None, positive: Sequence[str] = ()
-) -> dict:
-    """`defaults` overridden by `user`; unknown keys, values outside `choices` and a value of a `positive` key
-    that is not > 0 are errors."""
-    user = dict(user or {})
-    unknown = sorted(set(user) - set(defaults))
-    if unknown:
-        raise ValueError(f"{method}: unknown settings {unknown}; valid: {sorted(defaults)}")
-    settings = {**defaults, **user}
-    for key, valid in choices.items():
-        if settings[key] not in valid:
-            raise ValueError(f"{method}: {key} must be one of {list(valid)}, got {settings[key]!r}")
-    for key in positive:
-        if not float(settings[key]) > 0:
-            raise ValueError(f"{method}: {key} must be > 0, got {settings[key]!r}")
-    return settings
-
 
 # ---------------------------------------------------------------- encoding and batching
 

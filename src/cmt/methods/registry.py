@@ -43,12 +43,27 @@ class MethodSpec:
             raise ValueError(f"method {self.name!r}: a Phase-3 loss neither selects nor uses a reward model")
 
 
+def _declares_spec(path: Path) -> bool:
+    """Whether the module's top level assigns `SPEC` (read from its source, without importing it)."""
+    if not path.is_file():
+        return True  # not a plain source file: import it to find out
+    tree = ast.parse(path.read_text(), str(path))
+    return any(isinstance(node, (ast.Assign, ast.AnnAssign))
+               and any(isinstance(t, ast.Name) and t.id == "SPEC"
+                       for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))
+               for node in tree.body)  # fmt: skip
+
+
 @functools.cache
 def _modules() -> dict[str, ModuleType]:
     import cmt.methods as package
 
     found = {}
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        # Only a module that assigns SPEC is imported: a helper such as losses (torch) would otherwise be
+        # imported by every Snakemake start, which reads the registry.
+        if not _declares_spec(Path(package.__path__[0]) / f"{info.name}.py"):
+            continue
         module = importlib.import_module(f"cmt.methods.{info.name}")
         spec = getattr(module, "SPEC", None)
         if spec is None:
