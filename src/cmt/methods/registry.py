@@ -47,11 +47,9 @@ def _declares_spec(path: Path) -> bool:
     """Whether the module's top level assigns `SPEC` (read from its source, without importing it)."""
     if not path.is_file():
         return True  # not a plain source file: import it to find out
-    tree = ast.parse(path.read_text(), str(path))
-    return any(isinstance(node, (ast.Assign, ast.AnnAssign))
-               and any(isinstance(t, ast.Name) and t.id == "SPEC"
-                       for t in (node.targets if isinstance(node, ast.Assign) else [node.target]))
-               for node in tree.body)  # fmt: skip
+    assigned = [t for node in ast.parse(path.read_text(), str(path)).body if isinstance(node, ast.Assign)
+                for t in node.targets]  # fmt: skip
+    return any(isinstance(t, ast.Name) and t.id == "SPEC" for t in assigned)
 
 
 @functools.cache
