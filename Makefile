@@ -25,8 +25,13 @@ lint: venv
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
 
+# pytest-xdist workers, each taking whole test files (a module's fixture runs once), in collection order
+# (tests/conftest.py puts the end-to-end files first). Two on two cores: alone, the suite keeps about one core
+# busy, waiting on Slurm's status polls and on Snakemake's and the jobs' start-ups.
+TEST_WORKERS ?= 2
+
 test: lint
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -x -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -x -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-slow: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -m slow

@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 from pathlib import Path
@@ -7,6 +8,21 @@ from helpers import REPO, run_snakemake, wait_for_socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that sleep at a barrier instead of spinning. With spinning, two torch processes of two threads
+# each on two cores (two xdist workers, or a test beside its Snakemake jobs) took 9 times as long as one alone;
+# sleeping costs one process alone about 3% (docs/testing.md). Set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+# The files whose fixtures run the pipeline end to end (minutes each on two cores), then the Slurm file, which
+# mostly waits on Slurm's status polls. They are collected first, so that under pytest-xdist (make test: whole
+# files per worker, in collection order) they start at once and short files fill in around them.
+FIRST_FILES = ("test_pipeline.py", "test_methods_pipeline.py", "test_slurm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FIRST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 TINY_TOY = {
@@ -55,20 +71,35 @@ def restore_job_logging():
     runlog._progress_stream = stream
 
 
+def run_scratch(config, tmp_path_factory) -> Path:
+    """A folder shared by every pytest-xdist worker of this run (this session's own folder without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if hasattr(config, "workerinput") else base
+
+
 @pytest.fixture(scope="session")
-def tiny_world(tmp_path_factory):
-    """A small toy world and a tiny base model pretrained on it (about 25 s on 2 cores)."""
+def tiny_world(request, tmp_path_factory):
+    """A small toy world and a tiny base model pretrained on it (about 25 s on 2 cores), built once per run: the
+    first xdist worker to ask builds it, the others wait on the lock and read it."""
+    from filelock import FileLock
+
     from cmt.toy.pretrain import pretrain
     from cmt.toy.world import write_world
 
-    root = tmp_path_factory.mktemp("tiny_world")
-    write_world(root / "data", ["sycophancy"], TINY_TOY)
-    report = pretrain(
-        str(root / "data" / "corpus.jsonl"),
-        {"sycophancy": str(root / "data" / "sycophancy")},
-        str(root / "model"),
-        TINY_TOY,
-    )
+    root = run_scratch(request.config, tmp_path_factory) / "tiny_world"
+    report_path = root / "pretrain_report.json"
+    with FileLock(f"{root}.lock"):
+        if not report_path.is_file():
+            shutil.rmtree(root, ignore_errors=True)  # a build that failed part-way
+            write_world(root / "data", ["sycophancy"], TINY_TOY)
+            report = pretrain(
+                str(root / "data" / "corpus.jsonl"),
+                {"sycophancy": str(root / "data" / "sycophancy")},
+                str(root / "model"),
+                TINY_TOY,
+            )
+            report_path.write_text(json.dumps(report))
+    report = json.loads(report_path.read_text())
     return {"root": root, "data": root / "data", "model": root / "model", "report": report}
 
 
