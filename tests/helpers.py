@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# What a test's copy of the workflow leaves out: venvs (CI builds .venv-vllm while tests run, so
+# files vanish under copytree), VCS data, run outputs and caches.
+REPO_COPY_IGNORED = (".venv*", ".git", "results", "resources", "logs", ".snakemake", "__pycache__", ".*_cache", ".hypothesis")  # fmt: skip
 
 
 def _default_sigint():

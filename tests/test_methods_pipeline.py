@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 import yaml
-from helpers import REPO, run_snakemake
+from helpers import REPO, REPO_COPY_IGNORED, run_snakemake
 
 from cmt.data.splits import load_split
 from cmt.runtime.io import read_jsonl
@@ -21,11 +21,7 @@ def methods_run(tmp_path_factory):
     """A copy of the workflow (so tests may edit a method's source) run once on the methods config."""
     root = tmp_path_factory.mktemp("methods_run")
     repo = root / "repo"
-    shutil.copytree(
-        REPO,
-        repo,
-        ignore=shutil.ignore_patterns(".venv", ".git", "results", "logs", ".snakemake", "__pycache__"),
-    )
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(*REPO_COPY_IGNORED))
     work = root / "work"
     run_snakemake(work, "--cores", "2", "all", config=METHODS_CONFIG, snakefile=repo / "Snakefile")
     return {"repo": repo, "work": work}

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import yaml
-from helpers import REPO, run_snakemake
+from helpers import REPO, REPO_COPY_IGNORED, run_snakemake
 
 BASE_CONFIG = REPO / "tests" / "configs" / "mini.yaml"
 SYCOPHANCY = "sycophancy"  # the LLM-judged organism; reward_hacking keeps its programmatic scorer
@@ -53,8 +53,7 @@ def grid(tmp_path_factory):
     and is recorded as made with grid_config()."""
     root = tmp_path_factory.mktemp("reruns")
     repo = root / "repo"
-    ignored = (".venv*", ".git", "results", "resources", "logs", ".snakemake", "__pycache__", ".*_cache")
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(*ignored))
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(*REPO_COPY_IGNORED))
     work, path = root / "work", root / "config.yaml"
     path.write_text(yaml.safe_dump(grid_config()))
     plan = run_snakemake(work, "-n", "--forceall", "all", config=path, snakefile=repo / "Snakefile")

@@ -8,9 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
-
-IGNORED = (".venv*", ".git", "results", "resources", "logs", ".snakemake", "__pycache__", ".*_cache", ".hypothesis")  # fmt: skip
+from helpers import REPO, REPO_COPY_IGNORED
 
 
 def test_snakemake_by_its_path_runs_a_job_without_the_venv_on_path(tmp_path):
@@ -18,7 +16,7 @@ def test_snakemake_by_its_path_runs_a_job_without_the_venv_on_path(tmp_path):
     bare_path = "/usr/bin:/bin"
     assert shutil.which("cmt", path=bare_path) is None  # otherwise this test would prove nothing
     work = tmp_path / "cmt"
-    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(*IGNORED))
+    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(*REPO_COPY_IGNORED))
     env = {**os.environ, "PATH": bare_path}
     cmd = [str(snakemake), "--cores", "1", "results/data/toy/corpus.jsonl"]
     proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
