@@ -10,10 +10,9 @@ SNAKEMAKE_ARGS ?=
 
 venv: $(VENV)/.installed
 
-# --no-compile: Python compiles each module when first imported; a fresh venv took 104 s so, 174 s compiling all.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: venv

@@ -10,8 +10,7 @@ venv="${1:-$repo/.venv-vllm}"
 python="${PYTHON:-python3.11}"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import vllm, cmt, pandas, pyarrow" 2>/dev/null; then
   "$python" -m venv "$venv"
-  # --no-compile: modules are compiled when first imported, and most of vLLM never is (176 s, not 249).
-  pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile)
+  pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
   constraints="$(mktemp)"
   echo "torch==2.13.0" >"$constraints"  # the CPU torch the main venv uses; keeps pip off a CUDA build
   "${pip[@]}" torch==2.13.0
