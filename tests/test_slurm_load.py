@@ -82,7 +82,7 @@ def test_two_hundred_jobs_through_slurm_all_complete(slurm_cluster, tmp_path):  
     submitted = {slurm_id: job for job, slurm_id, _ in run.submissions}
     assert len(submitted) >= MIN_JOBS, f"only {len(submitted)} Slurm jobs"
     assert len(run.submissions) == len(submitted)  # no job needed a retry
-    # Every job slurmctld still lists completed (MinJobAge = 300 s drops the oldest from squeue).
+    # Every job slurmctld still lists completed (after MinJobAge, 3600 s here, it drops the oldest from squeue).
     states = {job["state"] for job in queue(run.run_id).values()}
     assert states <= {"COMPLETED"}, states
     # No output lost: a dry run finds nothing left to do.

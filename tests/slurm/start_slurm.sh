@@ -117,8 +117,9 @@ DefMemPerCPU=1000
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
-# ... and squeue must keep finished jobs for at least 3x the plugin's first status-check delay.
-MinJobAge=300
+# ... and squeue must keep finished jobs for at least 3x the plugin's first status-check delay. An hour, so that
+# the tests' end-of-run checks still see a slow run's first jobs (slurmctld purged them after the default 300 s).
+MinJobAge=3600
 ReturnToService=2
 SchedulerType=sched/backfill
 GresTypes=gpu
