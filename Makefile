@@ -10,8 +10,8 @@ SNAKEMAKE_ARGS ?=
 
 venv: $(VENV)/.installed
 
-# pip byte-compiles at install on purpose: where PYTHONDONTWRITEBYTECODE is set (as on CI), Python caches nothing
-# it compiles at import, and every job would compile torch again (docs/testing.md).
+# pip byte-compiles at install on purpose: where PYTHONDONTWRITEBYTECODE is set (as on the development
+# machine), Python caches nothing it compiles at import, and every job would compile torch again (docs/testing.md).
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
