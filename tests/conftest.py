@@ -15,9 +15,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # The files whose fixtures run the pipeline end to end (minutes each on two cores), then the Slurm file, which
-# mostly waits on Slurm's status polls. They are collected first, so that under pytest-xdist (make test: whole
-# files per worker, in collection order) they start at once and short files fill in around them.
-FIRST_FILES = ("test_pipeline.py", "test_methods_pipeline.py", "test_slurm.py")
+# mostly waits on Slurm's status polls, then the vLLM file (skipped unless CMT_VLLM_PYTHON is set, as CI sets it),
+# which the first worker to finish a pipeline runs while the Slurm file waits. They are collected first, so that
+# under pytest-xdist (make test: whole files per worker, in collection order) they start at once and short files
+# fill in around them.
+FIRST_FILES = ("test_pipeline.py", "test_methods_pipeline.py", "test_slurm.py", "test_vllm_cpu.py")
 
 
 def pytest_collection_modifyitems(config, items):

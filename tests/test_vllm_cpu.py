@@ -1,18 +1,21 @@
 """The vLLM backend run for real, on vLLM's CPU build, against the HF backend on the same model and adapter.
 
-`make test-vllm` builds the second environment (tests/vllm_cpu/setup.sh) and points CMT_VLLM_PYTHON at it; CI
-runs it after `make test`. The vLLM side runs in that interpreter (tests/vllm_cpu/compare.py) because vllm-cpu
-needs an older transformers than the project pins. The model is a tiny toy Llama pretrained here, and the
+`make test-vllm` builds the second environment (tests/vllm_cpu/setup.sh) and points CMT_VLLM_PYTHON at it. CI
+sets CMT_VLLM_PYTHON for `make test` and builds the venv beside it, so there these tests run in the main suite.
+The vLLM side runs in that interpreter (tests/vllm_cpu/compare.py) because vllm-cpu needs an older transformers
+than the project pins. The model is a tiny toy Llama pretrained here, and the
 adapter a random (non-zero) rank-8 LoRA over every linear layer, served unmerged by vLLM and merged by HF.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +35,31 @@ VLLM_TOY = {**TINY_TOY, "model": {**TINY_TOY["model"], "num_heads": 2}}
 
 SETTINGS = {"backend": "hf", "dtype": "float32", "batch_size": 8, "max_new_tokens": MAX_NEW_TOKENS, "gpus": 1,
             "vllm": {"max_model_len": 128, "enforce_eager": True, "max_lora_rank": 8}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vllm_python() -> str:
+    """CMT_VLLM_PYTHON, once tests/vllm_cpu/setup.sh has finished building its venv: CI builds it in the
+    background while `make test` runs, and the script holds `<venv>.lock` while it works."""
+    venv = Path(VLLM_PYTHON).parent.parent
+    lock = venv.with_name(venv.name + ".lock")
+    if lock.exists():
+        with lock.open() as handle:
+            deadline = time.monotonic() + 1800
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"tests/vllm_cpu/setup.sh has held {lock} for 30 minutes")
+                    time.sleep(5)
+    proc = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (
+        f"CMT_VLLM_PYTHON={VLLM_PYTHON} cannot import vllm (build it with tests/vllm_cpu/setup.sh {venv}):\n"
+        + proc.stderr[-3000:]
+    )
+    return VLLM_PYTHON
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +86,7 @@ def toy(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served(toy):
+def served(toy, vllm_python):
     """The HF backend's results here, and the vLLM backend's from compare.py in the vllm-cpu interpreter."""
     from cmt.generation import SamplingParams, load_generator
 
@@ -80,7 +108,7 @@ def served(toy):
     (root / "request.json").write_text(json.dumps(request))
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [VLLM_PYTHON, str(REPO / "tests/vllm_cpu/compare.py"), toy["model"], toy["adapter"],
+        [vllm_python, str(REPO / "tests/vllm_cpu/compare.py"), toy["model"], toy["adapter"],
          str(root / "request.json"), str(root / "vllm.json")],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -140,11 +168,11 @@ def test_beam_search_returns_the_best_beams(served):
 
 
 @pytest.fixture(scope="module")
-def evaluated(toy) -> dict:
+def evaluated(toy, vllm_python) -> dict:
     """`cmt evaluate --stage phase1`, as the evaluate rule runs it, through each environment's `cmt` script:
     hf in the project's venv, vllm in the vllm-cpu one (vLLM's default multiprocess engine)."""
     out = {}
-    for backend, python in (("hf", sys.executable), ("vllm", VLLM_PYTHON)):
+    for backend, python in (("hf", sys.executable), ("vllm", vllm_python)):
         rows, log = toy["root"] / f"eval_{backend}.parquet", toy["root"] / f"eval_{backend}.log"
         proc = subprocess.run(
             [str(Path(python).parent / "cmt"), "evaluate", "--model", "toy", "--organism", "sycophancy",

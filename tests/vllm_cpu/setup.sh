@@ -8,6 +8,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${1:-$repo/.venv-vllm}"
 python="${PYTHON:-python3.11}"
+# One build at a time, and a reader waits for it: tests/test_vllm_cpu.py waits on this lock before it uses the
+# venv (CI builds it in the background while `make test` runs).
+exec {lock}>"$venv.lock"
+flock "$lock"
 if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import vllm, cmt, pandas, pyarrow" 2>/dev/null; then
   "$python" -m venv "$venv"
   pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
