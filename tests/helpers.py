@@ -1,5 +1,6 @@
 """Shared test helpers (importable because pytest puts tests/ on sys.path)."""
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -83,3 +84,16 @@ def wait_for_socket(proc: subprocess.Popen, path: str, timeout: float = 120) -> 
     while not os.path.exists(path):
         assert proc.poll() is None and time.monotonic() < deadline, f"the warm worker did not start ({path})"
         time.sleep(0.1)
+
+
+def lock_within(handle, operation: int, seconds: float) -> bool:
+    """fcntl.flock(handle, operation), tried every 2 s for up to `seconds`; False if the lock never came."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(handle, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(2)

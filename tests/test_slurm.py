@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, run_snakemake
+from helpers import REPO, lock_within, run_snakemake
 
 SLURM_DIR = REPO / "tests" / "slurm"
 PROFILES = (REPO / "profiles" / "slurm", SLURM_DIR / "profile")
@@ -130,15 +130,8 @@ def slurm_cluster(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     with LOCK.open("w") as lock:
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another test session has held {LOCK} (the Slurm test cluster) for 15 min")
-                time.sleep(2)
+        if not lock_within(lock, fcntl.LOCK_EX, 900):
+            pytest.fail(f"another test session has held {LOCK} (the Slurm test cluster) for 15 min")
         state = tmp_path_factory.mktemp("slurm_state")
         env = {**os.environ, "CMT_SLURM_DIR": str(state)}
         try:

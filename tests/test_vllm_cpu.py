@@ -15,13 +15,12 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from conftest import TINY_TOY
-from helpers import REPO
+from helpers import REPO, lock_within
 
 VLLM_PYTHON = os.environ.get("CMT_VLLM_PYTHON")
 pytestmark = [
@@ -45,15 +44,8 @@ def vllm_python() -> str:
     lock = venv.with_name(venv.name + ".lock")
     if lock.exists():
         with lock.open() as handle:
-            deadline = time.monotonic() + 1800
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        pytest.fail(f"tests/vllm_cpu/setup.sh has held {lock} for 30 minutes")
-                    time.sleep(5)
+            if not lock_within(handle, fcntl.LOCK_SH, 1800):
+                pytest.fail(f"tests/vllm_cpu/setup.sh has held {lock} for 30 minutes")
     proc = subprocess.run([VLLM_PYTHON, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (
         f"CMT_VLLM_PYTHON={VLLM_PYTHON} cannot import vllm (build it with tests/vllm_cpu/setup.sh {venv}):\n"
