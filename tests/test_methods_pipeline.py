@@ -58,7 +58,8 @@ def test_every_method_produced_a_run(methods_run):
     assert sorted(runs.loc[runs["method"] == "rejection_sampling", "k"]) == [1, 2]
     assert set(runs.loc[runs["family"] == "control", "method"]) == {"oracle_aligned", "oracle_misaligned",
                                                                     "oracle_harmful"}  # fmt: skip
-    for column in ("capability_phase1", "capability_phase3", "degenerate_phase3", "valid", "main_run"):
+    quality = ("capability_phase1", "capability_phase3", "degenerate_phase1", "degenerate_phase3")
+    for column in (*quality, "valid", "main_run"):
         assert runs[column].notna().all(), column
     assert not runs.loc[runs["method"] == "rejection_sampling", "main_run"].all()  # k=1 is a k-scaling run
 

@@ -26,7 +26,7 @@ RUNS_COLUMNS = [
     "model", "organism", "method", "family", "k", "main_run", "seed", "instruct",
     "risk_base", "risk_phase1", "risk_phase3", "delta_pp", "delta_pp_ci_low", "delta_pp_ci_high",
     "n_eval", "n_eval_phase1", "n_unscored", "n_train", "n_dropped", "n_parse_failures", "induced",
-    "capability_phase1", "capability_phase3", "degenerate_phase3", "valid", "label_set",
+    "capability_phase1", "capability_phase3", "degenerate_phase1", "degenerate_phase3", "valid", "label_set",
 ]  # fmt: skip
 # A run is invalid when its model lost more than this much capability or degenerated this often.
 DEFAULT_VALIDITY = {"max_capability_drop": 0.10, "max_degenerate_rate": 0.05}
@@ -156,6 +156,7 @@ def runs_table(
                     "induced": check["induced"],
                     "capability_phase1": quality1["capability"],
                     "capability_phase3": quality3["capability"],
+                    "degenerate_phase1": quality1["degenerate"],
                     "degenerate_phase3": quality3["degenerate"],
                     "valid": is_valid(
                         quality1["capability"],
