@@ -3,8 +3,8 @@
 `make test-vllm` builds the second environment (tests/vllm_cpu/setup.sh) and points CMT_VLLM_PYTHON at it. CI
 sets CMT_VLLM_PYTHON for `make test` and builds the venv beside it, so there these tests run in the main suite.
 The vLLM side runs in that interpreter (tests/vllm_cpu/compare.py) because vllm-cpu needs an older transformers
-than the project pins. The model is a tiny toy Llama pretrained here, and the
-adapter a random (non-zero) rank-8 LoRA over every linear layer, served unmerged by vLLM and merged by HF.
+than the project pins. The model is a tiny toy Llama pretrained here, and the adapter a random (non-zero) rank-8
+LoRA over every linear layer, served unmerged by vLLM and merged by HF.
 """
 
 from __future__ import annotations
