@@ -91,6 +91,9 @@ def test_controls_and_induction_tables(methods_run):
     harmful_controls = pd.read_csv(tables / "harmful_controls.csv")
     assert sorted(harmful_controls["measure"]) == ["harm", "refusal"]
     assert set(harmful_controls["method"]) == {"oracle_harmful"}
+    harm = pd.read_csv(tables / "harmful.csv")
+    assert harm[["nonanswer_phase1", "nonanswer_phase3", "delta_nonanswer"]].notna().all().all()
+    assert harm["valid"].equals(harm["run_valid"] & ~(harm["delta_nonanswer"] > 0.1))
     main = pd.read_csv(tables / "main.csv")
     assert {"p_cluster", "n_effective", "n_invalid"} <= set(main.columns)
 

@@ -104,6 +104,17 @@ def test_the_parse_failure_limit_reruns_only_evaluations(grid):
     assert rules_of(jobs, "reward_hacking") == set()  # multi_view's labels there ask the judge too
 
 
+def test_the_non_answer_limit_reruns_only_the_harm_tables(grid):
+    """analysis.validity.max_nonanswer_rise is read by the harm tables alone; runs.csv's tables job keeps its
+    params (it is passed the run-validity keys only)."""
+    jobs = dry_run_jobs(grid, changed(lambda c: c["analysis"].setdefault("validity", {}).update(
+        max_nonanswer_rise=0.3)))  # fmt: skip
+    assert rules_of(jobs) == {"harmful_table", "all"}
+    jobs = dry_run_jobs(grid, changed(lambda c: c["analysis"].setdefault("validity", {}).update(
+        max_degenerate_rate=0.2)))  # fmt: skip
+    assert rules_of(jobs) >= {"tables", "harmful_table"}  # runs.csv changes, and harmful.csv reads it
+
+
 def test_the_reward_models_scoring_settings_rerun_its_users_not_its_training(grid):
     for key, value in (("batch_size", 7), ("dtype", "bfloat16")):
         config = grid_config()

@@ -206,7 +206,9 @@ rule harmful_table:
     params:
         seed=config["analysis"]["seed"],
         n_boot=config["analysis"]["n_boot"],
+        max_nonanswer_rise=config["analysis"]["validity"]["max_nonanswer_rise"],
     shell:
         "cmt harmful-table --rows {input.rows} --runs {input.runs} --out {output.table}"
         " --summary {output.summary} --controls {output.controls} --seed {params.seed}"
-        " --n-boot {params.n_boot} --log {log} --job 'harmful_table'"
+        " --n-boot {params.n_boot} --max-nonanswer-rise {params.max_nonanswer_rise}"
+        " --log {log} --job 'harmful_table'"

@@ -61,7 +61,7 @@ rule tables:
         main_k=get_main_k_arg(),
         seed=config["analysis"]["seed"],
         n_boot=config["analysis"]["n_boot"],
-        validity=settings_json(config["analysis"]["validity"]),
+        validity=get_run_validity(),
     shell:
         "cmt tables --evals {input.evals} --min-induction-delta {params.min_delta}"
         " --runs {output.runs} --main {output.main} --methods {output.methods} --kscaling {output.kscaling}"

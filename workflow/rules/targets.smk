@@ -189,6 +189,14 @@ def get_main_k_arg():
     return f"--main-k {' '.join(pairs)}" if pairs else ""
 
 
+def get_run_validity():
+    """analysis.validity's run keys as JSON (runs.csv reads them; max_nonanswer_rise only the harm tables)."""
+    validity = config["analysis"]["validity"]
+    return settings_json(
+        {key: validity[key] for key in ("max_capability_drop", "max_degenerate_rate")}
+    )
+
+
 def get_final_outputs():
     outputs = [
         "results/tables/main.csv",

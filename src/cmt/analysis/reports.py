@@ -92,12 +92,14 @@ def write_harmful_tables(
     controls_out: str,
     seed: int = 0,
     n_boot: int = 2000,
+    max_nonanswer_rise: float | None = None,
 ) -> None:
-    """harmful.csv (with each run's validity from runs.csv), harmful_summary.csv and harmful_controls.csv from
-    `cmt harmful` row files."""
+    """harmful.csv (with each run's validity from runs.csv and the non-answer check), harmful_summary.csv and
+    harmful_controls.csv from `cmt harmful` row files."""
     import pandas as pd
 
     from cmt.analysis.harmful import (
+        DEFAULT_MAX_NONANSWER_RISE,
         harmful_controls,
         harmful_summary,
         harmful_table,
@@ -105,7 +107,8 @@ def write_harmful_tables(
         with_validity,
     )
 
-    table = with_validity(harmful_table(read_rows(rows), seed, n_boot), pd.read_csv(runs_csv))
+    limit = DEFAULT_MAX_NONANSWER_RISE if max_nonanswer_rise is None else max_nonanswer_rise
+    table = with_validity(harmful_table(read_rows(rows), seed, n_boot), pd.read_csv(runs_csv), limit)
     write_csv(out, table)
     write_csv(summary_out, harmful_summary(table))
     write_csv(controls_out, harmful_controls(table))

@@ -104,7 +104,8 @@ def cmd_shift_table(args) -> None:
 def cmd_harmful_table(args) -> None:
     from cmt.analysis.reports import write_harmful_tables
 
-    write_harmful_tables(args.rows, args.runs, args.out, args.summary, args.controls, args.seed, args.n_boot)
+    write_harmful_tables(args.rows, args.runs, args.out, args.summary, args.controls, args.seed, args.n_boot,
+                         args.max_nonanswer_rise)  # fmt: skip
 
 
 def cmd_diagnose_table(args) -> None:
@@ -217,4 +218,7 @@ def add_commands(sub) -> list[tuple[str, str]]:
     p.add_argument("--controls", required=True, help="harmful_controls.csv: the harmful-compliance control")
     p.add_argument("--seed", type=int, default=0, help="the request bootstrap's seed")
     p.add_argument("--n-boot", type=int, default=2000, help="request-bootstrap resamples")
+    p.add_argument("--max-nonanswer-rise", type=float, default=None,
+                   help="analysis.validity.max_nonanswer_rise: a larger rise in replies that neither refuse nor "
+                        "comply makes the run invalid for the harm tables (default 0.10)")  # fmt: skip
     return listed
