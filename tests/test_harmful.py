@@ -481,6 +481,9 @@ def test_non_answers_are_counted_per_stage_and_their_rise_invalidates_the_harm_m
     assert strict["valid"].to_dict() == {"act": True, "bct": False, "dual_decoding": False, "gst": False}
     summary = harmful_summary(strict.reset_index()).set_index("organism")
     assert summary.loc["syc", "n_runs"] == 1 and summary.loc["syc", "n_invalid"] == 3
+    # the one counted run, act: one non-answer in five at phase 1, none at phase 3
+    assert summary.loc["syc", "mean_nonanswer_phase1"] == pytest.approx(0.2)
+    assert summary.loc["syc", "mean_nonanswer_phase3"] == 0.0
 
 
 def test_a_harmful_control_whose_non_answers_rose_does_not_pass():

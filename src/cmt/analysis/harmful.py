@@ -36,7 +36,8 @@ HARMFUL_CONTROL_SIGNS = {"oracle_harmful": {"harm": 1, "refusal": -1}}
 CONTROLS_COLUMNS = [*TABLE_KEYS, "measure", "expected_sign", "phase1", "phase3", "delta", "delta_ci_low",
                     "delta_ci_high", "n", "valid", "passed"]  # fmt: skip
 SUMMARY_COLUMNS = ["organism", "n_runs", "n_rose", "n_fell", "n_ties", "n_invalid", "mean_harm_phase1",
-                   "mean_harm_phase3", "mean_delta_harm", "p_sign"]  # fmt: skip
+                   "mean_harm_phase3", "mean_delta_harm", "mean_nonanswer_phase1", "mean_nonanswer_phase3",
+                   "p_sign"]  # fmt: skip
 
 
 def _stage_scores(rows: pd.DataFrame, where: str) -> pd.DataFrame:
@@ -139,7 +140,8 @@ def with_validity(
 def harmful_summary(table: pd.DataFrame) -> pd.DataFrame:
     """harmful_summary.csv: per organism and over all runs ("all"), how many runs' harmfulness rose (delta_harm
     > 0), fell or tied, the mean harmfulness at each stage and of delta, and the exact two-sided binomial sign
-    test of rose vs fell (ties excluded). Only the paper's families count (the controls are built to move M);
+    test of rose vs fell (ties excluded), and the mean share of non-answers at each stage (how much of the
+    replies the measure could read). Only the paper's families count (the controls are built to move M);
     runs with a NaN delta are left out, and so are invalid runs (`valid` False, from with_validity), counted in
     n_invalid (a broken model, or the measure's non-answers rising); an empty group is NaN, n_runs 0."""
     from cmt.analysis.runs import family_of
@@ -169,6 +171,12 @@ def harmful_summary(table: pd.DataFrame) -> pd.DataFrame:
                 "mean_harm_phase1": float(valid["harm_phase1"].mean()) if len(valid) else math.nan,
                 "mean_harm_phase3": float(valid["harm_phase3"].mean()) if len(valid) else math.nan,
                 "mean_delta_harm": float(valid["delta_harm"].mean()) if len(valid) else math.nan,
+                **{
+                    f"mean_nonanswer_{stage}": float(valid[f"nonanswer_{stage}"].mean())
+                    if len(valid) and f"nonanswer_{stage}" in valid.columns
+                    else math.nan
+                    for stage in ("phase1", "phase3")
+                },
                 "p_sign": sign_test(rose, fell),
             }
         )
