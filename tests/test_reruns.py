@@ -154,17 +154,31 @@ def test_the_toy_worlds_settings_make_new_data(grid):
     assert "toy_data" in rules
 
 
-def test_a_module_a_method_imports_reruns_that_method(grid):
-    """dual_decoding selects with rejection_sampling's select_by_reward: editing that module reruns
-    dual_decoding's jobs (rejection_sampling itself is not in this grid), and no other method's."""
-    source = grid["repo"] / "src" / "cmt" / "methods" / "rejection_sampling.py"
+def edited_jobs(grid, relative):
+    """The jobs a dry run plans after an edit of the repository copy's file `relative` (then undone)."""
+    source = grid["repo"] / relative
     text, stat = source.read_text(), source.stat()
     try:
         source.write_text(text + "\n# an edit\n")
-        jobs = dry_run_jobs(grid, grid_config())
+        return dry_run_jobs(grid, grid_config())
     finally:
         source.write_text(text)
         os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the other tests see it unedited
+
+
+def test_an_analysis_module_reruns_the_aggregates_made_with_it(grid):
+    """The tables and figures take their cmt.analysis modules as inputs: harmful.py reruns the harm tables alone,
+    stats.py every aggregate that imports it, and neither any measurement job."""
+    assert rules_of(edited_jobs(grid, "src/cmt/analysis/harmful.py")) == {"harmful_table", "all"}
+    assert rules_of(edited_jobs(grid, "src/cmt/analysis/stats.py")) == {
+        "tables", "eta", "figures", "harmful_table", "diagnose_table", "all"}  # fmt: skip
+    assert rules_of(edited_jobs(grid, "src/cmt/analysis/figures.py")) == {"figures", "all"}
+
+
+def test_a_module_a_method_imports_reruns_that_method(grid):
+    """dual_decoding selects with rejection_sampling's select_by_reward: editing that module reruns
+    dual_decoding's jobs (rejection_sampling itself is not in this grid), and no other method's."""
+    jobs = edited_jobs(grid, "src/cmt/methods/rejection_sampling.py")
     assert rules_of(jobs) == {"label_dual_decoding", "candidates_eval_dual_decoding", "retrain_dual_decoding",
                               "evaluate_dual_decoding", "diagnose", "eta", "tables", "figures", "diagnose_table",
                               "harmful_table", "all"}  # fmt: skip

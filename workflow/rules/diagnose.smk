@@ -56,6 +56,7 @@ rule diagnose_table:
     input:
         evidence=get_diagnose_evidence,
         runs="results/tables/runs.csv",
+        code=get_analysis_code("diagnose"),
     output:
         table=report(
             "results/tables/diagnose.csv",

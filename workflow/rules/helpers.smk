@@ -5,6 +5,7 @@ import shlex
 from types import SimpleNamespace
 
 from cmt.organisms import toy_source
+from cmt.runtime.sources import package_files
 from cmt.toy.world import CHECK_GENERATORS
 
 
@@ -12,6 +13,18 @@ def settings_json(obj):
     """A config subtree as canonical JSON: a deterministic param. Not shell-safe (user text may hold a quote):
     the rules pass it as {params.x:q}, or through `option_arg`."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def get_analysis_code(*modules, via_reports=True):
+    """The code of an aggregate job: each named module of cmt.analysis with every module of it that
+    it imports (cmt.runtime.sources), and reports.py, which wires the tables to the CLI (`via_reports`).
+    Editing one reruns exactly the tables and figures made with it; no per-run measurement
+    reads them."""
+    analysis = SRC / "analysis"
+    files = {analysis / "reports.py"} if via_reports else set()
+    for module in modules:
+        files.update(package_files("cmt.analysis", module, analysis))
+    return sorted(files)
 
 
 def option_arg(option, value):

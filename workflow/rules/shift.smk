@@ -123,7 +123,8 @@ rule cross_model_kl:
 
 rule cross_model_table:
     input:
-        get_cross_model_records,
+        records=get_cross_model_records,
+        code=get_analysis_code("shift"),
     output:
         report(
             "results/tables/cross_model_kl.csv",
@@ -138,7 +139,7 @@ rule cross_model_table:
         mem_mb=2000,
         runtime=10,
     shell:
-        "cmt cross-model-table --records {input} --out {output} --log {log} --job 'cross_model_table'"
+        "cmt cross-model-table --records {input.records} --out {output} --log {log} --job 'cross_model_table'"
 
 
 # Small files into small tables: on the controller.
@@ -153,6 +154,7 @@ rule shift_table:
         records=get_shift_records,
         fragility=get_fragility_records,
         runs="results/tables/runs.csv",
+        code=get_analysis_code("shift"),
     output:
         table=report(
             "results/tables/shift.csv",
@@ -180,6 +182,7 @@ rule harmful_table:
     input:
         rows=get_harmful_rows,
         runs="results/tables/runs.csv",
+        code=get_analysis_code("harmful"),
     output:
         table=report(
             "results/tables/harmful.csv",

@@ -12,6 +12,7 @@ rule stability:
     input:
         runs="results/tables/runs.csv",
         fragility=get_fragility_records,
+        code=get_analysis_code("stability", "shift", "plotting"),
     output:
         table="results/tables/stability.csv",
         summary=report(

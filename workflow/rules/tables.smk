@@ -17,6 +17,7 @@ rule tables:
         evals=get_all_evals,
         # The tables flag organisms that were not induced; the reports also print why.
         induction_reports=get_induction_reports(),
+        code=get_analysis_code("runs", "tables", "induction"),
     output:
         runs=report(
             "results/tables/runs.csv",
@@ -75,6 +76,7 @@ rule tables:
 rule eta:
     input:
         candidates=get_candidates,
+        code=get_analysis_code("eta"),
     output:
         eta=report(
             "results/tables/eta.csv",
@@ -115,6 +117,7 @@ rule figures:
         induction="results/tables/induction.csv",
         # delta against the distribution shift, when analysis.shift measures it
         shift=get_shift_table(),
+        code=get_analysis_code("figures", via_reports=False),
     output:
         delta=report(
             multiext("results/figures/delta_by_method", ".png", ".pdf"),

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from cmt.runtime.sources import package_files
+
 # Paper families first, then the controls, which never enter the paper's families or its sign tests.
 FAMILIES = ("label_generation", "regularization", "baseline", "control")
 PAPER_FAMILIES = ("label_generation", "regularization", "baseline")
@@ -110,47 +112,11 @@ def prompt_splits(name: str, settings: dict) -> tuple[str, ...]:
 PACKAGE = "cmt.methods"
 
 
-def _imported_modules(path: Path) -> set[str]:
-    """The modules of this package that the file at `path` imports, at its top or inside a function: the
-    package itself for any of them (Python runs its __init__ first), and each submodule named."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level <= 1:  # `from ..x` leaves the package
-            base = ".".join(filter(None, [PACKAGE if node.level else "", node.module]))
-            # `from cmt.methods import losses` names a submodule, `from cmt.methods import Candidate` a name of
-            # __init__: which one is decided by the file that exists
-            names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
-        else:
-            continue
-        for name in names:
-            if name == PACKAGE:
-                found.add(name)
-            elif name.startswith(f"{PACKAGE}."):
-                found.add(PACKAGE)
-                module = name.split(".")[2]
-                if (path.parent / f"{module}.py").is_file():
-                    found.add(f"{PACKAGE}.{module}")
-    return found
-
-
 @functools.cache
 def method_files(name: str, package_dir: Path | None = None) -> tuple[Path, ...]:
     """The files of this package that a method's jobs run: its module, and every module of the package it
     imports, directly or through another one (dual_decoding's selection is rejection_sampling's). The workflow
     makes them inputs of the method's jobs, so that editing one reruns exactly the methods that use it.
     `package_dir`: the folder to read them in (the workflow's own src/cmt/methods); default this package's."""
-    package_dir = Path(package_dir or Path(__file__).parent)
     get_method(name)  # an unknown name fails here, naming the valid ones
-
-    def path_of(module: str) -> Path:
-        return package_dir / ("__init__.py" if module == PACKAGE else f"{module.split('.')[2]}.py")
-
-    own = f"{PACKAGE}.{name}"
-    seen, todo = {own}, [own]
-    while todo:
-        for module in sorted(_imported_modules(path_of(todo.pop())) - seen):
-            seen.add(module)
-            todo.append(module)
-    return (path_of(own), *sorted(path_of(m) for m in seen - {own}))
+    return package_files(PACKAGE, name, Path(package_dir or Path(__file__).parent))
