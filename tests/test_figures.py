@@ -1,9 +1,9 @@
+import base64
 import io
 import math
 import re
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import unquote_to_bytes
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -387,9 +387,21 @@ def test_report_landing_page_opens_on_main_table_and_delta_figure(tmp_path, rich
     assert header[:4] == ["organism", "family", "runs", "mean Δ (pp) [95% CI]"] and "invalid" in header
     assert html.count("<tr>") == 1 + 2 * 4  # header, then 2 organisms x (all + 3 families)
     assert "11 of 12 control runs moved M the way they must" in html  # one control fails
-    src = re.sub(r"\s", "", re.search(r'<img [^>]*src="([^"]*)"', html).group(1))  # browsers drop newlines
-    assert src.startswith("data:image/png,")
-    assert unquote_to_bytes(src.split(",", 1)[1]) == (tmp_path / "delta_by_method.png").read_bytes()
+    src = re.search(r'<img [^>]*src="([^"]*)"', html).group(1)
+    assert src.startswith("data:image/png;base64,") and "\n" in src  # lines docutils accepts
+    # browsers drop the whitespace of base64 data
+    assert (
+        base64.b64decode(re.sub(r"\s", "", src.split(",", 1)[1]), validate=True)
+        == (tmp_path / "delta_by_method.png").read_bytes()
+    )
+    # Every tail of the three-byte groups (none, one or two bytes over), and a file of more than one line.
+    for size in (1, 2, 3, 4, 5, 3001):
+        small = tmp_path / f"png_{size}"
+        small.write_bytes(bytes(range(256)) * (size // 256) + bytes(range(size % 256)))
+        one = render_report_text(REPORT_DIR / "workflow.rst", [SimpleNamespace(target="delta_by_method.png",
+                                                                               path=small)])[0]  # fmt: skip
+        data = re.search(r'src="data:image/png;base64,([^"]*)"', one).group(1)
+        assert base64.b64decode(re.sub(r"\s", "", data), validate=True) == small.read_bytes(), size
     # Without results, or with an empty main.csv, the page still renders and says what is missing.
     html, messages = render_report_text(REPORT_DIR / "workflow.rst", [])
     assert not messages and "main.csv is not in this report" in html and "<img" not in html
