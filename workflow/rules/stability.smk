@@ -12,7 +12,7 @@ rule stability:
     input:
         runs="results/tables/runs.csv",
         fragility=get_fragility_records,
-        code=get_analysis_code("stability", "shift", "plotting"),
+        code=get_analysis_code("stability", "shift"),
     output:
         table="results/tables/stability.csv",
         summary=report(
